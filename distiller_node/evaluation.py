@@ -1,0 +1,105 @@
+"""Evaluation: train a ConvNet from scratch on the synthetic set, test on held-out public images.
+
+Several trainings with different seeds give a mean and standard deviation. The auxiliary images
+used for subspaces are not in the test set.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from shared.augmentation import DEFAULT_STRATEGY, augment
+from shared.networks import NetworkSpec, build_network
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    runs: int = 3
+    epochs: int = 300
+    width: int = 128
+    depth: int = 3
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    augmentation: str = DEFAULT_STRATEGY
+    seed: int = 1000
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    accuracies: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "runs": self.accuracies}
+
+
+def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 100) -> float:
+    net.eval()
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, images.shape[0], chunk):
+            correct += int((net(images[i : i + chunk]).argmax(1) == labels[i : i + chunk]).sum())
+    return correct / max(1, images.shape[0])
+
+
+def train_once(
+    images: torch.Tensor, labels: torch.Tensor, spec: NetworkSpec, cfg: EvaluationConfig, seed: int, bar=None
+) -> torch.nn.Module:
+    net = build_network(spec, seed)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.epochs // 2], gamma=0.1)
+    g = torch.Generator().manual_seed(seed)
+    n = images.shape[0]
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            aug_seed = int(torch.randint(2**62, (1,), generator=g))
+            x = augment(images[idx], aug_seed, cfg.augmentation, per_example=True)
+            loss = F.cross_entropy(net(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        if bar is not None:
+            bar.update(1)
+    return net
+
+
+def evaluate(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    cfg: EvaluationConfig,
+    show_progress: bool = True,
+) -> EvaluationResult:
+    spec = NetworkSpec(
+        width=cfg.width, depth=cfg.depth, channels=images.shape[1], image_size=images.shape[2], num_classes=num_classes
+    )
+    accs = []
+    images = images.detach()
+    with tqdm(
+        total=cfg.runs * cfg.epochs, desc=f"evaluation ({cfg.runs} trainings)", unit="ep", disable=not show_progress
+    ) as bar:
+        for r in range(cfg.runs):
+            net = train_once(images, labels, spec, cfg, cfg.seed + r, bar)
+            accs.append(accuracy(net, test_images, test_labels))
+            bar.set_postfix(acc=f"{statistics.fmean(accs):.4f}")
+    return EvaluationResult(accs)

@@ -1,0 +1,145 @@
+"""Optimisation stage (DOS): fit synthetic images to the stored noisy releases.
+
+Pure post-processing of released signals, so any number of iterations costs no privacy. Each
+iteration picks a stored draw, rebuilds its network and subspace from the seed, pushes the
+synthetic images of every class through the same augmentation, embedding, projection and
+clipping, and pulls the per-class mean towards the released sum divided by the expected group
+size. An exponential moving average of the images is what gets evaluated and exported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from distiller_node.network_cache import NetworkCache
+from distiller_node.signal_store import Signals
+from shared.statistic import class_sums, per_example_statistic
+
+
+@dataclass(frozen=True)
+class OptimisationConfig:
+    ipc: int = 10
+    iterations: int = 2000
+    lr: float = 1.0
+    momentum: float = 0.5
+    ema_decay: float = 0.99
+    pea: bool = False
+    seed: int = 0
+    cache_mb: int = 512
+    checkpoint_every: int = 200
+
+
+def decode_pea(images: torch.Tensor) -> torch.Tensor:
+    """PEA: read every stored image as four quadrants, each upsampled to full size."""
+    n, c, h, w = images.shape
+    hh, hw = h // 2, w // 2
+    quads = [images[:, :, :hh, :hw], images[:, :, :hh, hw:], images[:, :, hh:, :hw], images[:, :, hh:, hw:]]
+    up = [F.interpolate(q, size=(h, w), mode="bilinear", align_corners=False) for q in quads]
+    return torch.stack(up, dim=1).reshape(n * 4, c, h, w)
+
+
+def training_images(stored: torch.Tensor, labels: torch.Tensor, pea: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (and labels) a model trains on, from what is stored."""
+    if not pea:
+        return stored, labels
+    return decode_pea(stored), labels.repeat_interleave(4)
+
+
+@dataclass
+class SyntheticState:
+    images: torch.Tensor  # stored (possibly PEA-packed) images, the optimised parameter
+    ema: torch.Tensor
+    labels: torch.Tensor
+    iteration: int
+    losses: list[float]
+
+
+def initial_state(num_classes: int, ipc: int, image_shape: tuple[int, ...], seed: int) -> SyntheticState:
+    """Synthetic images start from N(0, 1) noise (never from private images)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(num_classes * ipc, *image_shape, generator=g)
+    labels = torch.arange(num_classes).repeat_interleave(ipc)
+    return SyntheticState(images, images.clone(), labels, 0, [])
+
+
+class Distiller:
+    def __init__(
+        self, signals: Signals, cache: NetworkCache, augmentation: str, clip_norm: float, cfg: OptimisationConfig
+    ):
+        self.signals = signals
+        self.cache = cache
+        self.augmentation = augmentation
+        self.clip_norm = clip_norm
+        self.cfg = cfg
+        self.targets = signals.noisy_sums.double() / signals.expected_counts.view(1, -1, 1)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, draw: int) -> torch.Tensor:
+        net, subspace = self.cache.get(self.signals.network_seeds[draw])
+        train_x, train_y = training_images(images, labels, self.cfg.pea)
+        stats = per_example_statistic(
+            net, subspace, train_x, self.signals.augment_seeds[draw], self.augmentation, self.clip_norm
+        )
+        num_classes = self.targets.shape[1]
+        counts = torch.bincount(train_y, minlength=num_classes).clamp_min(1).double().view(-1, 1)
+        means = class_sums(stats, train_y, num_classes) / counts
+        return (means - self.targets[draw]).square().sum()
+
+    def run(self, state: SyntheticState, checkpoint: Path | None = None, show_progress: bool = True) -> SyntheticState:
+        cfg = self.cfg
+        images = state.images.clone().requires_grad_(True)
+        opt = torch.optim.SGD([images], lr=cfg.lr, momentum=cfg.momentum)
+        picker = torch.Generator().manual_seed(cfg.seed + 1)
+        if checkpoint is not None and checkpoint.exists():
+            saved = torch.load(checkpoint, weights_only=False)
+            images.data.copy_(saved["images"])
+            state = SyntheticState(images.detach(), saved["ema"], saved["labels"], saved["iteration"], saved["losses"])
+            opt.load_state_dict(saved["optimizer"])
+            picker.set_state(saved["picker"])
+        ema = state.ema.clone()
+        losses = list(state.losses)
+        num_draws = self.targets.shape[0]
+        bar = tqdm(
+            total=cfg.iterations, initial=state.iteration, desc="optimisation", unit="it", disable=not show_progress
+        )
+        it = state.iteration
+        for it in range(state.iteration, cfg.iterations):
+            draw = int(torch.randint(num_draws, (1,), generator=picker))
+            opt.zero_grad(set_to_none=True)
+            loss = self.loss(images, state.labels, draw)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                ema.mul_(cfg.ema_decay).add_(images.detach(), alpha=1 - cfg.ema_decay)
+            losses.append(loss.item())
+            bar.update(1)
+            if it % 20 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", cache=len(self.cache))
+            if checkpoint is not None and (it + 1) % cfg.checkpoint_every == 0:
+                self._save(checkpoint, images, ema, state.labels, it + 1, losses, opt, picker)
+        bar.close()
+        final = SyntheticState(images.detach(), ema, state.labels, cfg.iterations, losses)
+        if checkpoint is not None:
+            self._save(checkpoint, images, ema, state.labels, cfg.iterations, losses, opt, picker)
+        return final
+
+    @staticmethod
+    def _save(path: Path, images, ema, labels, iteration, losses, opt, picker) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(
+            {
+                "images": images.detach(),
+                "ema": ema,
+                "labels": labels,
+                "iteration": iteration,
+                "losses": losses,
+                "optimizer": opt.state_dict(),
+                "picker": picker.get_state(),
+            },
+            tmp,
+        )
+        tmp.replace(path)

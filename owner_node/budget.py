@@ -1,0 +1,47 @@
+"""Budget policy: the owner's configured (epsilon, delta) against everything in its ledger."""
+
+from __future__ import annotations
+
+from owner_node.config import OwnerConfig
+from shared.accounting import SampledGaussianEvent, epsilon
+from shared.protocol import BudgetReport
+
+PUBLIC_FACTS = (
+    "class names",
+    "number of private examples per class",
+    "image shape",
+    "normalisation constants",
+    "the public auxiliary image set (by content hash)",
+    "network architectures and seeds, augmentation seeds, subspace dimension (chosen by the distiller)",
+)
+
+
+def within_budget(config: OwnerConfig, events: list[SampledGaussianEvent]) -> bool:
+    return epsilon(events, config.delta, config.accountant) <= config.epsilon
+
+
+def budget_report(config: OwnerConfig, events: list[SampledGaussianEvent]) -> BudgetReport:
+    return BudgetReport(
+        owner_id=config.owner_id,
+        epsilon_budget=config.epsilon,
+        delta=config.delta,
+        epsilon_prv=epsilon(events, config.delta, "prv"),
+        epsilon_rdp=epsilon(events, config.delta, "rdp"),
+        num_requests=len(events),
+        num_draws=sum(e.count for e in events),
+        clip_norm=config.clip_norm,
+        events=tuple(events),
+        public=PUBLIC_FACTS,
+    )
+
+
+def format_budget(report: BudgetReport) -> str:
+    lines = [
+        f"owner:              {report.owner_id}",
+        f"budget:             epsilon {report.epsilon_budget} at delta {report.delta:g}",
+        f"spent (PRV):        epsilon {report.epsilon_prv:.4f}   (RDP: {report.epsilon_rdp:.4f})",
+        f"remaining (PRV):    epsilon {report.epsilon_remaining:.4f}",
+        f"requests / draws:   {report.num_requests} / {report.num_draws}",
+        f"clip norm:          {report.clip_norm}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""The owner's configuration: the only place the owner's limits and budget come from."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.accounting import METHODS
+from shared.datasets import FASHION_MNIST_NORMALIZATION
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one request may ask for; anything beyond is refused before any work."""
+
+    max_draws_per_request: int = 100
+    max_sample_rate: float = 0.05
+    max_subspace_dim: int = 2048
+    max_network_width: int = 256
+    max_network_depth: int = 4
+    min_noise_multiplier: float = 0.3
+    max_message_bytes: int = 64 * 1024 * 1024
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class OwnerConfig:
+    owner_id: str
+    data_source: str  # fashion-mnist | image-folder | npz
+    data_path: Path | None
+    aux_path: Path
+    ledger_path: Path
+    epsilon: float
+    delta: float
+    clip_norm: float = 1.0
+    accountant: str = "prv"
+    normalization: tuple[float, float] = FASHION_MNIST_NORMALIZATION
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if not (self.epsilon > 0 and 0 < self.delta < 1):
+            raise ValueError(f"privacy budget needs epsilon > 0 and 0 < delta < 1, got ({self.epsilon}, {self.delta})")
+        if not self.clip_norm > 0:
+            raise ValueError("clip_norm must be > 0")
+        if self.accountant not in METHODS:
+            raise ValueError(f"accountant must be one of {METHODS}")
+        if self.data_source not in ("fashion-mnist", "image-folder", "npz"):
+            raise ValueError(f"unknown data source {self.data_source!r}")
+
+    @classmethod
+    def load(cls, path: str | Path) -> OwnerConfig:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ValueError(f"owner config {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"owner config {path} is not valid TOML: {exc}") from exc
+        base = path.parent
+
+        def resolve(p: str | None) -> Path | None:
+            if not p:
+                return None
+            q = Path(p).expanduser()
+            return q if q.is_absolute() else (base / q).resolve()
+
+        try:
+            data, privacy = raw.get("data", {}), raw["privacy"]
+            limits = Limits(**raw.get("limits", {}))
+            return cls(
+                owner_id=str(raw.get("owner_id", "owner")),
+                data_source=data.get("source", "fashion-mnist"),
+                data_path=resolve(data.get("path")),
+                aux_path=resolve(raw["auxiliary"]["path"]),
+                ledger_path=resolve(raw["ledger"]["path"]),
+                epsilon=float(privacy["epsilon"]),
+                delta=float(privacy.get("delta", 1e-5)),
+                clip_norm=float(privacy.get("clip_norm", 1.0)),
+                accountant=privacy.get("accountant", "prv"),
+                normalization=tuple(data.get("normalization", FASHION_MNIST_NORMALIZATION)),
+                limits=limits,
+            )
+        except KeyError as exc:
+            raise ValueError(f"owner config {path} lacks required key {exc}") from exc
+        except TypeError as exc:
+            raise ValueError(f"owner config {path}: {exc}") from exc
+
+
+def write_config(path: str | Path, config: OwnerConfig) -> None:
+    """Write ``config`` as TOML (used by the simulation and deployment scripts)."""
+
+    def q(s: object) -> str:
+        return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [
+        f"owner_id = {q(config.owner_id)}",
+        "",
+        "[data]",
+        f"source = {q(config.data_source)}",
+    ]
+    if config.data_path is not None:
+        lines.append(f"path = {q(config.data_path)}")
+    lines += [
+        f"normalization = [{config.normalization[0]}, {config.normalization[1]}]",
+        "",
+        "[auxiliary]",
+        f"path = {q(config.aux_path)}",
+        "",
+        "[ledger]",
+        f"path = {q(config.ledger_path)}",
+        "",
+        "[privacy]",
+        f"epsilon = {config.epsilon}",
+        f"delta = {config.delta}",
+        f"clip_norm = {config.clip_norm}",
+        f"accountant = {q(config.accountant)}",
+        "",
+        "[limits]",
+    ]
+    for key, value in config.limits.to_dict().items():
+        lines.append(f"{key} = {value}")
+    Path(path).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,87 @@
+"""The release mechanism (DESIGN section 3) for feature signals.
+
+Per draw: rebuild the public network and its public subspace, Poisson-sample every class with the
+owner's own generator, push the sample through augment -> embed -> project -> clip, sum per class,
+and add Gaussian noise of std sigma * C exactly once. The sample and the noise come from
+generators seeded from OS entropy at each release, never from anything in the request.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import torch
+
+from owner_node.data import PrivateData
+from shared.networks import NetworkSpec, build_network, freeze
+from shared.protocol import FeatureRequest
+from shared.statistic import EMBED_CHUNK, class_sums, per_example_statistic, public_subspace
+from shared.subspace import Subspace
+
+
+def entropy_generator() -> torch.Generator:
+    """A generator seeded from the OS entropy pool; its seed is never stored or returned."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+def clean_class_sums(
+    net: torch.nn.Module,
+    subspace: Subspace | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    augment_seed: int,
+    strategy: str,
+    clip_norm: float,
+    num_classes: int,
+) -> torch.Tensor:
+    """Per-class sums of clipped statistics, float64 [num_classes, k]; the noise-free core."""
+    k = subspace.dim if subspace is not None else net.spec.embedding_dim
+    total = torch.zeros(num_classes, k, dtype=torch.float64)
+    with torch.inference_mode():
+        for i in range(0, images.shape[0], EMBED_CHUNK):
+            stats = per_example_statistic(net, subspace, images[i : i + EMBED_CHUNK], augment_seed, strategy, clip_norm)
+            total += class_sums(stats, labels[i : i + EMBED_CHUNK], num_classes)
+    return total
+
+
+class FeatureMechanism:
+    """Answers validated feature requests from the private data; knows nothing of budgets."""
+
+    def __init__(self, data: PrivateData, aux_images: torch.Tensor, clip_norm: float):
+        self.data = data
+        self.aux_images = aux_images
+        self.clip_norm = clip_norm
+
+    def network_and_subspace(self, spec: NetworkSpec, seed: int, k: int) -> tuple[torch.nn.Module, Subspace]:
+        net = freeze(build_network(spec, seed))
+        return net, public_subspace(net, self.aux_images, k)
+
+    def release(self, request: FeatureRequest, progress=None) -> np.ndarray:
+        """Noisy sums [draws, classes, k] for a request that has already been validated and reserved."""
+        rates = self.data.sample_rates(request.expected_group_size)
+        num_classes = len(self.data.class_names)
+        sample_gen = entropy_generator()
+        noise_gen = entropy_generator()
+        # All noise for this release is drawn here, once; nothing ever draws it again.
+        noise = torch.randn(
+            request.num_draws, num_classes, request.subspace_dim, generator=noise_gen, dtype=torch.float64
+        ) * (request.noise_multiplier * self.clip_norm)
+        out = np.empty((request.num_draws, num_classes, request.subspace_dim), dtype=np.float32)
+        for d, (net_seed, aug_seed) in enumerate(zip(request.network_seeds, request.augment_seeds, strict=True)):
+            net, subspace = self.network_and_subspace(request.network, net_seed, request.subspace_dim)
+            index = self.data.poisson_sample(rates, sample_gen)
+            sums = clean_class_sums(
+                net,
+                subspace,
+                self.data.float_images(index),
+                self.data.labels[index],
+                aug_seed,
+                request.augmentation,
+                self.clip_norm,
+                num_classes,
+            )
+            out[d] = (sums + noise[d]).numpy()
+            if progress is not None:
+                progress(1)
+        return out

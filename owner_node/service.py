@@ -1,0 +1,183 @@
+"""The owner's front door: validates, counts and answers requests; its limits are its own config.
+
+``handle`` takes and returns bytes, so the in-process simulation and any network transport use the
+same path. Every refusal is an ``ErrorReply`` with a machine-readable code and a clear message, and
+spends nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+
+import numpy as np
+
+from owner_node.budget import budget_report, within_budget
+from owner_node.config import OwnerConfig
+from owner_node.data import PrivateData, load_auxiliary, load_private_data
+from owner_node.ledger import BudgetExceeded, Ledger, LedgerConflict
+from owner_node.mechanism import FeatureMechanism
+from shared.accounting import SampledGaussianEvent
+from shared.augmentation import parse_strategy
+from shared.datasets import ImageSet, to_float
+from shared.protocol import (
+    BudgetReport,
+    BudgetRequest,
+    DescribeRequest,
+    ErrorReply,
+    FeatureReply,
+    FeatureRequest,
+    OwnerInfo,
+    ProtocolError,
+    decode,
+    encode,
+)
+from shared.subspace import content_hash
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_SEED = 2**63 - 1
+
+
+class RequestRefused(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class OwnerService:
+    def __init__(self, config: OwnerConfig, data: PrivateData | None = None, aux: ImageSet | None = None):
+        self.config = config
+        self.data = data if data is not None else load_private_data(config)
+        aux = aux if aux is not None else load_auxiliary(config)
+        if tuple(aux.images.shape[1:]) != self.data.image_shape:
+            raise ValueError(
+                f"auxiliary images {tuple(aux.images.shape[1:])} differ from private {self.data.image_shape}"
+            )
+        self.aux_hash = content_hash(aux.images)
+        self.mechanism = FeatureMechanism(self.data, to_float(aux.images, config.normalization), config.clip_norm)
+        self.num_aux = len(aux)
+        self.ledger = Ledger(config.ledger_path)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # ------------------------------------------------------------ bytes in, bytes out
+
+    def handle(self, message: bytes, progress=None) -> bytes:
+        try:
+            request = decode(message, max_bytes=self.config.limits.max_message_bytes)
+        except ProtocolError as exc:
+            return encode(ErrorReply("bad_message", str(exc)))
+        try:
+            if isinstance(request, DescribeRequest):
+                return encode(self.describe())
+            if isinstance(request, BudgetRequest):
+                return encode(self.budget())
+            if isinstance(request, FeatureRequest):
+                return self.release(request, progress)
+            raise RequestRefused("unsupported", f"the owner does not answer {request.kind} messages")
+        except RequestRefused as exc:
+            return encode(ErrorReply(exc.code, str(exc)))
+
+    # ------------------------------------------------------------ operations
+
+    def describe(self) -> OwnerInfo:
+        return OwnerInfo(
+            owner_id=self.config.owner_id,
+            class_names=self.data.class_names,
+            class_counts=tuple(self.data.class_counts),
+            image_shape=self.data.image_shape,
+            normalization=tuple(self.config.normalization),
+            aux_hash=self.aux_hash,
+            clip_norm=self.config.clip_norm,
+            limits=self.config.limits.to_dict() | {"epsilon": self.config.epsilon, "delta": self.config.delta},
+        )
+
+    def budget(self) -> BudgetReport:
+        return budget_report(self.config, self.ledger.events())
+
+    def release(self, request: FeatureRequest, progress=None) -> bytes:
+        """Validate, reserve in the ledger, compute, record, and only then return the reply bytes."""
+        event = self.validate(request)
+        digest = hashlib.sha256(encode(request)).hexdigest()
+        with self._lock:
+            try:
+                stored = self.ledger.reserve(
+                    request.request_id, digest, event, lambda events: within_budget(self.config, events)
+                )
+            except LedgerConflict as exc:
+                raise RequestRefused("id_conflict", str(exc)) from exc
+            except BudgetExceeded as exc:
+                report = self.budget()
+                raise RequestRefused(
+                    "budget_exceeded",
+                    f"{exc} (budget epsilon={self.config.epsilon} at delta={self.config.delta}; "
+                    f"spent {report.epsilon_prv:.4f}; this request asks for {event.count} draws at "
+                    f"sigma={event.noise_multiplier:.4f}, q={event.sample_rate:.6f})",
+                ) from exc
+            if stored is not None:
+                return stored
+            sums = self.mechanism.release(request, progress)
+            reply = encode(
+                FeatureReply(
+                    request_id=request.request_id,
+                    noisy_sums=sums,
+                    expected_counts=tuple(
+                        q * n
+                        for q, n in zip(
+                            self.data.sample_rates(request.expected_group_size), self.data.class_counts, strict=True
+                        )
+                    ),
+                    noise_multiplier=request.noise_multiplier,
+                    clip_norm=self.config.clip_norm,
+                    events=(event,),
+                )
+            )
+            self.ledger.record_reply(request.request_id, reply)
+            return reply
+
+    def validate(self, r: FeatureRequest) -> SampledGaussianEvent:
+        """Check a request against the owner's own limits; return the privacy event it would cost."""
+        lim = self.config.limits
+
+        def refuse(msg: str, code: str = "invalid_request") -> RequestRefused:
+            return RequestRefused(code, msg)
+
+        if not REQUEST_ID.match(r.request_id):
+            raise refuse("request_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+        try:
+            r.network.validate(max_width=lim.max_network_width, max_depth=lim.max_network_depth)
+        except ValueError as exc:
+            raise refuse(str(exc), "unsupported_network") from exc
+        if r.network.channels != self.data.image_shape[0] or r.network.image_size != self.data.image_shape[1]:
+            raise refuse(
+                f"network input {r.network.channels}x{r.network.image_size} "
+                f"does not match images {self.data.image_shape}"
+            )
+        if r.network.num_classes != len(self.data.class_names):
+            raise refuse(f"network has {r.network.num_classes} classes, the data {len(self.data.class_names)}")
+        if not 1 <= r.num_draws <= lim.max_draws_per_request:
+            raise refuse(
+                f"a request may hold 1..{lim.max_draws_per_request} draws, got {r.num_draws}", "too_many_draws"
+            )
+        if not all(0 <= s <= MAX_SEED for s in r.network_seeds + r.augment_seeds):
+            raise refuse("seeds must be integers in 0..2^63-1")
+        try:
+            parse_strategy(r.augmentation)
+        except ValueError as exc:
+            raise refuse(str(exc)) from exc
+        max_k = min(lim.max_subspace_dim, self.num_aux, r.network.embedding_dim)
+        if not 1 <= r.subspace_dim <= max_k:
+            raise refuse(f"subspace_dim must be in 1..{max_k}, got {r.subspace_dim}")
+        if r.aux_hash != self.aux_hash:
+            raise refuse("auxiliary set hash does not match the owner's public auxiliary set", "unknown_aux")
+        if not (np.isfinite(r.expected_group_size) and r.expected_group_size > 0):
+            raise refuse("expected_group_size must be a finite number > 0")
+        q = max(self.data.sample_rates(r.expected_group_size))
+        if q > lim.max_sample_rate:
+            raise refuse(f"sampling rate {q:.5f} exceeds the owner's cap {lim.max_sample_rate}", "sample_rate_too_high")
+        if not (np.isfinite(r.noise_multiplier) and r.noise_multiplier >= lim.min_noise_multiplier):
+            raise refuse(f"noise_multiplier must be >= {lim.min_noise_multiplier}", "noise_too_low")
+        return SampledGaussianEvent(float(r.noise_multiplier), float(q), r.num_draws)

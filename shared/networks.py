@@ -1,0 +1,107 @@
+"""ConvNet family used for embeddings (owner and distiller) and for evaluation.
+
+A network is a public part of a released statistic: both parties must rebuild the identical
+network from an integer seed, so initialisation draws only from a private ``torch.Generator``
+and never from the global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("convnet",)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Public description of a ConvNet; with a seed it fixes every weight."""
+
+    arch: str = "convnet"
+    width: int = 128
+    depth: int = 3
+    channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
+
+    def validate(self, max_width: int = 512, max_depth: int = 5) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
+        if not 1 <= self.width <= max_width:
+            raise ValueError(f"network width {self.width} outside 1..{max_width}")
+        if not 1 <= self.depth <= max_depth:
+            raise ValueError(f"network depth {self.depth} outside 1..{max_depth}")
+        if self.image_size >> self.depth < 1:
+            raise ValueError(f"depth {self.depth} pools a {self.image_size}px image to nothing")
+        if not 1 <= self.channels <= 4 or not 2 <= self.num_classes <= 1000:
+            raise ValueError("channels must be 1..4 and num_classes 2..1000")
+
+    @property
+    def embedding_dim(self) -> int:
+        side = self.image_size >> self.depth
+        return self.width * side * side
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConvNet(nn.Module):
+    """conv3x3 -> instance norm (GroupNorm, one group per channel) -> ReLU -> avg-pool, ``depth`` times."""
+
+    def __init__(self, spec: NetworkSpec):
+        super().__init__()
+        self.spec = spec
+        layers: list[nn.Module] = []
+        in_ch = spec.channels
+        for _ in range(spec.depth):
+            layers += [
+                nn.Conv2d(in_ch, spec.width, kernel_size=3, padding=1),
+                nn.GroupNorm(spec.width, spec.width, affine=True),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(kernel_size=2, stride=2),
+            ]
+            in_ch = spec.width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(spec.embedding_dim, spec.num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def init_parameters(net: nn.Module, generator: torch.Generator) -> None:
+    """PyTorch's default layer initialisation, drawn from ``generator`` in a fixed order."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+            fan_in = module.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            with torch.no_grad():
+                module.bias.uniform_(-bound, bound, generator=generator)
+        elif isinstance(module, nn.GroupNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def build_network(spec: NetworkSpec, seed: int) -> ConvNet:
+    """The network for ``(spec, seed)``: identical on every machine, global RNG untouched."""
+    spec.validate()
+    with torch.device("meta"):
+        net = ConvNet(spec)
+    net = net.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(int(seed))
+    init_parameters(net, generator)
+    return net
+
+
+def freeze(net: nn.Module) -> nn.Module:
+    """Embedding networks are fixed functions: no parameter gradients, eval mode."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net

@@ -1,0 +1,383 @@
+"""Messages between distiller and owner, and their byte encoding.
+
+Every message is a dataclass that encodes to bytes (a JSON header plus raw numpy arrays, never
+pickle) and decodes with strict type checks, so the in-process simulation passes exactly what a
+network transport carries. Decoding treats input as hostile: sizes are capped and every field is
+checked before a message object exists.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from shared.accounting import SampledGaussianEvent
+from shared.networks import NetworkSpec
+
+MAGIC = b"DPDM"
+WIRE_VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be decoded or does not have the expected form."""
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _get(d: dict, key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in d:
+        raise ProtocolError(f"missing field {key!r}")
+    value = d[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and kind is not bool:
+        raise ProtocolError(f"field {key!r} must be {kind}, got bool")
+    if not isinstance(value, kind):
+        raise ProtocolError(f"field {key!r} must be {kind}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError(f"field {key!r} must be finite, got {value}")
+    return value
+
+
+def _int_list(d: dict, key: str) -> tuple[int, ...]:
+    values = _get(d, key, list)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ProtocolError(f"field {key!r} must be a list of integers")
+    return tuple(values)
+
+
+def _network_from(d: dict) -> NetworkSpec:
+    n = _get(d, "network", dict)
+    try:
+        return NetworkSpec(
+            arch=_get(n, "arch", str),
+            width=_get(n, "width", int),
+            depth=_get(n, "depth", int),
+            channels=_get(n, "channels", int),
+            image_size=_get(n, "image_size", int),
+            num_classes=_get(n, "num_classes", int),
+        )
+    except TypeError as exc:  # pragma: no cover - defensive
+        raise ProtocolError(str(exc)) from exc
+
+
+def _events_from(d: dict, key: str) -> tuple[SampledGaussianEvent, ...]:
+    try:
+        return tuple(SampledGaussianEvent.from_dict(e) for e in _get(d, key, list))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad privacy events in {key!r}: {exc}") from exc
+
+
+def _array(arrays: dict, key: str, ndim: int) -> np.ndarray:
+    if key not in arrays:
+        raise ProtocolError(f"missing array {key!r}")
+    a = arrays[key]
+    if a.ndim != ndim or a.dtype.kind not in "fiu":
+        raise ProtocolError(f"array {key!r} must be numeric with {ndim} dimensions")
+    return a
+
+
+# ---------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class DescribeRequest:
+    kind: ClassVar[str] = "describe"
+
+    def to_wire(self) -> tuple[dict, dict]:
+        return {}, {}
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> DescribeRequest:
+        return cls()
+
+
+@dataclass(frozen=True)
+class OwnerInfo:
+    """What the owner declares public: class names and counts, image shape, normalisation, limits."""
+
+    kind: ClassVar[str] = "owner_info"
+    owner_id: str
+    class_names: tuple[str, ...]
+    class_counts: tuple[int, ...]
+    image_shape: tuple[int, ...]
+    normalization: tuple[float, float]
+    aux_hash: str
+    clip_norm: float
+    limits: dict
+
+    def to_wire(self) -> tuple[dict, dict]:
+        return {
+            "owner_id": self.owner_id,
+            "class_names": list(self.class_names),
+            "class_counts": list(self.class_counts),
+            "image_shape": list(self.image_shape),
+            "normalization": list(self.normalization),
+            "aux_hash": self.aux_hash,
+            "clip_norm": self.clip_norm,
+            "limits": self.limits,
+        }, {}
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> OwnerInfo:
+        norm = _get(h, "normalization", list)
+        if len(norm) != 2 or not all(isinstance(v, (int, float)) for v in norm):
+            raise ProtocolError("normalization must be [mean, std]")
+        return cls(
+            owner_id=_get(h, "owner_id", str),
+            class_names=tuple(str(c) for c in _get(h, "class_names", list)),
+            class_counts=_int_list(h, "class_counts"),
+            image_shape=_int_list(h, "image_shape"),
+            normalization=(float(norm[0]), float(norm[1])),
+            aux_hash=_get(h, "aux_hash", str),
+            clip_norm=_get(h, "clip_norm", float),
+            limits=_get(h, "limits", dict),
+        )
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Ask for noisy per-class sums of clipped, projected embeddings, one release per draw.
+
+    Seeds here are public parts of the statistic. The Poisson sample and the noise never come
+    from the request: the owner draws them from its own entropy-seeded generators.
+    """
+
+    kind: ClassVar[str] = "feature_request"
+    request_id: str
+    network: NetworkSpec
+    network_seeds: tuple[int, ...]
+    augment_seeds: tuple[int, ...]
+    augmentation: str
+    subspace_dim: int
+    aux_hash: str
+    expected_group_size: float
+    noise_multiplier: float
+
+    @property
+    def num_draws(self) -> int:
+        return len(self.network_seeds)
+
+    def to_wire(self) -> tuple[dict, dict]:
+        return {
+            "request_id": self.request_id,
+            "network": self.network.to_dict(),
+            "network_seeds": list(self.network_seeds),
+            "augment_seeds": list(self.augment_seeds),
+            "augmentation": self.augmentation,
+            "subspace_dim": self.subspace_dim,
+            "aux_hash": self.aux_hash,
+            "expected_group_size": self.expected_group_size,
+            "noise_multiplier": self.noise_multiplier,
+        }, {}
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> FeatureRequest:
+        req = cls(
+            request_id=_get(h, "request_id", str),
+            network=_network_from(h),
+            network_seeds=_int_list(h, "network_seeds"),
+            augment_seeds=_int_list(h, "augment_seeds"),
+            augmentation=_get(h, "augmentation", str),
+            subspace_dim=_get(h, "subspace_dim", int),
+            aux_hash=_get(h, "aux_hash", str),
+            expected_group_size=_get(h, "expected_group_size", float),
+            noise_multiplier=_get(h, "noise_multiplier", float),
+        )
+        if len(req.network_seeds) != len(req.augment_seeds):
+            raise ProtocolError("network_seeds and augment_seeds must have the same length")
+        return req
+
+
+@dataclass(frozen=True)
+class FeatureReply:
+    """Noisy sums [draws, classes, k] and what the distiller needs to read them."""
+
+    kind: ClassVar[str] = "feature_reply"
+    request_id: str
+    noisy_sums: np.ndarray
+    expected_counts: tuple[float, ...]
+    noise_multiplier: float
+    clip_norm: float
+    events: tuple[SampledGaussianEvent, ...]
+
+    def to_wire(self) -> tuple[dict, dict]:
+        return {
+            "request_id": self.request_id,
+            "expected_counts": list(self.expected_counts),
+            "noise_multiplier": self.noise_multiplier,
+            "clip_norm": self.clip_norm,
+            "events": [e.to_dict() for e in self.events],
+        }, {"noisy_sums": np.ascontiguousarray(self.noisy_sums, dtype=np.float32)}
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> FeatureReply:
+        counts = _get(h, "expected_counts", list)
+        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in counts):
+            raise ProtocolError("expected_counts must be numbers")
+        sums = _array(a, "noisy_sums", 3)
+        if sums.shape[1] != len(counts):
+            raise ProtocolError("noisy_sums and expected_counts disagree on the number of classes")
+        return cls(
+            request_id=_get(h, "request_id", str),
+            noisy_sums=sums,
+            expected_counts=tuple(float(c) for c in counts),
+            noise_multiplier=_get(h, "noise_multiplier", float),
+            clip_norm=_get(h, "clip_norm", float),
+            events=_events_from(h, "events"),
+        )
+
+
+@dataclass(frozen=True)
+class BudgetRequest:
+    kind: ClassVar[str] = "budget_request"
+
+    def to_wire(self) -> tuple[dict, dict]:
+        return {}, {}
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> BudgetRequest:
+        return cls()
+
+
+@dataclass(frozen=True)
+class BudgetReport:
+    """The owner's own account of what it has released, from its ledger."""
+
+    kind: ClassVar[str] = "budget_report"
+    owner_id: str
+    epsilon_budget: float
+    delta: float
+    epsilon_prv: float
+    epsilon_rdp: float
+    num_requests: int
+    num_draws: int
+    clip_norm: float
+    events: tuple[SampledGaussianEvent, ...]
+    public: tuple[str, ...] = field(default=())
+
+    @property
+    def epsilon_remaining(self) -> float:
+        return max(0.0, self.epsilon_budget - self.epsilon_prv)
+
+    def to_wire(self) -> tuple[dict, dict]:
+        return {
+            "owner_id": self.owner_id,
+            "epsilon_budget": self.epsilon_budget,
+            "delta": self.delta,
+            "epsilon_prv": self.epsilon_prv,
+            "epsilon_rdp": self.epsilon_rdp,
+            "num_requests": self.num_requests,
+            "num_draws": self.num_draws,
+            "clip_norm": self.clip_norm,
+            "events": [e.to_dict() for e in self.events],
+            "public": list(self.public),
+        }, {}
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> BudgetReport:
+        return cls(
+            owner_id=_get(h, "owner_id", str),
+            epsilon_budget=_get(h, "epsilon_budget", float),
+            delta=_get(h, "delta", float),
+            epsilon_prv=_get(h, "epsilon_prv", float),
+            epsilon_rdp=_get(h, "epsilon_rdp", float),
+            num_requests=_get(h, "num_requests", int),
+            num_draws=_get(h, "num_draws", int),
+            clip_norm=_get(h, "clip_norm", float),
+            events=_events_from(h, "events"),
+            public=tuple(str(p) for p in _get(h, "public", list)),
+        )
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """A refusal: ``code`` is machine-readable (e.g. ``budget_exceeded``), ``message`` is for people."""
+
+    kind: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    def to_wire(self) -> tuple[dict, dict]:
+        return {"code": self.code, "message": self.message}, {}
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> ErrorReply:
+        return cls(code=_get(h, "code", str), message=_get(h, "message", str))
+
+
+MESSAGES = {
+    m.kind: m
+    for m in (DescribeRequest, OwnerInfo, FeatureRequest, FeatureReply, BudgetRequest, BudgetReport, ErrorReply)
+}
+
+
+# ---------------------------------------------------------------- bytes
+
+
+def encode(message: Any) -> bytes:
+    header, arrays = message.to_wire()
+    body = io.BytesIO()
+    if arrays:
+        np.savez(body, **arrays)
+    body_bytes = body.getvalue()
+    head = json.dumps(
+        {"kind": message.kind, "fields": header, "arrays": sorted(arrays), "body_bytes": len(body_bytes)},
+        sort_keys=True,
+    ).encode()
+    return MAGIC + struct.pack("<BI", WIRE_VERSION, len(head)) + head + body_bytes
+
+
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode one message; any malformed input raises ``ProtocolError`` (never another exception)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError("message must be bytes")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    if len(data) < 9 or data[:4] != MAGIC:
+        raise ProtocolError("not a dpdistill message (bad magic)")
+    version, head_len = struct.unpack("<BI", data[4:9])
+    if version != WIRE_VERSION:
+        raise ProtocolError(f"unsupported wire version {version}")
+    if head_len > MAX_HEADER_BYTES or 9 + head_len > len(data):
+        raise ProtocolError("truncated or oversized header")
+    try:
+        head = json.loads(data[9 : 9 + head_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"header is not valid JSON: {exc}") from exc
+    if not isinstance(head, dict):
+        raise ProtocolError("header must be an object")
+    kind = _get(head, "kind", str)
+    if kind not in MESSAGES:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    names = _get(head, "arrays", list)
+    arrays: dict[str, np.ndarray] = {}
+    body = data[9 + head_len :]
+    if len(body) != _get(head, "body_bytes", int):
+        raise ProtocolError("array section is truncated or has trailing bytes")
+    if names:
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+                if sorted(npz.files) != sorted(names):
+                    raise ProtocolError("array section does not match the header")
+                arrays = {n: npz[n] for n in names}
+        except ProtocolError:
+            raise
+        except Exception as exc:  # numpy raises many kinds on corrupt zip data
+            raise ProtocolError(f"array section is corrupt: {exc}") from exc
+    try:
+        return MESSAGES[kind].from_wire(_get(head, "fields", dict), arrays)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ProtocolError(f"bad {kind} message: {exc}") from exc

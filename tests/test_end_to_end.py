@@ -1,0 +1,135 @@
+"""The main job end to end on real Fashion-MNIST (small settings), and crash-resume of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deploy.cli import main
+from owner_node.ledger import Ledger
+from shared.datasets import DataNotFound, fashion_mnist_root
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "--preset",
+    "quick",
+    "--private-subset",
+    "2000",
+    "--group-size",
+    "8",
+    "--draws",
+    "20",
+    "--draws-per-request",
+    "5",
+    "--iterations",
+    "200",
+    "--eval-runs",
+    "3",
+    "--eval-epochs",
+    "60",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fashion_mnist() -> None:
+    try:
+        fashion_mnist_root()
+    except DataNotFound as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Fashion-MNIST must be installed for CI: {exc}")
+        pytest.skip(str(exc))
+
+
+def test_small_run_learns_far_above_chance_and_writes_every_artefact(tmp_path: Path) -> None:
+    assert main(["simulate", "--out", str(tmp_path), *SMALL]) == 0
+    out = tmp_path / "distiller"
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_accuracy"]["mean"] > 0.45, results["test_accuracy"]  # chance is 0.10
+    assert len(results["test_accuracy"]["runs"]) == 3
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["epsilon_prv"] <= 1.0 and report["releases"] == 20 and report["clip_norm"] == 1.0
+    assert report["epsilon_rdp"] >= report["epsilon_prv"] * 0.9
+    assert "class names" in report["treated_as_public"]
+    blob = torch.load(out / "synthetic.pt", weights_only=True)
+    assert blob["images"].shape == (100, 1, 28, 28) and blob["labels"].bincount().tolist() == [10] * 10
+    assert len(list((out / "synthetic_png").glob("*/*.png"))) == 100
+    for name in ("synthetic_grid.png", "loss_curve.png", "privacy_report.txt"):
+        assert (out / name).stat().st_size > 0
+    # Test images used for the public subspace are excluded from evaluation.
+    assert results["test_images"] == 10000 - 200
+
+
+def test_killed_run_resumes_without_spending_twice(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "deploy.cli", "simulate", "--out", str(tmp_path), *SMALL]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "distiller" / "signals" / "batch_00000.msg"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), "the run never stored its first reply"
+    stored_before = len(list(first.parent.glob("batch_*.msg")))
+    assert stored_before < 4, "the run finished sampling before it could be killed"
+
+    assert main(["simulate", "--out", str(tmp_path), *SMALL]) == 0
+    ledger = Ledger(tmp_path / "owner" / "ledger.sqlite")
+    rows = ledger.rows()
+    ledger.close()
+    assert len(rows) == 4 and all(r.state == "released" for r in rows)
+    assert sum(r.event.count for r in rows) == 20  # no draw asked for or counted twice
+    report = json.loads((tmp_path / "distiller" / "privacy_report.json").read_text())
+    assert report["epsilon_prv"] <= 1.0
+
+
+def test_budget_command_prints_the_ledger(tmp_path: Path, capsys) -> None:
+    assert (
+        main(
+            [
+                "simulate",
+                "--out",
+                str(tmp_path),
+                *SMALL[:-1],
+                "--iterations",
+                "5",
+                "--eval-runs",
+                "1",
+                "--eval-epochs",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["budget", "--config", str(tmp_path / "owner" / "owner.toml")]) == 0
+    text = capsys.readouterr().out
+    assert "remaining" in text and "released" in text and text.count("-b0000") == 4
+
+
+def test_resume_with_different_settings_is_refused(tmp_path: Path, capsys) -> None:
+    args = [
+        "simulate",
+        "--out",
+        str(tmp_path),
+        *SMALL[:-1],
+        "--iterations",
+        "5",
+        "--eval-runs",
+        "1",
+        "--eval-epochs",
+        "2",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    assert main([*args, "--ipc", "5"]) == 2
+    assert "different configuration" in capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""Adding one record changes at most one class sum, by at most C in L2 -- whatever the record,
+network or projection basis. This is what the noise scale is calibrated to."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from owner_node.mechanism import clean_class_sums
+from shared.networks import NetworkSpec, build_network, freeze
+from shared.statistic import clip_rows, public_subspace
+from shared.subspace import Subspace
+
+C = 1.0
+SPEC = NetworkSpec(width=8, depth=2, channels=1, image_size=16, num_classes=4)
+
+
+def _data(n: int = 40, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 16, 16, generator=g), torch.arange(n) % 4
+
+
+def _neighbour_difference(net, subspace, record: torch.Tensor, label: int, position: int, aug_seed: int):
+    images, labels = _data()
+    base = clean_class_sums(net, subspace, images, labels, aug_seed, "color_crop_cutout_flip_scale_rotate", C, 4)
+    with_record = torch.cat([images[:position], record[None], images[position:]])
+    with_labels = torch.cat([labels[:position], torch.tensor([label]), labels[position:]])
+    added = clean_class_sums(
+        net, subspace, with_record, with_labels, aug_seed, "color_crop_cutout_flip_scale_rotate", C, 4
+    )
+    return added - base
+
+
+def _assert_bounded(diff: torch.Tensor, label: int) -> None:
+    norms = torch.linalg.vector_norm(diff, dim=1)
+    assert torch.isfinite(diff).all()
+    for c in range(diff.shape[0]):
+        if c != label:
+            assert norms[c] < 1e-9, f"class {c} changed by {norms[c]} although the record is in class {label}"
+    assert norms[label] <= C * (1 + 1e-9)
+
+
+WORST_CASE_RECORDS = {
+    "ordinary": lambda: torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(5)),
+    "huge pixels": lambda: torch.full((1, 16, 16), 1e30),
+    "alternating huge": lambda: (torch.arange(256).view(1, 16, 16) % 2 * 2 - 1).float() * 3e38,
+    "infinite": lambda: torch.full((1, 16, 16), float("inf")),
+    "nan": lambda: torch.full((1, 16, 16), float("nan")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WORST_CASE_RECORDS))
+@pytest.mark.parametrize("aug_seed", [0, 1, 2, 3, 4, 5])
+def test_one_record_changes_one_class_by_at_most_c(name: str, aug_seed: int) -> None:
+    net = freeze(build_network(SPEC, 3))
+    aux, _ = _data(30, seed=9)
+    subspace = public_subspace(net, aux, 5)
+    diff = _neighbour_difference(net, subspace, WORST_CASE_RECORDS[name](), label=2, position=17, aug_seed=aug_seed)
+    _assert_bounded(diff, label=2)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e20])
+def test_adversarial_projection_basis_cannot_raise_sensitivity(scale: float) -> None:
+    net = freeze(build_network(SPEC, 4))
+    g = torch.Generator().manual_seed(1)
+    d = SPEC.embedding_dim
+    # Not orthonormal, not centred, absurdly scaled: clipping after projection must still bound it.
+    hostile = Subspace(mean=torch.randn(d, generator=g) * scale, basis=torch.randn(d, 7, generator=g) * scale)
+    diff = _neighbour_difference(
+        net, hostile, torch.randn(1, 16, 16, generator=g) * 100, label=1, position=0, aug_seed=3
+    )
+    _assert_bounded(diff, label=1)
+
+
+def test_no_projection_is_also_bounded() -> None:
+    net = freeze(build_network(SPEC, 5))
+    diff = _neighbour_difference(net, None, torch.full((1, 16, 16), 1e6), label=3, position=39, aug_seed=7)
+    _assert_bounded(diff, label=3)
+
+
+def test_clip_rows_bounds_every_row_and_zeroes_non_finite() -> None:
+    z = torch.tensor([[3.0, 4.0], [0.3, 0.4], [float("nan"), 1.0], [float("inf"), 0.0], [3e38, 3e38]])
+    out = clip_rows(z, 1.0)
+    norms = torch.linalg.vector_norm(out, dim=1)
+    assert torch.allclose(norms[0], torch.tensor(1.0, dtype=torch.float64))
+    assert torch.allclose(out[1], z[1].double())  # inside the ball: unchanged
+    assert norms[2] == 0 and norms[3] == 0
+    assert norms[4] <= 1.0 + 1e-12
