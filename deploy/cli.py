@@ -17,13 +17,27 @@ from distiller_node.sampling import SamplingConfig
 # "reference" reproduces the settings of the authors' code as measured in DESIGN section 7.
 PRESETS = {
     "default": dict(
-        width=64, draws=200, subspace_dim=100, iterations=2000, eval_epochs=300, eval_width=128, aux_per_class=50
+        width=64,
+        draws=200,
+        subspace_dim=100,
+        iterations=2000,
+        lr=0.3,
+        eval_epochs=300,
+        eval_width=128,
+        aux_per_class=50,
     ),
     "reference": dict(
-        width=128, draws=200, subspace_dim=200, iterations=2000, eval_epochs=300, eval_width=128, aux_per_class=100
+        width=128,
+        draws=200,
+        subspace_dim=200,
+        iterations=2000,
+        lr=1.0,
+        eval_epochs=300,
+        eval_width=128,
+        aux_per_class=100,
     ),
     "quick": dict(
-        width=32, draws=40, subspace_dim=32, iterations=300, eval_epochs=100, eval_width=64, aux_per_class=20
+        width=32, draws=40, subspace_dim=32, iterations=300, lr=0.3, eval_epochs=100, eval_width=64, aux_per_class=20
     ),
 }
 
@@ -46,7 +60,9 @@ def _distiller_config(a: argparse.Namespace) -> DistillerConfig:
             width=pick("width"),
             seed=a.seed,
         ),
-        optimisation=OptimisationConfig(ipc=a.ipc, iterations=pick("iterations"), pea=a.pea, seed=a.seed),
+        optimisation=OptimisationConfig(
+            ipc=a.ipc, iterations=pick("iterations"), lr=pick("lr"), pea=a.pea, seed=a.seed
+        ),
         evaluation=EvaluationConfig(runs=a.eval_runs, epochs=pick("eval_epochs"), width=pick("eval_width")),
     )
 
@@ -159,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--subspace-dim", type=int, help="SER subspace dimension k")
     s.add_argument("--width", type=int, help="width of the embedding ConvNets")
     s.add_argument("--iterations", type=int, help="optimisation iterations (free of privacy cost)")
+    s.add_argument("--lr", type=float, help="learning rate for the synthetic images (SGD, momentum 0.5)")
     s.add_argument("--pea", action="store_true", help="store each image as 4 upsampled quadrants")
     s.add_argument("--aux-per-class", type=int, help="public auxiliary images per class (from the test split)")
     s.add_argument("--eval-runs", type=int, default=3)

@@ -33,19 +33,20 @@ def prepare_owner(
     if config_path.exists():
         return config_path
     save_npz(owner_dir / "aux.npz", aux)
-    source, path = "fashion-mnist", Path(data_root) if data_root else None
+    # Paths in owner.toml are relative to the file, so the owner folder can be moved as a whole.
+    source, path = "fashion-mnist", Path(data_root).resolve() if data_root else None
     if private_subset:
         train = load_fashion_mnist(train=True, root=data_root)
         g = torch.Generator().manual_seed(seed)
         index = torch.randperm(len(train), generator=g)[:private_subset].sort().values
         save_npz(owner_dir / "private_subset.npz", train.subset(index))
-        source, path = "npz", owner_dir / "private_subset.npz"
+        source, path = "npz", Path("private_subset.npz")
     config = OwnerConfig(
         owner_id="simulated-owner",
         data_source=source,
         data_path=path,
-        aux_path=owner_dir / "aux.npz",
-        ledger_path=owner_dir / "ledger.sqlite",
+        aux_path=Path("aux.npz"),
+        ledger_path=Path("ledger.sqlite"),
         epsilon=epsilon,
         delta=delta,
         limits=Limits(),

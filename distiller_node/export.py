@@ -64,7 +64,7 @@ def plot_loss(path: Path, losses: list[float], window: int = 50) -> None:
         smooth = torch.nn.functional.avg_pool1d(t.view(1, 1, -1), window, stride=1).flatten()
         ax.plot(range(window - 1, len(losses)), smooth.numpy(), lw=1.5, label=f"moving mean ({window})")
     ax.set_xlabel("optimisation iteration")
-    ax.set_ylabel("squared distance to noisy class means")
+    ax.set_ylabel("squared distance to noisy class sums")
     ax.set_yscale("log")
     ax.set_title("Distillation loss")
     ax.legend()

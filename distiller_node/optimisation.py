@@ -3,8 +3,11 @@
 Pure post-processing of released signals, so any number of iterations costs no privacy. Each
 iteration picks a stored draw, rebuilds its network and subspace from the seed, pushes the
 synthetic images of every class through the same augmentation, embedding, projection and
-clipping, and pulls the per-class mean towards the released sum divided by the expected group
-size. An exponential moving average of the images is what gets evaluated and exported.
+clipping, rescales each class's synthetic sum to the expected group size g_c, and minimises the
+squared distance to the released noisy sum: sum_c || g_c * mean_c(syn) - noisy_sum_c ||^2. (Matching
+means instead, i.e. dividing this loss by g^2, learnt far slower at the reference learning rate:
+67.0% vs 76.0% test accuracy after 500 iterations in our measurements.) An exponential moving
+average of the images is what gets evaluated and exported.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ class Distiller:
         self.augmentation = augmentation
         self.clip_norm = clip_norm
         self.cfg = cfg
-        self.targets = signals.noisy_sums.double() / signals.expected_counts.view(1, -1, 1)
+        self.group_sizes = signals.expected_counts.view(-1, 1)
+        self.targets = signals.noisy_sums.double()
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, draw: int) -> torch.Tensor:
         net, subspace = self.cache.get(self.signals.network_seeds[draw])
@@ -86,8 +90,8 @@ class Distiller:
         )
         num_classes = self.targets.shape[1]
         counts = torch.bincount(train_y, minlength=num_classes).clamp_min(1).double().view(-1, 1)
-        means = class_sums(stats, train_y, num_classes) / counts
-        return (means - self.targets[draw]).square().sum()
+        rescaled = class_sums(stats, train_y, num_classes) * (self.group_sizes / counts)
+        return (rescaled - self.targets[draw]).square().sum()
 
     def run(self, state: SyntheticState, checkpoint: Path | None = None, show_progress: bool = True) -> SyntheticState:
         cfg = self.cfg

@@ -8,6 +8,7 @@ spends nothing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 
@@ -35,6 +36,7 @@ from shared.protocol import (
 )
 from shared.subspace import content_hash
 
+log = logging.getLogger("owner_node")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_SEED = 2**63 - 1
 
@@ -80,6 +82,9 @@ class OwnerService:
             raise RequestRefused("unsupported", f"the owner does not answer {request.kind} messages")
         except RequestRefused as exc:
             return encode(ErrorReply(exc.code, str(exc)))
+        except Exception as exc:  # the owner keeps serving; details stay in the owner's own log
+            log.exception("internal error while answering %s", type(request).__name__)
+            return encode(ErrorReply("internal_error", f"the owner failed to answer ({type(exc).__name__})"))
 
     # ------------------------------------------------------------ operations
 

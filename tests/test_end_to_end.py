@@ -91,45 +91,21 @@ def test_killed_run_resumes_without_spending_twice(tmp_path: Path) -> None:
     assert report["epsilon_prv"] <= 1.0
 
 
-def test_budget_command_prints_the_ledger(tmp_path: Path, capsys) -> None:
-    assert (
-        main(
-            [
-                "simulate",
-                "--out",
-                str(tmp_path),
-                *SMALL[:-1],
-                "--iterations",
-                "5",
-                "--eval-runs",
-                "1",
-                "--eval-epochs",
-                "2",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+# Sampling only matters here: later arguments override SMALL's.
+TINY = [*SMALL, "--iterations", "5", "--eval-runs", "1", "--eval-epochs", "2"]
+
+
+def test_budget_command_prints_the_ledger(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative --out, as in the README
+    assert main(["simulate", "--out", "run", *TINY]) == 0
     capsys.readouterr()
-    assert main(["budget", "--config", str(tmp_path / "owner" / "owner.toml")]) == 0
+    assert main(["budget", "--config", "run/owner/owner.toml"]) == 0
     text = capsys.readouterr().out
     assert "remaining" in text and "released" in text and text.count("-b0000") == 4
 
 
 def test_resume_with_different_settings_is_refused(tmp_path: Path, capsys) -> None:
-    args = [
-        "simulate",
-        "--out",
-        str(tmp_path),
-        *SMALL[:-1],
-        "--iterations",
-        "5",
-        "--eval-runs",
-        "1",
-        "--eval-epochs",
-        "2",
-        "--no-progress",
-    ]
+    args = ["simulate", "--out", str(tmp_path), *TINY]
     assert main(args) == 0
     assert main([*args, "--ipc", "5"]) == 2
     assert "different configuration" in capsys.readouterr().err
