@@ -76,7 +76,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     cfg = _distiller_config(a)
     aux_per_class = a.aux_per_class or PRESETS[a.preset]["aux_per_class"]
     t0 = time.perf_counter()
-    results = simulate(Path(a.out), cfg, aux_per_class, a.data_root, a.private_subset, not a.no_progress)
+    results = simulate(Path(a.out), cfg, aux_per_class, a.data_root, a.private_subset, not a.no_progress, a.download)
     print(f"\nall artefacts are in {Path(a.out) / 'distiller'}")
     if a.benchmark_json:
         bench = {
@@ -142,7 +142,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from shared.datasets import load_fashion_mnist, split_auxiliary, to_float
 
     blob = torch.load(a.synthetic, weights_only=True)
-    test = load_fashion_mnist(train=False, root=a.data_root)
+    test = load_fashion_mnist(train=False, root=a.data_root, download=a.download)
     _, held_out = split_auxiliary(test, a.aux_per_class)
     cfg = EvaluationConfig(runs=a.eval_runs, epochs=a.eval_epochs, width=a.eval_width)
     result = evaluate(
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-width", type=int)
     s.add_argument("--private-subset", type=int, help="use only this many private training images (for quick tries)")
     s.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: Debian package or cache)")
+    s.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")
     s.add_argument("--seed", type=int, default=0, help="public seed for networks and augmentations")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--benchmark-json", help="also write wall time, accuracy, epsilon and peak RSS to this JSON file")
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="train ConvNets on an exported synthetic.pt and test them")
     e.add_argument("synthetic")
     e.add_argument("--data-root")
+    e.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")
     e.add_argument(
         "--aux-per-class", type=int, default=100, help="test images per class excluded (the auxiliary slice)"
     )
@@ -217,7 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         return args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

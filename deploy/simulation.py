@@ -62,9 +62,11 @@ def simulate(
     data_root: str | None = None,
     private_subset: int | None = None,
     show_progress: bool = True,
+    download: bool = False,
 ) -> dict:
     out = Path(out)
-    test = load_fashion_mnist(train=False, root=data_root)
+    # With --download, torchvision fetches both splits into the cache, where the owner finds them.
+    test = load_fashion_mnist(train=False, root=data_root, download=download)
     aux, held_out = split_auxiliary(test, aux_per_class)
     config_path = prepare_owner(
         out / "owner", aux, cfg.epsilon, cfg.delta, data_root, private_subset, cfg.sampling.seed
