@@ -171,3 +171,18 @@ def test_ledger_survives_sigkill_mid_run(tmp_path: Path) -> None:
 def test_example_config_in_deploy_loads() -> None:
     config = OwnerConfig.load(Path(__file__).resolve().parents[1] / "deploy" / "owner.example.toml")
     assert config.epsilon == 1.0 and config.limits.max_sample_rate == 0.05 and config.accountant == "prv"
+
+
+def test_owner_keeps_serving_after_an_internal_error(owner, monkeypatch) -> None:
+    request = feature_request(owner, "flaky")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(owner.mechanism, "release", broken)
+    reply = decode(owner.handle(encode(request)))
+    assert isinstance(reply, ErrorReply) and reply.code == "internal_error" and "fire" not in reply.message
+    assert [r.state for r in owner.ledger.rows()] == ["reserved"]  # counted: work on private data had begun
+    monkeypatch.undo()
+    assert isinstance(decode(owner.handle(encode(request))), FeatureReply)
+    assert owner.budget().num_draws == 2
