@@ -8,63 +8,49 @@ from pathlib import Path
 
 import torch
 
+from deploy.presets import PRESETS, distiller_config
 from distiller_node.evaluation import EvaluationConfig
-from distiller_node.optimisation import OptimisationConfig
 from distiller_node.pipeline import DistillerConfig
-from distiller_node.sampling import SamplingConfig
-
-# Presets: "default" is what the README runs (chosen by measurement on a 2-core CPU, see README);
-# "reference" reproduces the settings of the authors' code as measured in DESIGN section 7.
-PRESETS = {
-    "default": dict(
-        width=64,
-        draws=200,
-        subspace_dim=100,
-        iterations=2000,
-        lr=0.3,
-        eval_epochs=300,
-        eval_width=128,
-        aux_per_class=50,
-    ),
-    "reference": dict(
-        width=128,
-        draws=200,
-        subspace_dim=200,
-        iterations=2000,
-        lr=1.0,
-        eval_epochs=300,
-        eval_width=128,
-        aux_per_class=100,
-    ),
-    "quick": dict(
-        width=32, draws=40, subspace_dim=32, iterations=300, lr=0.3, eval_epochs=100, eval_width=64, aux_per_class=20
-    ),
-}
 
 
 def _distiller_config(a: argparse.Namespace) -> DistillerConfig:
-    p = PRESETS[a.preset]
-
-    def pick(name: str):
-        value = getattr(a, name)
-        return p[name] if value is None else value
-
-    return DistillerConfig(
+    return distiller_config(
+        a.preset,
         epsilon=a.epsilon,
         delta=a.delta,
-        sampling=SamplingConfig(
-            draws=pick("draws"),
-            draws_per_request=a.draws_per_request,
-            group_size=a.group_size,
-            subspace_dim=pick("subspace_dim"),
-            width=pick("width"),
-            seed=a.seed,
-        ),
-        optimisation=OptimisationConfig(
-            ipc=a.ipc, iterations=pick("iterations"), lr=pick("lr"), pea=a.pea, seed=a.seed
-        ),
-        evaluation=EvaluationConfig(runs=a.eval_runs, epochs=pick("eval_epochs"), width=pick("eval_width")),
+        ipc=a.ipc,
+        draws_per_request=a.draws_per_request,
+        group_size=a.group_size,
+        seed=a.seed,
+        pea=a.pea,
+        eval_runs=a.eval_runs,
+        **{k: getattr(a, k) for k in PRESETS["default"] if k != "aux_per_class"},
     )
+
+
+def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
+    """The CLI options as a Flower run config (keys of deploy/flower_app/pyproject.toml)."""
+    rc = {
+        "out": str(out.resolve()),
+        "preset": a.preset,
+        "owners": a.owners,
+        "epsilon": a.epsilon,
+        "ipc": a.ipc,
+        "draws-per-request": a.draws_per_request,
+        "group-size": a.group_size,
+        "aux-per-class": aux_per_class,
+        "eval-runs": a.eval_runs,
+        "seed": a.seed,
+        "data-root": a.data_root or "",
+    }
+    for key in ("width", "draws", "subspace_dim", "iterations", "lr", "eval_epochs", "eval_width"):
+        if getattr(a, key, None):
+            rc[key.replace("_", "-")] = getattr(a, key)
+    return rc
+
+
+def _flower_run_config(rc: dict) -> str:
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in rc.items())
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
@@ -76,7 +62,15 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     cfg = _distiller_config(a)
     aux_per_class = a.aux_per_class or PRESETS[a.preset]["aux_per_class"]
     t0 = time.perf_counter()
-    results = simulate(Path(a.out), cfg, aux_per_class, a.data_root, a.private_subset, not a.no_progress, a.download)
+    if a.transport == "flower":
+        from deploy.flower_simulation import simulate_flower
+
+        rc = _run_config(a, Path(a.out), aux_per_class)
+        results = simulate_flower(Path(a.out), rc, a.data_root, a.private_subset)
+    else:
+        results = simulate(
+            Path(a.out), cfg, aux_per_class, a.data_root, a.private_subset, not a.no_progress, a.download, a.owners
+        )
     print(f"\nall artefacts are in {Path(a.out) / 'distiller'}")
     if a.benchmark_json:
         bench = {
@@ -91,6 +85,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             "stage_s": results["timings_s"],
             "peak_rss_mb": results["peak_rss_mb"],
             "config": results["config"],
+        "epsilon_by_owner": results["epsilon_by_owner"],
             "aux_per_class": aux_per_class,
         }
         write(a.benchmark_json, bench)
@@ -134,6 +129,50 @@ def cmd_budget(a: argparse.Namespace) -> int:
                 f"{r.event.noise_multiplier:>8.4f} {r.event.sample_rate:>9.6f}"
             )
     ledger.close()
+    return 0
+
+
+def cmd_owner_serve(a: argparse.Namespace) -> int:
+    import logging
+
+    from owner_node.config import OwnerConfig
+    from owner_node.grpc_server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(OwnerConfig.load(a.config))
+    return 0
+
+
+def cmd_flower_run(a: argparse.Namespace) -> int:
+    from deploy import flower_runs
+
+    run_id = flower_runs.submit(a.federation, a.run_config)
+    print(f"submitted run {run_id} to federation '{a.federation}'; waiting for it to finish")
+    flower_runs.wait(a.federation, run_id)
+    return 0
+
+
+def cmd_deploy_local(a: argparse.Namespace) -> int:
+    from deploy.local_deployment import LocalDeployment
+
+    d = LocalDeployment(
+        Path(a.out),
+        num_owners=a.owners,
+        epsilon=a.epsilon,
+        aux_per_class=a.aux_per_class or PRESETS[a.preset]["aux_per_class"],
+        data_root=a.data_root,
+        private_subset=a.private_subset,
+        max_draws_per_request=max(a.draws_per_request, 1),
+    )
+    try:
+        print(f"starting {a.owners} owner service(s), a SuperLink and {a.owners} SuperNode(s); logs in {d.logs}")
+        d.start()
+        run_id = d.submit(_flower_run_config(_run_config(a, d.root, d.aux_per_class)))
+        print(f"run {run_id} submitted; FLWR_HOME={d.root / 'flwr-cli'} flwr log {run_id} shows the distiller's log")
+        d.wait(run_id)
+        print(f"all artefacts are in {d.root / 'distiller'}")
+    finally:
+        d.stop()
     return 0
 
 
@@ -181,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-runs", type=int, default=3)
     s.add_argument("--eval-epochs", type=int)
     s.add_argument("--eval-width", type=int)
+    s.add_argument("--owners", type=int, default=1, help="split the private data among this many simulated owners")
+    s.add_argument(
+        "--transport",
+        choices=("in-process", "flower"),
+        default="in-process",
+        help="in-process calls, or Flower's simulation engine with the owners as gRPC services",
+    )
     s.add_argument("--private-subset", type=int, help="use only this many private training images (for quick tries)")
     s.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: Debian package or cache)")
     s.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")
@@ -202,6 +248,36 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("budget", help="print an owner's ledger and remaining budget")
     b.add_argument("--config", required=True, help="the owner's config file (TOML)")
     b.set_defaults(func=cmd_budget)
+
+    o = sub.add_parser("owner-serve", help="run the owner service (gRPC) with the limits in the owner's config")
+    o.add_argument("--config", required=True, help="the owner's config file (TOML)")
+    o.set_defaults(func=cmd_owner_serve)
+
+    f = sub.add_parser("flower-run", help="start a distillation on a SuperLink (flwr CLI) and wait for its outcome")
+    f.add_argument("--federation", default="dpdistill", help="connection name in $FLWR_HOME/config.toml")
+    f.add_argument("--run-config", default="", help="keys as in deploy/flower_app/pyproject.toml")
+    f.set_defaults(func=cmd_flower_run)
+
+    d = sub.add_parser(
+        "deploy-local",
+        help="every role as its own process on 127.0.0.1 (owner services, SuperLink, SuperNodes, distiller), TLS on",
+    )
+    d.add_argument("--out", default="runs/deployment")
+    d.add_argument("--owners", type=int, default=1)
+    d.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    d.add_argument("--epsilon", type=float, default=1.0, help="each owner's budget")
+    d.add_argument("--draws-per-request", type=int, default=100, help="draws per Flower message")
+    d.add_argument("--group-size", type=float, default=50.0)
+    d.add_argument("--ipc", type=int, default=10)
+    d.add_argument("--eval-runs", type=int, default=3)
+    d.add_argument("--eval-epochs", type=int)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--draws", type=int)
+    d.add_argument("--iterations", type=int)
+    d.add_argument("--aux-per-class", type=int)
+    d.add_argument("--private-subset", type=int)
+    d.add_argument("--data-root")
+    d.set_defaults(func=cmd_deploy_local)
 
     e = sub.add_parser("evaluate", help="train ConvNets on an exported synthetic.pt and test them")
     e.add_argument("synthetic")

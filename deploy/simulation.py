@@ -1,7 +1,8 @@
-"""In-process simulation: one owner node and one distiller node in a single process.
+"""In-process simulation: owner nodes and one distiller node in a single process.
 
-The two meet only through encoded protocol messages (bytes in, bytes out), exactly what a network
-transport would carry. This module imports both nodes, so it lives outside both.
+They meet only through encoded protocol messages (bytes in, bytes out) on the same transport
+interface a gRPC channel or the Flower relay provides. This module imports both nodes, so it lives
+outside both. ``prepare_owners`` also sets up the owners of the deployment-mode launcher.
 """
 
 from __future__ import annotations
@@ -13,46 +14,63 @@ import torch
 
 from distiller_node.client import OwnerClient
 from distiller_node.pipeline import DistillerConfig, run_distillation
-from owner_node.config import Limits, OwnerConfig, write_config
+from owner_node.config import Limits, OwnerConfig, ServiceConfig, write_config
 from owner_node.service import OwnerService
-from shared.datasets import ImageSet, load_fashion_mnist, save_npz, split_auxiliary
+from shared.datasets import ImageSet, load_fashion_mnist, public_split, save_npz
 
 
-def prepare_owner(
-    owner_dir: Path,
+def owner_dirs(out: Path, num_owners: int) -> list[Path]:
+    return [out / "owner"] if num_owners == 1 else [out / f"owner-{i + 1}" for i in range(num_owners)]
+
+
+def prepare_owners(
+    out: Path,
     aux: ImageSet,
     epsilon: float,
     delta: float,
     data_root: str | None,
     private_subset: int | None,
+    num_owners: int = 1,
     seed: int = 0,
-) -> Path:
-    """Write the simulated owner's files (config, auxiliary set, optional private subset)."""
-    owner_dir.mkdir(parents=True, exist_ok=True)
-    config_path = owner_dir / "owner.toml"
-    if config_path.exists():
-        return config_path
-    save_npz(owner_dir / "aux.npz", aux)
-    # Paths in owner.toml are relative to the file, so the owner folder can be moved as a whole.
-    source, path = "fashion-mnist", Path(data_root).resolve() if data_root else None
-    if private_subset:
+    services: list[ServiceConfig] | None = None,
+    limits: Limits | None = None,
+) -> list[Path]:
+    """Write each simulated owner's files (config, auxiliary set, its private share); existing ones are kept.
+
+    With several owners the training set (or the private subset) is split at random into disjoint,
+    equal shares, one per owner.
+    """
+    dirs = owner_dirs(Path(out), num_owners)
+    paths = [d / "owner.toml" for d in dirs]
+    if all(p.exists() for p in paths):
+        return paths
+    shares: list[ImageSet | None] = [None]
+    if private_subset or num_owners > 1:
         train = load_fashion_mnist(train=True, root=data_root)
         g = torch.Generator().manual_seed(seed)
-        index = torch.randperm(len(train), generator=g)[:private_subset].sort().values
-        save_npz(owner_dir / "private_subset.npz", train.subset(index))
-        source, path = "npz", Path("private_subset.npz")
-    config = OwnerConfig(
-        owner_id="simulated-owner",
-        data_source=source,
-        data_path=path,
-        aux_path=Path("aux.npz"),
-        ledger_path=Path("ledger.sqlite"),
-        epsilon=epsilon,
-        delta=delta,
-        limits=Limits(),
-    )
-    write_config(config_path, config)
-    return config_path
+        index = torch.randperm(len(train), generator=g)[: private_subset or len(train)]
+        shares = [train.subset(part.sort().values) for part in index.chunk(num_owners)]
+    for i, (owner_dir, config_path) in enumerate(zip(dirs, paths, strict=True)):
+        owner_dir.mkdir(parents=True, exist_ok=True)
+        save_npz(owner_dir / "aux.npz", aux)
+        # Paths in owner.toml are relative to the file, so the owner folder can be moved as a whole.
+        source, path = "fashion-mnist", Path(data_root).resolve() if data_root else None
+        if shares[0] is not None:
+            save_npz(owner_dir / "private.npz", shares[i])
+            source, path = "npz", Path("private.npz")
+        config = OwnerConfig(
+            owner_id="simulated-owner" if num_owners == 1 else f"owner-{i + 1}",
+            data_source=source,
+            data_path=path,
+            aux_path=Path("aux.npz"),
+            ledger_path=Path("ledger.sqlite"),
+            epsilon=epsilon,
+            delta=delta,
+            limits=limits or Limits(),
+            service=services[i] if services else ServiceConfig(),
+        )
+        write_config(config_path, config)
+    return paths
 
 
 def simulate(
@@ -63,20 +81,20 @@ def simulate(
     private_subset: int | None = None,
     show_progress: bool = True,
     download: bool = False,
+    num_owners: int = 1,
 ) -> dict:
     out = Path(out)
-    # With --download, torchvision fetches both splits into the cache, where the owner finds them.
-    test = load_fashion_mnist(train=False, root=data_root, download=download)
-    aux, held_out = split_auxiliary(test, aux_per_class)
-    config_path = prepare_owner(
-        out / "owner", aux, cfg.epsilon, cfg.delta, data_root, private_subset, cfg.sampling.seed
+    aux, held_out = public_split(aux_per_class, data_root, download)
+    paths = prepare_owners(
+        out, aux, cfg.epsilon, cfg.delta, data_root, private_subset, num_owners, cfg.sampling.seed
     )
-    owner_cfg = OwnerConfig.load(config_path)
-    if owner_cfg.epsilon != cfg.epsilon or owner_cfg.delta != cfg.delta:
-        cfg = replace(cfg, epsilon=owner_cfg.epsilon, delta=owner_cfg.delta)
-    service = OwnerService(owner_cfg)
+    configs = [OwnerConfig.load(p) for p in paths]
+    if configs[0].epsilon != cfg.epsilon or configs[0].delta != cfg.delta:
+        cfg = replace(cfg, epsilon=configs[0].epsilon, delta=configs[0].delta)
+    services = [OwnerService(c) for c in configs]
     try:
-        client = OwnerClient(service.handle)
-        return run_distillation(client, cfg, out / "distiller", aux, held_out, show_progress)
+        clients = [OwnerClient(s.call, c.owner_id) for s, c in zip(services, configs, strict=True)]
+        return run_distillation(clients, cfg, out / "distiller", aux, held_out, show_progress)
     finally:
-        service.close()
+        for s in services:
+            s.close()

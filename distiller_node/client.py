@@ -1,7 +1,15 @@
-"""The distiller's view of an owner: typed calls over any bytes-in/bytes-out transport."""
+"""The distiller's view of an owner: typed calls over any transport, retried when the path fails.
+
+A transport takes an RPC name (``Describe``, ``Release``, ``Budget``; shared/rpc/owner.proto) and
+DPDM bytes and returns the reply bytes, or raises ``OwnerCallError``. The in-process simulation, a
+direct gRPC channel and the Flower relay are all transports, so the pipeline has one code path.
+Retrying is safe because a release is idempotent by request id: the owner answers a repeated id
+from its ledger without spending again.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from shared.protocol import (
@@ -15,8 +23,9 @@ from shared.protocol import (
     decode,
     encode,
 )
+from shared.rpc.errors import OwnerCallError
 
-Transport = Callable[[bytes], bytes]
+Transport = Callable[[str, bytes], bytes]
 
 
 class OwnerRefused(RuntimeError):
@@ -27,30 +36,56 @@ class OwnerRefused(RuntimeError):
         self.code = code
 
 
-class OwnerClient:
-    def __init__(self, transport: Transport):
-        self.transport = transport
+class OwnerUnreachable(RuntimeError):
+    """The owner could not be reached within the retry window; run the same command again to resume."""
 
-    def _call(self, message, expected: type):
-        reply = decode(self.transport(encode(message)))
-        if isinstance(reply, ErrorReply):
-            raise OwnerRefused(reply.code, reply.message)
+
+class OwnerClient:
+    def __init__(self, transport: Transport, name: str = "owner", retry_window_s: float = 900.0, log=print):
+        self.transport = transport
+        self.name = name
+        self.retry_window_s = retry_window_s
+        self.log = log
+
+    def _send(self, method: str, body: bytes) -> bytes:
+        deadline = time.monotonic() + self.retry_window_s
+        delay = 1.0
+        while True:
+            try:
+                raw = self.transport(method, body)
+            except OwnerCallError as exc:
+                if not exc.retryable:
+                    raise OwnerRefused(exc.code, exc.message) from None
+                if time.monotonic() + delay > deadline:
+                    raise OwnerUnreachable(
+                        f"owner '{self.name}' unreachable for {self.retry_window_s:.0f} s ({exc}); "
+                        "run the same command again to resume"
+                    ) from None
+                self.log(f"[{self.name}] {exc.code}: {exc.message}; retrying in {delay:.0f} s")
+                time.sleep(delay)
+                delay = min(2 * delay, 30.0)
+                continue
+            reply = decode(raw)
+            if isinstance(reply, ErrorReply):
+                raise OwnerRefused(reply.code, reply.message)
+            return raw
+
+    def _call(self, method: str, message, expected: type):
+        reply = decode(self._send(method, encode(message)))
         if not isinstance(reply, expected):
             raise RuntimeError(f"owner answered {reply.kind}, expected {expected.kind}")
         return reply
 
     def describe(self) -> OwnerInfo:
-        return self._call(DescribeRequest(), OwnerInfo)
+        return self._call("Describe", DescribeRequest(), OwnerInfo)
 
     def budget(self) -> BudgetReport:
-        return self._call(BudgetRequest(), BudgetReport)
+        return self._call("Budget", BudgetRequest(), BudgetReport)
 
     def release(self, request: FeatureRequest) -> tuple[FeatureReply, bytes]:
         """The decoded reply and its exact bytes (stored as received)."""
-        raw = self.transport(encode(request))
+        raw = self._send("Release", encode(request))
         reply = decode(raw)
-        if isinstance(reply, ErrorReply):
-            raise OwnerRefused(reply.code, reply.message)
         if not isinstance(reply, FeatureReply) or reply.request_id != request.request_id:
             raise RuntimeError("owner answered with something other than the reply to this request")
         if reply.noisy_sums.shape[0] != request.num_draws or reply.noisy_sums.shape[2] != request.subspace_dim:

@@ -55,36 +55,65 @@ def _check_resume(out: Path, cfg: DistillerConfig) -> None:
         atomic_write(path, json.dumps(cfg.to_dict(), indent=1, sort_keys=True).encode())
 
 
+def _ordered_by_plan(clients: list[OwnerClient], infos: list, plan: SamplingPlan) -> tuple[list, list]:
+    """Match reconnected owners to the plan's order by owner id (transports may list them in any order)."""
+    by_id = {info.owner_id: (c, info) for c, info in zip(clients, infos, strict=True)}
+    wanted = [o.owner_id for o in plan.owners]
+    if sorted(by_id) != sorted(wanted):
+        raise ValueError(f"this run was planned with owners {wanted}, but the owners now are {sorted(by_id)}")
+    pairs = [by_id[w] for w in wanted]
+    return [c for c, _ in pairs], [i for _, i in pairs]
+
+
 def run_distillation(
-    client: OwnerClient, cfg: DistillerConfig, out: Path, aux: ImageSet, test: ImageSet, show_progress: bool = True
+    clients: OwnerClient | list[OwnerClient],
+    cfg: DistillerConfig,
+    out: Path,
+    aux: ImageSet,
+    test: ImageSet,
+    show_progress: bool = True,
 ) -> dict:
+    """``cfg.epsilon`` is what each owner is asked to spend (at most its remaining budget)."""
+    clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
     timings: dict[str, float] = {}
     rss = {"at_start": peak_rss_mb()}
-    info = client.describe()
-    if content_hash(aux.images) != info.aux_hash:
-        raise ValueError("the distiller's auxiliary set differs from the owner's (content hashes disagree)")
+    infos = [c.describe() for c in clients]
+    for c, info in zip(clients, infos, strict=True):
+        c.name = info.owner_id
+        if content_hash(aux.images) != info.aux_hash:
+            raise ValueError(
+                f"the distiller's auxiliary set differs from owner '{info.owner_id}''s (content hashes disagree)"
+            )
 
     plan_path = out / "plan.json"
     if plan_path.exists():
         plan = SamplingPlan.load(plan_path)
+        clients, infos = _ordered_by_plan(clients, infos, plan)
         print(f"resuming run {plan.run_id} in {out}")
     else:
-        remaining = client.budget().epsilon_remaining
-        target = min(cfg.epsilon, remaining)
-        if target <= 0:
-            raise ValueError(f"the owner has no privacy budget left (remaining epsilon {remaining:.4f})")
-        plan = make_plan(cfg.sampling, info, target, cfg.delta, cfg.accountant)
+        targets = []
+        for c, info in zip(clients, infos, strict=True):
+            remaining = c.budget().epsilon_remaining
+            if remaining <= 0:
+                raise ValueError(
+                    f"owner '{info.owner_id}' has no privacy budget left (remaining epsilon {remaining:.4f})"
+                )
+            targets.append(min(cfg.epsilon, remaining))
+        plan = make_plan(cfg.sampling, infos, targets, cfg.delta, cfg.accountant)
         plan.save(plan_path)
-    print(
-        f"plan: {len(plan.network_seeds)} draws, sigma={plan.noise_multiplier:.4f}, q={plan.sample_rate:.5f}, "
-        f"planned epsilon={plan.planned_epsilon('prv'):.4f} (PRV) at delta={plan.delta:g}"
-    )
+    for o, share in enumerate(plan.owners):
+        print(
+            f"plan for owner '{share.owner_id}': {len(plan.network_seeds)} draws, sigma={share.noise_multiplier:.4f}, "
+            f"q={share.sample_rate:.5f}, planned epsilon={plan.planned_epsilon(o, 'prv'):.4f} (PRV) "
+            f"at delta={plan.delta:g}"
+        )
+    info = infos[0]
 
     t0 = time.perf_counter()
-    signals = run_sampling(client, plan, SignalStore(out / "signals"), show_progress)
+    signals = run_sampling(clients, plan, SignalStore(out / "signals"), show_progress)
     timings["sampling_s"] = time.perf_counter() - t0
     rss["after_sampling"] = peak_rss_mb()
 
@@ -111,8 +140,8 @@ def run_distillation(
     timings["evaluation_s"] = time.perf_counter() - t0
     rss["after_evaluation"] = peak_rss_mb()
 
-    budget = client.budget()
-    report = privacy_report(plan, budget, info)
+    budgets = [c.budget() for c in clients]
+    report = privacy_report(plan, budgets, infos)
     write_report(out, report)
     artefacts = export_synthetic(
         out,
@@ -122,8 +151,9 @@ def run_distillation(
         info.class_names,
         info.normalization,
         {
-            "epsilon_prv": budget.epsilon_prv,
-            "delta": budget.delta,
+            "epsilon_prv": report["epsilon_prv"],
+            "delta": report["delta"],
+            "owners": [o["owner_id"] for o in report["owners"]],
             "ipc": cfg.optimisation.ipc,
             "pea": cfg.optimisation.pea,
         },
@@ -132,9 +162,10 @@ def run_distillation(
     artefacts |= {"loss_curve": "loss_curve.png", "privacy_report": "privacy_report.json"}
     results = {
         "test_accuracy": result.to_dict(),
-        "epsilon_prv": budget.epsilon_prv,
-        "epsilon_rdp": budget.epsilon_rdp,
-        "delta": budget.delta,
+        "epsilon_prv": report["epsilon_prv"],
+        "epsilon_rdp": report["epsilon_rdp"],
+        "delta": report["delta"],
+        "epsilon_by_owner": {o["owner_id"]: o["epsilon_prv"] for o in report["owners"]},
         "timings_s": timings,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_mb_by_stage": rss,

@@ -1,4 +1,4 @@
-"""The privacy report: the owner's own account of what it released, beside the distiller's plan."""
+"""The privacy report: each owner's own account of what it released, beside the distiller's plan."""
 
 from __future__ import annotations
 
@@ -9,33 +9,52 @@ from distiller_node.sampling import SamplingPlan
 from shared.protocol import BudgetReport, OwnerInfo
 
 
-def privacy_report(plan: SamplingPlan, budget: BudgetReport, info: OwnerInfo) -> dict:
+def _owner_section(plan: SamplingPlan, o: int, budget: BudgetReport, info: OwnerInfo) -> dict:
+    share = plan.owners[o]
     return {
-        "guarantee": f"({budget.epsilon_prv:.4f}, {budget.delta:g})-differential privacy under add/remove of one "
-        "private record, for everything the owner released (the synthetic set is post-processing)",
+        "owner_id": budget.owner_id,
         "epsilon_prv": budget.epsilon_prv,
         "epsilon_rdp": budget.epsilon_rdp,
         "delta": budget.delta,
         "owner_budget_epsilon": budget.epsilon_budget,
-        "owner_id": budget.owner_id,
-        "noise_multiplier": plan.noise_multiplier,
-        "sample_rate_q": plan.sample_rate,
-        "expected_group_size": plan.group_size,
+        "noise_multiplier": share.noise_multiplier,
+        "sample_rate_q": share.sample_rate,
+        "target_epsilon": share.target_epsilon,
+        "planned_epsilon_prv": plan.planned_epsilon(o, "prv"),
         "releases": budget.num_draws,
         "requests": budget.num_requests,
         "clip_norm": budget.clip_norm,
-        "sensitivity": "each record enters at most one class sum per release, clipped to L2 norm C after projection",
-        "mechanism": "Poisson-subsampled Gaussian mechanism, noise std sigma*C drawn once per release",
-        "accountants": "opacus PRV (reported, upper bound, eps_error 0.01) and RDP (cross-check)",
+        "class_counts": list(info.class_counts),
         "events": [e.to_dict() for e in budget.events],
         "treated_as_public": list(budget.public),
-        "class_counts": list(info.class_counts),
-        "class_names": list(info.class_names),
-        "image_shape": list(info.image_shape),
-        "aux_hash": info.aux_hash,
+    }
+
+
+def privacy_report(plan: SamplingPlan, budgets: list[BudgetReport], infos: list[OwnerInfo]) -> dict:
+    """Top-level figures are those of the owner with the largest epsilon; ``owners`` has each one."""
+    owners = [_owner_section(plan, o, b, i) for o, (b, i) in enumerate(zip(budgets, infos, strict=True))]
+    worst = max(owners, key=lambda s: s["epsilon_prv"])
+    each = "; ".join(f"owner '{s['owner_id']}': ({s['epsilon_prv']:.4f}, {s['delta']:g})" for s in owners)
+    return {
+        "guarantee": f"{each} - differential privacy of each owner's data under add/remove of one of its "
+        "records, for everything that owner released (the synthetic set is post-processing); "
+        "figures count the owner's whole ledger",
+        **{k: worst[k] for k in ("epsilon_prv", "epsilon_rdp", "delta", "owner_budget_epsilon", "owner_id")},
+        **{k: worst[k] for k in ("noise_multiplier", "sample_rate_q", "releases", "requests", "clip_norm")},
+        "expected_group_size": plan.group_size,
+        "combined_expected_group_size": plan.group_size * len(owners),
+        "sensitivity": "each record enters at most one class sum per release, clipped to L2 norm C after projection",
+        "mechanism": "Poisson-subsampled Gaussian mechanism, noise std sigma*C drawn once per release by each owner",
+        "accountants": "opacus PRV (reported, upper bound, eps_error 0.01) and RDP (cross-check)",
+        "events": worst["events"],
+        "treated_as_public": worst["treated_as_public"],
+        "class_counts": worst["class_counts"],
+        "class_names": list(infos[0].class_names),
+        "image_shape": list(infos[0].image_shape),
+        "aux_hash": infos[0].aux_hash,
+        "owners": owners,
         "plan": {
-            "target_epsilon": plan.target_epsilon,
-            "planned_epsilon_prv": plan.planned_epsilon("prv"),
+            "run_id": plan.run_id,
             "draws": len(plan.network_seeds),
             "subspace_dim": plan.subspace_dim,
             "network": plan.network.to_dict(),
@@ -45,28 +64,33 @@ def privacy_report(plan: SamplingPlan, budget: BudgetReport, info: OwnerInfo) ->
 
 
 def format_report(r: dict) -> str:
-    return "\n".join(
-        [
-            "PRIVACY REPORT",
-            "==============",
-            f"Guarantee: {r['guarantee']}.",
-            "",
-            f"epsilon (PRV accountant):   {r['epsilon_prv']:.4f}",
-            f"epsilon (RDP, cross-check): {r['epsilon_rdp']:.4f}",
-            f"delta:                      {r['delta']:g}",
-            f"owner's budget:             epsilon {r['owner_budget_epsilon']} (owner '{r['owner_id']}')",
-            f"noise multiplier sigma:     {r['noise_multiplier']:.4f}   (noise std sigma*C per coordinate)",
-            f"sampling rate q:            {r['sample_rate_q']:.6f}   "
+    lines = [
+        "PRIVACY REPORT",
+        "==============",
+        f"Guarantee: {r['guarantee']}.",
+        "",
+    ]
+    for s in r["owners"]:
+        lines += [
+            f"Owner '{s['owner_id']}' (budget epsilon {s['owner_budget_epsilon']})",
+            f"  epsilon (PRV accountant):   {s['epsilon_prv']:.4f}",
+            f"  epsilon (RDP, cross-check): {s['epsilon_rdp']:.4f}",
+            f"  delta:                      {s['delta']:g}",
+            f"  noise multiplier sigma:     {s['noise_multiplier']:.4f}   (noise std sigma*C per coordinate)",
+            f"  sampling rate q:            {s['sample_rate_q']:.6f}   "
             f"(expected group size {r['expected_group_size']} per class)",
-            f"releases (draws):           {r['releases']} in {r['requests']} requests",
-            f"clip norm C:                {r['clip_norm']}",
-            f"sensitivity:                {r['sensitivity']}",
+            f"  releases (draws):           {s['releases']} in {s['requests']} requests",
+            f"  clip norm C:                {s['clip_norm']}",
+            f"  class counts:               {s['class_counts']}",
             "",
-            "Treated as public (not protected by the guarantee):",
-            *[f"  - {p}" for p in r["treated_as_public"]],
-            f"  class counts: {r['class_counts']}",
         ]
-    )
+    lines += [
+        f"sensitivity: {r['sensitivity']}",
+        "",
+        "Treated as public (not protected by the guarantee):",
+        *[f"  - {p}" for p in r["treated_as_public"]],
+    ]
+    return "\n".join(lines)
 
 
 def write_report(out: Path, report: dict) -> None:

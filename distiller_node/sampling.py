@@ -1,14 +1,20 @@
-"""Sampling stage (DOS): plan the draws, ask the owner in batches, persist every reply.
+"""Sampling stage (DOS): plan the draws, ask each owner in batches, persist every reply.
 
-The plan (seeds, noise level, request ids) is written once and reused on resume, so a crashed
-run asks again only for batches it has not stored, with the same request ids: the owner's ledger
-answers those from its record instead of spending again.
+The plan (seeds, each owner's noise level, request ids) is written once and reused on resume, so a
+crashed run asks again only for batches it has not stored, with the same request ids: the owner's
+ledger answers those from its record instead of spending again.
+
+Several owners receive the same seeds (same networks and augmentations), each at the noise its own
+budget allows, so their per-class noisy sums add up: the combined group size is the sum of the
+owners' expected group sizes, and each owner's epsilon is its own.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +41,16 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class OwnerPlan:
+    """One owner's share of the plan: the noise its remaining budget allows at its sampling rate."""
+
+    owner_id: str
+    noise_multiplier: float
+    sample_rate: float
+    target_epsilon: float
+
+
+@dataclass(frozen=True)
 class SamplingPlan:
     run_id: str
     network: NetworkSpec
@@ -44,21 +60,19 @@ class SamplingPlan:
     group_size: float
     subspace_dim: int
     augmentation: str
-    noise_multiplier: float
-    sample_rate: float
     aux_hash: str
-    target_epsilon: float
     delta: float
     accountant: str
+    owners: list[OwnerPlan]
 
     @property
     def num_batches(self) -> int:
         return -(-len(self.network_seeds) // self.draws_per_request)
 
-    def batch(self, b: int) -> FeatureRequest:
+    def batch(self, b: int, owner: int = 0) -> FeatureRequest:
         lo, hi = b * self.draws_per_request, min((b + 1) * self.draws_per_request, len(self.network_seeds))
         return FeatureRequest(
-            request_id=f"{self.run_id}-b{b:05d}",
+            request_id=f"{self.run_id}-o{owner}-b{b:05d}",
             network=self.network,
             network_seeds=tuple(self.network_seeds[lo:hi]),
             augment_seeds=tuple(self.augment_seeds[lo:hi]),
@@ -66,12 +80,14 @@ class SamplingPlan:
             subspace_dim=self.subspace_dim,
             aux_hash=self.aux_hash,
             expected_group_size=self.group_size,
-            noise_multiplier=self.noise_multiplier,
+            noise_multiplier=self.owners[owner].noise_multiplier,
         )
 
-    def planned_epsilon(self, method: str) -> float:
-        event = SampledGaussianEvent(self.noise_multiplier, self.sample_rate, len(self.network_seeds))
-        return epsilon([event], self.delta, method)
+    def planned_epsilon(self, owner: int, method: str) -> float:
+        o = self.owners[owner]
+        return epsilon(
+            [SampledGaussianEvent(o.noise_multiplier, o.sample_rate, len(self.network_seeds))], self.delta, method
+        )
 
     def save(self, path: Path) -> None:
         d = asdict(self)
@@ -82,34 +98,62 @@ class SamplingPlan:
     def load(cls, path: Path) -> SamplingPlan:
         d = json.loads(Path(path).read_text())
         d["network"] = NetworkSpec(**d["network"])
+        d["owners"] = [OwnerPlan(**o) for o in d["owners"]]
         return cls(**d)
 
 
+def check_compatible(infos: list[OwnerInfo]) -> None:
+    """Owners' sums can only be added if they describe the same task in the same public terms."""
+    first = infos[0]
+    ids = [i.owner_id for i in infos]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"owner ids must be distinct, got {ids}")
+    for info in infos[1:]:
+        for name in ("class_names", "image_shape", "normalization", "aux_hash", "clip_norm"):
+            if getattr(info, name) != getattr(first, name):
+                raise ValueError(
+                    f"owners '{first.owner_id}' and '{info.owner_id}' disagree on {name}: "
+                    f"{getattr(first, name)} vs {getattr(info, name)}"
+                )
+
+
 def make_plan(
-    cfg: SamplingConfig, info: OwnerInfo, target_epsilon: float, delta: float, accountant: str = "prv"
+    cfg: SamplingConfig,
+    infos: list[OwnerInfo],
+    target_epsilons: list[float],
+    delta: float,
+    accountant: str = "prv",
 ) -> SamplingPlan:
-    """Seeds from the distiller's run seed (public), noise calibrated to spend ``target_epsilon``."""
+    """Seeds from the distiller's run seed (public); each owner's noise calibrated to spend its target."""
+    check_compatible(infos)
     g = torch.Generator().manual_seed(cfg.seed)
     seeds = torch.randint(0, 2**62, (2, cfg.draws), generator=g)
-    rate = max(min(1.0, cfg.group_size / n) for n in info.class_counts)
-    cap = float(info.limits.get("max_sample_rate", 1.0))
-    if rate > cap:
-        raise ValueError(
-            f"group size {cfg.group_size} means sampling rate {rate:.4f} on the smallest class "
-            f"({min(info.class_counts)} examples), above the owner's cap {cap}; use a smaller --group-size"
-        )
-    max_draws = int(info.limits.get("max_draws_per_request", cfg.draws_per_request))
-    if cfg.draws_per_request > max_draws:
-        raise ValueError(f"--draws-per-request {cfg.draws_per_request} exceeds the owner's cap {max_draws}")
-    sigma = noise_for_budget(target_epsilon, delta, rate, cfg.draws, accountant)
+    owners = []
+    for info, target in zip(infos, target_epsilons, strict=True):
+        rate = max(min(1.0, cfg.group_size / n) for n in info.class_counts)
+        cap = float(info.limits.get("max_sample_rate", 1.0))
+        if rate > cap:
+            raise ValueError(
+                f"group size {cfg.group_size} means sampling rate {rate:.4f} on the smallest class of owner "
+                f"'{info.owner_id}' ({min(info.class_counts)} examples), above its cap {cap}; "
+                "use a smaller --group-size"
+            )
+        max_draws = int(info.limits.get("max_draws_per_request", cfg.draws_per_request))
+        if cfg.draws_per_request > max_draws:
+            raise ValueError(
+                f"--draws-per-request {cfg.draws_per_request} exceeds owner '{info.owner_id}''s cap {max_draws}"
+            )
+        sigma = noise_for_budget(target, delta, rate, cfg.draws, accountant)
+        owners.append(OwnerPlan(info.owner_id, sigma, rate, target))
+    first = infos[0]
     return SamplingPlan(
         run_id=secrets.token_hex(6),
         network=NetworkSpec(
             width=cfg.width,
             depth=cfg.depth,
-            channels=info.image_shape[0],
-            image_size=info.image_shape[1],
-            num_classes=len(info.class_names),
+            channels=first.image_shape[0],
+            image_size=first.image_shape[1],
+            num_classes=len(first.class_names),
         ),
         network_seeds=seeds[0].tolist(),
         augment_seeds=seeds[1].tolist(),
@@ -117,29 +161,34 @@ def make_plan(
         group_size=cfg.group_size,
         subspace_dim=cfg.subspace_dim,
         augmentation=cfg.augmentation,
-        noise_multiplier=sigma,
-        sample_rate=rate,
-        aux_hash=info.aux_hash,
-        target_epsilon=target_epsilon,
+        aux_hash=first.aux_hash,
         delta=delta,
         accountant=accountant,
+        owners=owners,
     )
 
 
-def run_sampling(client: OwnerClient, plan: SamplingPlan, store: SignalStore, show_progress: bool = True) -> Signals:
-    """Fetch every batch not yet stored; each reply is on disk before the next request leaves."""
-    todo = [b for b in range(plan.num_batches) if not store.has(b)]
-    done_draws = len(plan.network_seeds) - sum(plan.batch(b).num_draws for b in todo)
+def run_sampling(
+    clients: list[OwnerClient], plan: SamplingPlan, store: SignalStore, show_progress: bool = True
+) -> Signals:
+    """Fetch every batch not yet stored, owners in parallel; each reply is on disk before its owner's next request."""
+    todo = {o: [b for b in range(plan.num_batches) if not store.has(o, b)] for o in range(len(plan.owners))}
+    total = len(plan.network_seeds) * len(plan.owners)
+    done = total - sum(plan.batch(b, o).num_draws for o, bs in todo.items() for b in bs)
+    lock = threading.Lock()
     with tqdm(
-        total=len(plan.network_seeds),
-        initial=done_draws,
-        desc="sampling (owner releases)",
-        unit="draw",
-        disable=not show_progress,
+        total=total, initial=done, desc="sampling (owner releases)", unit="draw", disable=not show_progress
     ) as bar:
-        for b in todo:
-            request = plan.batch(b)
-            _, raw = client.release(request)
-            store.put(b, raw)
-            bar.update(request.num_draws)
-    return store.load(plan.num_batches, plan.network_seeds, plan.augment_seeds)
+
+        def fetch(o: int) -> None:
+            for b in todo[o]:
+                request = plan.batch(b, o)
+                _, raw = clients[o].release(request)
+                store.put(o, b, raw)
+                with lock:
+                    bar.update(request.num_draws)
+
+        with ThreadPoolExecutor(max_workers=len(plan.owners), thread_name_prefix="sampling") as pool:
+            for future in [pool.submit(fetch, o) for o in todo]:
+                future.result()
+    return store.load(len(plan.owners), plan.num_batches, plan.network_seeds, plan.augment_seeds)

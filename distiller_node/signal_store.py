@@ -36,33 +36,45 @@ class Signals:
 
 
 class SignalStore:
+    """``signals/o<owner>/batch_<n>.msg``: owner index as in the plan, batch in draw order."""
+
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, batch: int) -> Path:
-        return self.folder / f"batch_{batch:05d}.msg"
+    def _path(self, owner: int, batch: int) -> Path:
+        return self.folder / f"o{owner}" / f"batch_{batch:05d}.msg"
 
-    def has(self, batch: int) -> bool:
-        return self._path(batch).exists()
+    def has(self, owner: int, batch: int) -> bool:
+        return self._path(owner, batch).exists()
 
-    def put(self, batch: int, raw_reply: bytes) -> None:
-        atomic_write(self._path(batch), raw_reply)
+    def put(self, owner: int, batch: int, raw_reply: bytes) -> None:
+        path = self._path(owner, batch)
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, raw_reply)
 
-    def get(self, batch: int) -> FeatureReply:
-        return decode(self._path(batch).read_bytes())
+    def get(self, owner: int, batch: int) -> FeatureReply:
+        return decode(self._path(owner, batch).read_bytes())
 
-    def load(self, num_batches: int, network_seeds: list[int], augment_seeds: list[int]) -> Signals:
-        replies = [self.get(b) for b in range(num_batches)]
-        sums = np.concatenate([r.noisy_sums for r in replies])
-        if sums.shape[0] != len(network_seeds):
-            raise RuntimeError(f"signal store holds {sums.shape[0]} draws, the plan {len(network_seeds)}")
-        counts = {r.expected_counts for r in replies}
-        if len(counts) != 1:
-            raise RuntimeError("replies disagree on expected group sizes")
+    def load(self, num_owners: int, num_batches: int, network_seeds: list[int], augment_seeds: list[int]) -> Signals:
+        """Every owner's releases, added up: noisy sums and expected group sizes both sum over owners."""
+        total_sums, total_counts = None, None
+        for o in range(num_owners):
+            replies = [self.get(o, b) for b in range(num_batches)]
+            sums = np.concatenate([r.noisy_sums for r in replies]).astype(np.float64)
+            if sums.shape[0] != len(network_seeds):
+                raise RuntimeError(
+                    f"signal store holds {sums.shape[0]} draws of owner {o}, the plan {len(network_seeds)}"
+                )
+            counts = {r.expected_counts for r in replies}
+            if len(counts) != 1:
+                raise RuntimeError(f"replies of owner {o} disagree on expected group sizes")
+            counts = np.asarray(replies[0].expected_counts, dtype=np.float64)
+            total_sums = sums if total_sums is None else total_sums + sums
+            total_counts = counts if total_counts is None else total_counts + counts
         return Signals(
-            torch.from_numpy(sums).float(),
-            torch.tensor(replies[0].expected_counts, dtype=torch.float64),
+            torch.from_numpy(total_sums).float(),
+            torch.from_numpy(total_counts),
             list(network_seeds),
             list(augment_seeds),
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from shared.accounting import METHODS
 from shared.datasets import FASHION_MNIST_NORMALIZATION
+from shared.rpc.channel import is_loopback
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,30 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    """Where the owner service listens. Off loopback it must use TLS; with ``client_ca`` it demands client certs."""
+
+    listen: str = "127.0.0.1:50051"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    max_workers: int = 4
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("[service] needs both tls_cert and tls_key, or neither")
+        if self.tls_cert is None and not is_loopback(self.listen):
+            raise ValueError(
+                f"[service] listen = {self.listen!r} is not a loopback address: "
+                "set tls_cert and tls_key (and client_ca to require client certificates)"
+            )
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("[service] client_ca needs tls_cert and tls_key")
+        if self.max_workers < 1:
+            raise ValueError("[service] max_workers must be >= 1")
+
+
+@dataclass(frozen=True)
 class OwnerConfig:
     owner_id: str
     data_source: str  # fashion-mnist | image-folder | npz
@@ -39,6 +64,7 @@ class OwnerConfig:
     accountant: str = "prv"
     normalization: tuple[float, float] = FASHION_MNIST_NORMALIZATION
     limits: Limits = field(default_factory=Limits)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
     def __post_init__(self) -> None:
         if not (self.epsilon > 0 and 0 < self.delta < 1):
@@ -70,6 +96,10 @@ class OwnerConfig:
         try:
             data, privacy = raw.get("data", {}), raw["privacy"]
             limits = Limits(**raw.get("limits", {}))
+            svc = dict(raw.get("service", {}))
+            for key in ("tls_cert", "tls_key", "client_ca"):
+                svc[key] = resolve(svc.get(key))
+            service = ServiceConfig(**svc)
             return cls(
                 owner_id=str(raw.get("owner_id", "owner")),
                 data_source=data.get("source", "fashion-mnist"),
@@ -82,6 +112,7 @@ class OwnerConfig:
                 accountant=privacy.get("accountant", "prv"),
                 normalization=tuple(data.get("normalization", FASHION_MNIST_NORMALIZATION)),
                 limits=limits,
+                service=service,
             )
         except KeyError as exc:
             raise ValueError(f"owner config {path} lacks required key {exc}") from exc
@@ -122,4 +153,9 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
     ]
     for key, value in config.limits.to_dict().items():
         lines.append(f"{key} = {value}")
+    svc = config.service
+    lines += ["", "[service]", f"listen = {q(svc.listen)}", f"max_workers = {svc.max_workers}"]
+    for key in ("tls_cert", "tls_key", "client_ca"):
+        if getattr(svc, key) is not None:
+            lines.append(f"{key} = {q(getattr(svc, key))}")
     Path(path).write_text("\n".join(lines) + "\n")

@@ -68,6 +68,11 @@ class Ledger:
         )
         return [LedgerRow(r[0], r[1], r[2], SampledGaussianEvent(r[3], r[4], r[5]), r[6], r[7]) for r in cur.fetchall()]
 
+    def reply(self, request_id: str) -> bytes | None:
+        """The exact reply bytes recorded for ``request_id`` (for audits: every reply sent is here)."""
+        row = self._db.execute("SELECT reply FROM releases WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
     def events(self) -> list[SampledGaussianEvent]:
         """Every reserved or released draw: all of them count as spent."""
         return [row.event for row in self.rows()]

@@ -34,11 +34,18 @@ from shared.protocol import (
     decode,
     encode,
 )
+from shared.rpc.errors import OwnerCallError
 from shared.subspace import content_hash
 
 log = logging.getLogger("owner_node")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_SEED = 2**63 - 1
+# Which message kinds each RPC of shared/rpc/owner.proto accepts.
+KINDS_FOR_METHOD: dict[str, tuple[type, ...]] = {
+    "Describe": (DescribeRequest,),
+    "Release": (FeatureRequest,),
+    "Budget": (BudgetRequest,),
+}
 
 
 class RequestRefused(ValueError):
@@ -67,11 +74,28 @@ class OwnerService:
 
     # ------------------------------------------------------------ bytes in, bytes out
 
-    def handle(self, message: bytes, progress=None) -> bytes:
+    def handle(self, message: bytes, progress=None, method: str | None = None) -> bytes:
+        """Answer with reply bytes; a refusal is an encoded ``ErrorReply`` (the in-process transport)."""
+        try:
+            return self.answer(message, method, progress)
+        except RequestRefused as exc:
+            return encode(ErrorReply(exc.code, str(exc)))
+
+    def call(self, method: str, message: bytes) -> bytes:
+        """The in-process transport: a refusal raises ``OwnerCallError`` as it would over gRPC."""
+        try:
+            return self.answer(message, method)
+        except RequestRefused as exc:
+            raise OwnerCallError(exc.code, str(exc)) from None
+
+    def answer(self, message: bytes, method: str | None = None, progress=None) -> bytes:
+        """Answer with reply bytes or raise ``RequestRefused``; ``method`` (an RPC name) restricts the kind."""
         try:
             request = decode(message, max_bytes=self.config.limits.max_message_bytes)
         except ProtocolError as exc:
-            return encode(ErrorReply("bad_message", str(exc)))
+            raise RequestRefused("bad_message", str(exc)) from exc
+        if method is not None and not isinstance(request, KINDS_FOR_METHOD.get(method, ())):
+            raise RequestRefused("wrong_method", f"the {method} call does not take {request.kind} messages")
         try:
             if isinstance(request, DescribeRequest):
                 return encode(self.describe())
@@ -80,11 +104,11 @@ class OwnerService:
             if isinstance(request, FeatureRequest):
                 return self.release(request, progress)
             raise RequestRefused("unsupported", f"the owner does not answer {request.kind} messages")
-        except RequestRefused as exc:
-            return encode(ErrorReply(exc.code, str(exc)))
+        except RequestRefused:
+            raise
         except Exception as exc:  # the owner keeps serving; details stay in the owner's own log
             log.exception("internal error while answering %s", type(request).__name__)
-            return encode(ErrorReply("internal_error", f"the owner failed to answer ({type(exc).__name__})"))
+            raise RequestRefused("internal_error", f"the owner failed to answer ({type(exc).__name__})") from exc
 
     # ------------------------------------------------------------ operations
 

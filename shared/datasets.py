@@ -234,3 +234,10 @@ def split_auxiliary(public: ImageSet, per_class: int) -> tuple[ImageSet, ImageSe
     mask = torch.ones(len(public), dtype=torch.bool)
     mask[aux] = False
     return public.subset(aux), public.subset(torch.nonzero(mask).flatten())
+
+
+def public_split(aux_per_class: int, data_root: str | None, download: bool = False) -> tuple[ImageSet, ImageSet]:
+    """The public auxiliary images and the held-out test images, both from the Fashion-MNIST test split."""
+    # With download, torchvision fetches both splits into the cache, where the owners find them.
+    test = load_fashion_mnist(train=False, root=data_root, download=download)
+    return split_auxiliary(test, aux_per_class)

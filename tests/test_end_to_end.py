@@ -71,7 +71,7 @@ def test_small_run_learns_far_above_chance_and_writes_every_artefact(tmp_path: P
 def test_killed_run_resumes_without_spending_twice(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "deploy.cli", "simulate", "--out", str(tmp_path), *SMALL]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "distiller" / "signals" / "batch_00000.msg"
+    first = tmp_path / "distiller" / "signals" / "o0" / "batch_00000.msg"
     deadline = time.time() + 300
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

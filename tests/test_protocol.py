@@ -100,3 +100,16 @@ def test_owner_answers_garbage_with_a_clear_error(owner) -> None:
     reply = decode(owner.handle(b"\x00" * 50))
     assert isinstance(reply, ErrorReply) and reply.code == "bad_message"
     assert isinstance(decode(owner.handle(encode(feature_request(owner)))), FeatureReply)
+
+
+def test_committed_grpc_stubs_match_the_proto(tmp_path) -> None:
+    """shared/rpc/owner_pb2*.py are generated from owner.proto (deploy/gen_proto.sh); keep them in step."""
+    from pathlib import Path
+
+    from grpc_tools import protoc
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["protoc", f"-I{root}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}"]
+    assert protoc.main([*args, str(root / "shared" / "rpc" / "owner.proto")]) == 0
+    for name in ("owner_pb2.py", "owner_pb2_grpc.py"):
+        assert (tmp_path / "shared" / "rpc" / name).read_text() == (root / "shared" / "rpc" / name).read_text(), name

@@ -1,0 +1,1 @@
+"""dpdistill's Flower app (see deploy/flower_app/pyproject.toml)."""

@@ -1,0 +1,72 @@
+"""The distiller as a Flower ServerApp: the same pipeline as the in-process run, owners reached via relays.
+
+Run config keys are those in deploy/flower_app/pyproject.toml; numbers left at 0 take the preset's
+value. ``out`` should be an absolute path on the machine that runs the ServerApp (a relative one is
+taken from that process's working directory). Re-running with the same ``out`` resumes the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from deploy.presets import PRESETS, distiller_config
+from distiller_node.client import OwnerClient
+from distiller_node.flower_transport import GridRouter
+from distiller_node.pipeline import run_distillation
+from shared.datasets import public_split
+
+app = ServerApp()
+
+OVERRIDABLE = ("width", "draws", "subspace-dim", "iterations", "lr", "eval-epochs", "eval-width")
+
+
+def _settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
+    preset = str(rc.get("preset", "default"))
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    overrides = {}
+    for key in OVERRIDABLE:
+        value = rc.get(key, 0)
+        if value:
+            overrides[key.replace("-", "_")] = value
+    kwargs = dict(
+        epsilon=float(rc.get("epsilon", 1.0)),
+        delta=float(rc.get("delta", 1e-5)),
+        ipc=int(rc.get("ipc", 10)),
+        draws_per_request=int(rc.get("draws-per-request", 100)),
+        group_size=float(rc.get("group-size", 50.0)),
+        seed=int(rc.get("seed", 0)),
+        eval_runs=int(rc.get("eval-runs", 3)),
+        **overrides,
+    )
+    aux_per_class = int(rc.get("aux-per-class", 0)) or PRESETS[preset]["aux_per_class"]
+    data_root = str(rc.get("data-root", "")) or None
+    return Path(str(rc.get("out", "runs/flower"))).resolve(), int(rc.get("owners", 1)), aux_per_class, data_root, {
+        "preset": preset,
+        **kwargs,
+    }
+
+
+def distill_over_flower(grid: Grid, run_config: dict, run_id: int | str = "") -> dict:
+    """The distiller's whole run with owners reached through ``grid`` (deployment or simulation)."""
+    out, num_owners, aux_per_class, data_root, settings = _settings(run_config)
+    cfg = distiller_config(settings.pop("preset"), **settings)
+    print(f"[distiller] run {run_id}: writing to {out}; waiting for {num_owners} owner(s)", flush=True)
+    router = GridRouter(grid)
+    owners = router.discover(num_owners)
+    if len(owners) != num_owners:
+        raise ValueError(f"the run expects {num_owners} owner(s) but {len(owners)} are connected: {owners}")
+    print(f"[distiller] owners: {owners} via nodes {router.node_of}", flush=True)
+    clients = [OwnerClient(router.transport(o), o) for o in owners]
+    aux, held_out = public_split(aux_per_class, data_root)
+    results = run_distillation(clients, cfg, out / "distiller", aux, held_out, show_progress=False)
+    print(f"[distiller] done: artefacts in {out / 'distiller'}", flush=True)
+    return results
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    distill_over_flower(grid, dict(context.run_config), context.run_id)
