@@ -49,10 +49,6 @@ def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
     return rc
 
 
-def _flower_run_config(rc: dict) -> str:
-    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in rc.items())
-
-
 def cmd_simulate(a: argparse.Namespace) -> int:
     import time
 
@@ -105,6 +101,19 @@ def cmd_speed(a: argparse.Namespace) -> int:
             iterations=a.iterations,
             data_root=a.data_root,
         ),
+    )
+    return 0
+
+
+def cmd_bench_transport(a: argparse.Namespace) -> int:
+    from deploy.benchmark import write
+    from deploy.transport_benchmark import transport_overhead
+
+    result = transport_overhead(Path(a.out), a.draws, a.draws_per_request, a.preset, a.data_root)
+    write(a.json, result)
+    print(
+        f"sampling {a.draws} draws: in-process {result['in_process']['sampling_s']:.1f} s, "
+        f"deployment {result['deployment']['sampling_s']:.1f} s (overhead {100 * result['overhead_fraction']:.1f}%)"
     )
     return 0
 
@@ -167,7 +176,7 @@ def cmd_deploy_local(a: argparse.Namespace) -> int:
     try:
         print(f"starting {a.owners} owner service(s), a SuperLink and {a.owners} SuperNode(s); logs in {d.logs}")
         d.start()
-        run_id = d.submit(_flower_run_config(_run_config(a, d.root, d.aux_per_class)))
+        run_id = d.submit(_run_config(a, d.root, d.aux_per_class))
         print(f"run {run_id} submitted; FLWR_HOME={d.root / 'flwr-cli'} flwr log {run_id} shows the distiller's log")
         d.wait(run_id)
         print(f"all artefacts are in {d.root / 'distiller'}")
@@ -244,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--iterations", type=int, default=50)
     sp.add_argument("--data-root")
     sp.set_defaults(func=cmd_speed)
+
+    bt = sub.add_parser("bench-transport", help="benchmark: sampling stage in deployment mode vs in-process (JSON)")
+    bt.add_argument("--out", default="runs/bench/transport")
+    bt.add_argument("--json", default="runs/bench/transport.json")
+    bt.add_argument("--draws", type=int, default=1000)
+    bt.add_argument("--draws-per-request", type=int, default=250)
+    bt.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    bt.add_argument("--data-root")
+    bt.set_defaults(func=cmd_bench_transport)
 
     b = sub.add_parser("budget", help="print an owner's ledger and remaining budget")
     b.add_argument("--config", required=True, help="the owner's config file (TOML)")

@@ -29,7 +29,14 @@ def _flwr(args: list[str], env: dict | None = None, timeout_s: float = 120) -> d
     return out
 
 
-def submit(federation: str, run_config: str, env: dict | None = None, app_dir: Path = APP_DIR) -> int:
+def format_run_config(rc: dict) -> str:
+    """A dict as ``flwr run --run-config`` text (strings quoted, TOML style)."""
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in rc.items())
+
+
+def submit(federation: str, run_config: str | dict, env: dict | None = None, app_dir: Path = APP_DIR) -> int:
+    if isinstance(run_config, dict):
+        run_config = format_run_config(run_config)
     args = ["run", str(app_dir), federation]
     if run_config:
         args += ["--run-config", run_config]

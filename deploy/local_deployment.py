@@ -229,7 +229,7 @@ class LocalDeployment:
 
     # ------------------------------------------------------------ runs and faults
 
-    def submit(self, run_config: str, app_dir: Path = flower_runs.APP_DIR) -> int:
+    def submit(self, run_config: str | dict, app_dir: Path = flower_runs.APP_DIR) -> int:
         return flower_runs.submit(FEDERATION, run_config, self.cli_env, app_dir)
 
     def wait(self, run_id: int, log=print) -> dict:

@@ -23,8 +23,16 @@ from shared.rpc.flower_records import MESSAGE_TYPE, pack_call, unpack_reply
 class GridRouter:
     """Thread-safe calls through a Flower ``Grid`` (owners are served by parallel threads)."""
 
-    def __init__(self, grid: Grid, poll_s: float = 0.2, liveness_every_s: float = 20.0, log=print):
+    def __init__(
+        self,
+        grid: Grid,
+        poll_s: float = 0.2,
+        liveness_every_s: float = 20.0,
+        rediscover_wait_s: float = 60.0,
+        log=print,
+    ):
         self.grid = grid
+        self.rediscover_wait_s = rediscover_wait_s
         self.poll_s = poll_s
         self.liveness_every_s = liveness_every_s
         self.log = log
@@ -88,7 +96,7 @@ class GridRouter:
                         "node_unavailable",
                         f"found {len(found)} of {expected} owners ({sorted(found)}) after {wait_s:.0f} s",
                     )
-                time.sleep(3.0)
+                time.sleep(min(3.0, wait_s))
 
     def transport(self, owner_id: str, timeout_s: float = 6 * 3600.0) -> Transport:
         """A transport to one owner, rerouting when its node changed (e.g. after a SuperNode restart)."""
@@ -96,7 +104,7 @@ class GridRouter:
         def call(method: str, body: bytes) -> bytes:
             node = self.node_of.get(owner_id)
             if node is None or node not in self.node_ids():
-                self.discover(len(self.node_of) or 1, wait_s=60.0)
+                self.discover(len(self.node_of) or 1, wait_s=self.rediscover_wait_s)
                 node = self.node_of.get(owner_id)
                 if node is None:
                     raise OwnerCallError("node_unavailable", f"no node relays to owner '{owner_id}' now")

@@ -113,7 +113,7 @@ def run_distillation(
     info = infos[0]
 
     t0 = time.perf_counter()
-    signals = run_sampling(clients, plan, SignalStore(out / "signals"), show_progress)
+    signals = run_sampling(clients, plan, SignalStore(out / "signals"), show_progress, cfg.sampling.in_flight)
     timings["sampling_s"] = time.perf_counter() - t0
     rss["after_sampling"] = peak_rss_mb()
 

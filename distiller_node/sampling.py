@@ -38,6 +38,9 @@ class SamplingConfig:
     depth: int = 3
     augmentation: str = "color_crop_cutout_flip_scale_rotate"
     seed: int = 0
+    # Requests each owner has in flight: the next one already waits at the owner while the current
+    # one is computed, hiding transport latency (seconds per message over Flower).
+    in_flight: int = 2
 
 
 @dataclass(frozen=True)
@@ -169,9 +172,13 @@ def make_plan(
 
 
 def run_sampling(
-    clients: list[OwnerClient], plan: SamplingPlan, store: SignalStore, show_progress: bool = True
+    clients: list[OwnerClient],
+    plan: SamplingPlan,
+    store: SignalStore,
+    show_progress: bool = True,
+    in_flight: int = 2,
 ) -> Signals:
-    """Fetch every batch not yet stored, owners in parallel; each reply is on disk before its owner's next request."""
+    """Fetch every batch not yet stored, owners in parallel, each reply on disk as soon as it arrives."""
     todo = {o: [b for b in range(plan.num_batches) if not store.has(o, b)] for o in range(len(plan.owners))}
     total = len(plan.network_seeds) * len(plan.owners)
     done = total - sum(plan.batch(b, o).num_draws for o, bs in todo.items() for b in bs)
@@ -180,15 +187,19 @@ def run_sampling(
         total=total, initial=done, desc="sampling (owner releases)", unit="draw", disable=not show_progress
     ) as bar:
 
-        def fetch(o: int) -> None:
-            for b in todo[o]:
-                request = plan.batch(b, o)
-                _, raw = clients[o].release(request)
-                store.put(o, b, raw)
-                with lock:
-                    bar.update(request.num_draws)
+        def fetch(o: int, b: int) -> None:
+            request = plan.batch(b, o)
+            _, raw = clients[o].release(request)
+            store.put(o, b, raw)
+            with lock:
+                bar.update(request.num_draws)
+
+        def fetch_all(o: int) -> None:
+            with ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix=f"owner{o}") as pool:
+                for future in [pool.submit(fetch, o, b) for b in todo[o]]:
+                    future.result()
 
         with ThreadPoolExecutor(max_workers=len(plan.owners), thread_name_prefix="sampling") as pool:
-            for future in [pool.submit(fetch, o) for o in todo]:
+            for future in [pool.submit(fetch_all, o) for o in todo]:
                 future.result()
     return store.load(len(plan.owners), plan.num_batches, plan.network_seeds, plan.augment_seeds)

@@ -22,12 +22,15 @@ if [ "$(id -u)" = 0 ]; then
     sandbox=(setpriv --bounding-set=-all --inh-caps=-all --no-new-privs)
 fi
 # After a crash the SuperLink refuses the same node until it has missed its heartbeats (about a
-# minute): activation then fails with exit code 305, so wait and try again.
+# minute; "Failed to activate SuperNode", Flower exit code 305, process status 1), so a failed
+# start is retried every 5 s, up to RETRIES times (default 36: three minutes).
+tries=0
 while true; do
     "${sandbox[@]}" flower-supernode --root-certificates "$CA" --superlink "$SUPERLINK_ADDRESS" \
         --auth-supernode-private-key "$NODE_KEY" --port "${RUNTIME_PORT:-9094}" --node-config "$node_config"
     rc=$?
-    [ "$rc" = 305 ] || exit "$rc"
-    echo "supernode.sh: the SuperLink does not yet accept this node again; retrying in 5 s" >&2
+    tries=$((tries + 1))
+    if [ "$rc" = 0 ] || [ "$tries" -ge "${RETRIES:-36}" ]; then exit "$rc"; fi
+    echo "supernode.sh: the SuperNode stopped (status $rc); retrying in 5 s ($tries/${RETRIES:-36})" >&2
     sleep 5
 done

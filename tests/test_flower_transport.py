@@ -1,0 +1,115 @@
+"""The distiller's Flower transport against an in-memory grid whose nodes relay to real owner services."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from distiller_node.client import OwnerClient, OwnerRefused, OwnerUnreachable
+from distiller_node.flower_transport import GridRouter
+from owner_node.service import OwnerService
+from shared.rpc.errors import OwnerCallError
+from shared.rpc.flower_records import pack_error, pack_reply, unpack_call
+from tests.conftest import feature_request, make_owner_config
+
+
+class MemoryGrid:
+    """Stands in for Flower's Grid: a node answers at once by relaying to its owner, unless it hangs."""
+
+    def __init__(self, nodes: dict[int, OwnerService]):
+        self.nodes = dict(nodes)
+        self.hanging: set[int] = set()
+        self.replies: dict[str, SimpleNamespace] = {}
+        self.ids = itertools.count()
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            mid = str(next(self.ids))
+            node = msg.metadata.dst_node_id
+            if node in self.nodes and node not in self.hanging:
+                method, body = unpack_call(msg.content)
+                try:
+                    content = pack_reply(self.nodes[node].call(method, body))
+                except OwnerCallError as exc:
+                    content = pack_error(exc.code, exc.message)
+                self.replies[mid] = SimpleNamespace(content=content, has_error=lambda: False)
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.replies.pop(i) for i in ids if i in self.replies]
+
+
+@pytest.fixture(autouse=True)
+def plain_messages(monkeypatch):
+    """Flower's Message needs a running Flower run; the memory grid only reads content and destination."""
+
+    def message(content, dst_node_id, message_type):
+        return SimpleNamespace(content=content, metadata=SimpleNamespace(dst_node_id=dst_node_id))
+
+    monkeypatch.setattr("distiller_node.flower_transport.Message", message)
+
+
+@pytest.fixture
+def owners(tmp_path):
+    services = []
+    for name in ("a", "b"):
+        config = replace(make_owner_config(tmp_path / name, epsilon=5.0), owner_id=f"owner-{name}")
+        services.append(OwnerService(config))
+    yield services
+    for s in services:
+        s.close()
+
+
+def test_owners_are_found_by_id_and_calls_reach_them(owners) -> None:
+    grid = MemoryGrid({11: owners[0], 22: owners[1]})
+    router = GridRouter(grid, poll_s=0.01)
+    assert router.discover(2) == ["owner-a", "owner-b"] and router.node_of == {"owner-a": 11, "owner-b": 22}
+    client = OwnerClient(router.transport("owner-b"), "owner-b")
+    reply, _ = client.release(feature_request(None, "via-flower"))
+    assert reply.request_id == "via-flower"
+    assert owners[1].budget().num_draws == 2 and owners[0].budget().num_draws == 0
+    with pytest.raises(OwnerRefused) as exc:  # a refusal crosses the relay with its code
+        client.release(feature_request(None, "low", noise_multiplier=0.01))
+    assert exc.value.code == "noise_too_low"
+
+
+def test_a_restarted_node_with_a_new_id_is_found_again(owners) -> None:
+    grid = MemoryGrid({11: owners[0]})
+    router = GridRouter(grid, poll_s=0.01)
+    router.discover(1)
+    grid.nodes = {33: owners[0]}  # the SuperNode came back under another node id
+    client = OwnerClient(router.transport("owner-a"), "owner-a", log=lambda *_: None)
+    assert client.release(feature_request(None, "after-restart"))[0].request_id == "after-restart"
+    assert router.node_of == {"owner-a": 33}
+
+
+def test_a_node_that_vanishes_mid_call_is_a_retryable_failure(owners) -> None:
+    grid = MemoryGrid({11: owners[0]})
+    router = GridRouter(grid, poll_s=0.01, liveness_every_s=0.05, rediscover_wait_s=0.1)
+    router.discover(1)
+    grid.hanging.add(11)  # its message is never answered ...
+    with pytest.raises(OwnerCallError) as exc:
+        router.call_node(11, "Budget", b"", timeout_s=0.3)
+    assert exc.value.code == "timeout" and exc.value.retryable
+
+    transport = router.transport("owner-a")
+
+    def node_leaves(method: str, body: bytes) -> bytes:
+        grid.nodes = {}  # ... and then it leaves the federation
+        return transport(method, body)
+
+    grid.nodes = {}
+    with pytest.raises(OwnerCallError) as exc:
+        router.call_node(11, "Budget", b"", timeout_s=30)
+    assert exc.value.code == "node_unavailable"
+    client = OwnerClient(node_leaves, "owner-a", retry_window_s=0.5, log=lambda *_: None)
+    with pytest.raises(OwnerUnreachable):  # retried, then given up with a clear message
+        client.budget()
