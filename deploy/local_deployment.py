@@ -37,6 +37,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
 @dataclass
 class Layout:
     num_owners: int
@@ -236,12 +261,32 @@ class LocalDeployment:
         return flower_runs.wait(FEDERATION, run_id, self.cli_env, log=log)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a role's process group and every descendant (Flower starts some in new sessions)."""
         proc = self.procs.pop(name)
+        family = descendants(proc.pid)
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
-        proc.wait(timeout=60)
+        for pid in family:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        deadline = time.time() + 15
+        while family and time.time() < deadline:
+            family = [p for p in family if Path(f"/proc/{p}").exists() and _state(p) != "Z"]
+            time.sleep(0.5)
+        for pid in family:  # a straggler (e.g. a ServerApp still polling its SuperLink)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def stop(self) -> None:
         for name in (

@@ -82,11 +82,12 @@ def simulate(
     show_progress: bool = True,
     download: bool = False,
     num_owners: int = 1,
+    limits: Limits | None = None,
 ) -> dict:
     out = Path(out)
     aux, held_out = public_split(aux_per_class, data_root, download)
     paths = prepare_owners(
-        out, aux, cfg.epsilon, cfg.delta, data_root, private_subset, num_owners, cfg.sampling.seed
+        out, aux, cfg.epsilon, cfg.delta, data_root, private_subset, num_owners, cfg.sampling.seed, limits=limits
     )
     configs = [OwnerConfig.load(p) for p in paths]
     if configs[0].epsilon != cfg.epsilon or configs[0].delta != cfg.delta:

@@ -8,14 +8,14 @@ figure compared is the pipeline's own ``sampling_s``.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
-from deploy.local_deployment import LocalDeployment
+from deploy.local_deployment import LocalDeployment, descendants
 from deploy.presets import PRESETS, distiller_config
 from deploy.simulation import simulate
+from owner_node.config import Limits
 
 
 def _vm_hwm_mb(pid: int) -> float:
@@ -41,7 +41,7 @@ def _name(pid: int) -> str:
 
 
 class RssMonitor:
-    """Polls /proc for every process in the deployment's process groups; keeps each one's peak."""
+    """Polls /proc for every process of the deployment (each role and its descendants); keeps each one's peak."""
 
     def __init__(self, deployment: LocalDeployment, every_s: float = 1.0):
         self.d = deployment
@@ -52,17 +52,10 @@ class RssMonitor:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            groups = {p.pid: role for role, p in self.d.procs.items()}
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit():
-                    continue
-                try:
-                    pgid = os.getpgid(int(entry))
-                except OSError:
-                    continue
-                if pgid in groups:
-                    key = f"{groups[pgid]}: {_name(int(entry))}"
-                    self.peaks[key] = max(self.peaks.get(key, 0.0), _vm_hwm_mb(int(entry)))
+            for role, proc in list(self.d.procs.items()):
+                for pid in [proc.pid, *descendants(proc.pid)]:
+                    key = f"{role}: {_name(pid)}"
+                    self.peaks[key] = max(self.peaks.get(key, 0.0), _vm_hwm_mb(pid))
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> RssMonitor:
@@ -83,7 +76,8 @@ def transport_overhead(
     cfg = distiller_config(preset, **settings)
 
     t0 = time.perf_counter()
-    local = simulate(out / "in-process", cfg, aux_per_class, data_root, show_progress=False)
+    limits = Limits(max_draws_per_request=draws_per_request)
+    local = simulate(out / "in-process", cfg, aux_per_class, data_root, show_progress=False, limits=limits)
     local_wall = time.perf_counter() - t0
 
     d = LocalDeployment(

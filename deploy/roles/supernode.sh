@@ -19,7 +19,11 @@ for pair in "owner-ca:${OWNER_CA:-}" "relay-cert:${RELAY_CERT:-}" "relay-key:${R
 done
 sandbox=()
 if [ "$(id -u)" = 0 ]; then
-    sandbox=(setpriv --bounding-set=-all --inh-caps=-all --no-new-privs)
+    if command -v setpriv >/dev/null 2>&1; then
+        sandbox=(setpriv --bounding-set=-all --inh-caps=-all --no-new-privs)
+    else
+        echo "supernode.sh: WARNING: running as root without setpriv (util-linux); run as an unprivileged user" >&2
+    fi
 fi
 # After a crash the SuperLink refuses the same node until it has missed its heartbeats (about a
 # minute; "Failed to activate SuperNode", Flower exit code 305, process status 1), so a failed
