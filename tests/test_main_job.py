@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from deploy.cli import main
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_default_run_reaches_the_reference_accuracy(tmp_path: Path) -> None:
-    assert main(["simulate", "--out", str(tmp_path), "--no-progress"]) == 0
+    # Its own process, as the README runs it: peak RSS is then the job's, not the test session's.
+    cmd = [sys.executable, "-m", "deploy.cli", "simulate", "--out", str(tmp_path), "--no-progress"]
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=3600)
     results = json.loads((tmp_path / "distiller" / "results.json").read_text())
     # Measured 78.73% +- 0.02 (README); the owner's fresh noise moves a run by a fraction of a point.
     assert results["test_accuracy"]["mean"] >= 0.77, results["test_accuracy"]
