@@ -205,6 +205,63 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(a: argparse.Namespace) -> int:
+    from owner_node.audit import AuditConfig, CanaryGame, audit_subset, format_audit, write_audit
+    from owner_node.config import OwnerConfig
+    from owner_node.data import PrivateData, load_auxiliary
+    from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, load_image_set, public_split, to_float
+    from shared.networks import NetworkSpec
+
+    if a.config:
+        owner = OwnerConfig.load(a.config)
+        data = load_image_set(owner.data_source, owner.data_path, train=True)
+        aux, norm, clip_norm, delta = load_auxiliary(owner), owner.normalization, owner.clip_norm, owner.delta
+    else:
+        data = load_fashion_mnist(train=True, root=a.data_root)
+        aux, _ = public_split(a.aux_per_class, a.data_root)
+        norm, clip_norm, delta = FASHION_MNIST_NORMALIZATION, 1.0, a.delta
+    config = AuditConfig(
+        trials=a.trials,
+        draws=a.draws,
+        noise_multiplier=a.sigma,
+        expected_group_size=a.group_size,
+        network=NetworkSpec(width=a.width, depth=a.depth),
+        subspace_dim=a.subspace_dim,
+        augmentation=a.augmentation,
+        delta=delta,
+        confidence=a.confidence,
+        seed=a.seed,
+    )
+    private = PrivateData.from_image_set(audit_subset(data, a.private_per_class, a.seed), norm)
+    game = CanaryGame(private, to_float(aux.images, norm), clip_norm, config)
+    result = game.play(show_progress=not a.no_progress)
+    write_audit(result, Path(a.out))
+    print(format_audit(result))
+    print(f"\nwritten: {Path(a.out) / 'audit.json'}, {Path(a.out) / 'audit.png'}")
+    return 0 if result.consistent else 1
+
+
+def cmd_membership(a: argparse.Namespace) -> int:
+    from deploy.membership import format_membership, membership_benchmark
+
+    results = membership_benchmark(
+        Path(a.out),
+        members=a.members,
+        epsilon=a.epsilon,
+        preset=a.preset,
+        group_size=a.group_size,
+        draws=a.draws,
+        eval_epochs=a.eval_epochs,
+        eval_width=a.eval_width,
+        data_root=a.data_root,
+        seed=a.seed,
+        show_progress=not a.no_progress,
+    )
+    print(format_membership(results))
+    print(f"\nwritten: {Path(a.out) / 'membership.json'}, {Path(a.out) / 'membership.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpdistill", description="Two-party differentially private dataset distillation."
@@ -296,6 +353,46 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--private-subset", type=int)
     d.add_argument("--data-root")
     d.set_defaults(func=cmd_deploy_local)
+
+    au = sub.add_parser(
+        "audit",
+        help="empirical privacy audit: a canary distinguishing game on the real mechanism (exit 1 if it leaks)",
+    )
+    au.add_argument("--out", default="runs/audit")
+    au.add_argument("--config", help="audit this owner's data, auxiliary set and clip norm (default: Fashion-MNIST)")
+    au.add_argument("--private-per-class", type=int, default=20, help="private records per class in the game")
+    au.add_argument("--aux-per-class", type=int, default=10, help="public auxiliary images per class (no --config)")
+    au.add_argument("--trials", type=int, default=1000, help="releases per world (with and without the canary)")
+    au.add_argument("--sigma", type=float, default=1.0, help="noise multiplier of the audited release")
+    au.add_argument("--draws", type=int, default=1, help="draws per audited release")
+    au.add_argument("--group-size", type=float, help="expected Poisson sample per class (default: all, q = 1)")
+    au.add_argument("--width", type=int, default=16)
+    au.add_argument("--depth", type=int, default=3)
+    au.add_argument("--subspace-dim", type=int, default=32)
+    au.add_argument("--augmentation", default="none")
+    au.add_argument("--delta", type=float, default=1e-5, help="delta of the claim (no --config)")
+    au.add_argument("--confidence", type=float, default=0.95)
+    au.add_argument("--seed", type=int, default=0, help="public seed: subset, networks, canary, threshold split")
+    au.add_argument("--data-root")
+    au.add_argument("--no-progress", action="store_true")
+    au.set_defaults(func=cmd_audit)
+
+    m = sub.add_parser(
+        "membership",
+        help="benchmark: loss-based membership inference on models trained on private vs near-non-private output",
+    )
+    m.add_argument("--out", default="runs/membership")
+    m.add_argument("--members", type=int, default=1000, help="private records (the attack's members)")
+    m.add_argument("--epsilon", type=float, default=1.0)
+    m.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    m.add_argument("--group-size", type=float, default=4.0, help="expected sample per class (owner caps q at 0.05)")
+    m.add_argument("--draws", type=int)
+    m.add_argument("--eval-epochs", type=int, default=100)
+    m.add_argument("--eval-width", type=int, default=64)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--data-root")
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=cmd_membership)
 
     e = sub.add_parser("evaluate", help="train ConvNets on an exported synthetic.pt and test them")
     e.add_argument("synthetic")

@@ -92,6 +92,8 @@ def simulate(
     configs = [OwnerConfig.load(p) for p in paths]
     if configs[0].epsilon != cfg.epsilon or configs[0].delta != cfg.delta:
         cfg = replace(cfg, epsilon=configs[0].epsilon, delta=configs[0].delta)
+    # An in-process owner computes one request at a time and has no transport latency to hide.
+    cfg = replace(cfg, sampling=replace(cfg.sampling, in_flight=1))
     services = [OwnerService(c) for c in configs]
     try:
         clients = [OwnerClient(s.call, c.owner_id) for s, c in zip(services, configs, strict=True)]

@@ -133,6 +133,8 @@ def run_distillation(
     state = distiller.run(state, checkpoint=out / "checkpoint.pt", show_progress=show_progress)
     timings["optimisation_s"] = time.perf_counter() - t0
     rss["after_optimisation"] = peak_rss_mb()
+    cache_stats = {"hits": cache.hits, "misses": cache.misses, "bytes": cache.nbytes}
+    del distiller, cache  # the cached networks and bases (~110 MB by default) are not needed to evaluate
 
     t0 = time.perf_counter()
     train_x, train_y = training_images(state.ema, state.labels, cfg.optimisation.pea)
@@ -177,7 +179,7 @@ def run_distillation(
         "timings_s": timings,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_mb_by_stage": rss,
-        "cache": {"hits": cache.hits, "misses": cache.misses, "bytes": cache.nbytes},
+        "cache": cache_stats,
         "artefacts": artefacts,
         "test_images": len(test),
         "config": cfg.to_dict(),

@@ -199,7 +199,13 @@ def run_sampling(
                 for future in [pool.submit(fetch, o, b) for b in todo[o]]:
                     future.result()
 
-        with ThreadPoolExecutor(max_workers=len(plan.owners), thread_name_prefix="sampling") as pool:
-            for future in [pool.submit(fetch_all, o) for o in todo]:
-                future.result()
+        if len(todo) == 1 and in_flight <= 1:
+            # Nothing to overlap: stay on this thread, so the owner's tensors do not pin a second
+            # malloc arena for the rest of the run (measured: +0.3-0.5 GB peak RSS in-process).
+            for b in todo[0]:
+                fetch(0, b)
+        else:
+            with ThreadPoolExecutor(max_workers=len(plan.owners), thread_name_prefix="sampling") as pool:
+                for future in [pool.submit(fetch_all, o) for o in todo]:
+                    future.result()
     return store.load(len(plan.owners), plan.num_batches, plan.network_seeds, plan.augment_seeds)

@@ -57,6 +57,10 @@ class FeatureMechanism:
         net = freeze(build_network(spec, seed))
         return net, public_subspace(net, self.aux_images, k)
 
+    def noise_std(self, request: FeatureRequest) -> float:
+        """sigma * C per coordinate: the scale the accountant assumes (the audit's power test lowers it)."""
+        return request.noise_multiplier * self.clip_norm
+
     def release(self, request: FeatureRequest, progress=None) -> np.ndarray:
         """Noisy sums [draws, classes, k] for a request that has already been validated and reserved."""
         rates = self.data.sample_rates(request.expected_group_size)
@@ -66,7 +70,7 @@ class FeatureMechanism:
         # All noise for this release is drawn here, once; nothing ever draws it again.
         noise = torch.randn(
             request.num_draws, num_classes, request.subspace_dim, generator=noise_gen, dtype=torch.float64
-        ) * (request.noise_multiplier * self.clip_norm)
+        ) * self.noise_std(request)
         out = np.empty((request.num_draws, num_classes, request.subspace_dim), dtype=np.float32)
         for d, (net_seed, aug_seed) in enumerate(zip(request.network_seeds, request.augment_seeds, strict=True)):
             net, subspace = self.network_and_subspace(request.network, net_seed, request.subspace_dim)

@@ -38,8 +38,12 @@ from shared.rpc.errors import OwnerCallError
 from shared.subspace import content_hash
 
 log = logging.getLogger("owner_node")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # used with fullmatch: "$" would let a trailing newline in
 MAX_SEED = 2**63 - 1
+# Beyond this a release is pure noise (the distiller plans at most 1e4), and near 1e154 the accountants overflow.
+MAX_NOISE_MULTIPLIER = 1e6
+# Refusals may quote what was sent; cut so that one always fits in gRPC trailers and in a log line.
+MAX_REFUSAL_CHARS = 1000
 # Which message kinds each RPC of shared/rpc/owner.proto accepts.
 KINDS_FOR_METHOD: dict[str, tuple[type, ...]] = {
     "Describe": (DescribeRequest,),
@@ -49,7 +53,12 @@ KINDS_FOR_METHOD: dict[str, tuple[type, ...]] = {
 
 
 class RequestRefused(ValueError):
+    """A refusal: ``code`` for machines, a message for people (long quotes of the request cut in the middle)."""
+
     def __init__(self, code: str, message: str):
+        if len(message) > MAX_REFUSAL_CHARS:
+            cut = len(message) - 900
+            message = f"{message[:600]} [... {cut} characters cut ...] {message[-300:]}"
         super().__init__(message)
         self.code = code
 
@@ -94,6 +103,10 @@ class OwnerService:
             request = decode(message, max_bytes=self.config.limits.max_message_bytes)
         except ProtocolError as exc:
             raise RequestRefused("bad_message", str(exc)) from exc
+        except Exception as exc:  # a decoder bug must still come back as a refusal, not a bare gRPC failure
+            log.exception("internal error while decoding a message")
+            reason = f"the owner failed to decode the message ({type(exc).__name__})"
+            raise RequestRefused("internal_error", reason) from exc
         if method is not None and not isinstance(request, KINDS_FOR_METHOD.get(method, ())):
             raise RequestRefused("wrong_method", f"the {method} call does not take {request.kind} messages")
         try:
@@ -174,7 +187,7 @@ class OwnerService:
         def refuse(msg: str, code: str = "invalid_request") -> RequestRefused:
             return RequestRefused(code, msg)
 
-        if not REQUEST_ID.match(r.request_id):
+        if not REQUEST_ID.fullmatch(r.request_id):
             raise refuse("request_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
         try:
             r.network.validate(max_width=lim.max_network_width, max_depth=lim.max_network_depth)
@@ -205,8 +218,12 @@ class OwnerService:
         if not (np.isfinite(r.expected_group_size) and r.expected_group_size > 0):
             raise refuse("expected_group_size must be a finite number > 0")
         q = max(self.data.sample_rates(r.expected_group_size))
+        if not q > 0:
+            raise refuse(f"expected_group_size {r.expected_group_size} is so small that every sampling rate is zero")
         if q > lim.max_sample_rate:
             raise refuse(f"sampling rate {q:.5f} exceeds the owner's cap {lim.max_sample_rate}", "sample_rate_too_high")
         if not (np.isfinite(r.noise_multiplier) and r.noise_multiplier >= lim.min_noise_multiplier):
             raise refuse(f"noise_multiplier must be >= {lim.min_noise_multiplier}", "noise_too_low")
+        if r.noise_multiplier > MAX_NOISE_MULTIPLIER:
+            raise refuse(f"noise_multiplier must be at most {MAX_NOISE_MULTIPLIER:g}, got {r.noise_multiplier:g}")
         return SampledGaussianEvent(float(r.noise_multiplier), float(q), r.num_draws)

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import struct
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,7 +39,10 @@ def _get(d: dict, key: str, kind: type | tuple[type, ...]) -> Any:
         raise ProtocolError(f"missing field {key!r}")
     value = d[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ProtocolError(f"field {key!r} is out of range for a number") from None
     if isinstance(value, bool) and kind is not bool:
         raise ProtocolError(f"field {key!r} must be {kind}, got bool")
     if not isinstance(value, kind):
@@ -73,7 +77,7 @@ def _network_from(d: dict) -> NetworkSpec:
 def _events_from(d: dict, key: str) -> tuple[SampledGaussianEvent, ...]:
     try:
         return tuple(SampledGaussianEvent.from_dict(e) for e in _get(d, key, list))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"bad privacy events in {key!r}: {exc}") from exc
 
 
@@ -203,6 +207,7 @@ class FeatureReply:
     """Noisy sums [draws, classes, k] and what the distiller needs to read them."""
 
     kind: ClassVar[str] = "feature_reply"
+    array_names: ClassVar[tuple[str, ...]] = ("noisy_sums",)
     request_id: str
     noisy_sums: np.ndarray
     expected_counts: tuple[float, ...]
@@ -353,7 +358,9 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         raise ProtocolError("truncated or oversized header")
     try:
         head = json.loads(data[9 : 9 + head_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise ProtocolError("header is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # also integers too long to convert, not only JSONDecodeError
         raise ProtocolError(f"header is not valid JSON: {exc}") from exc
     if not isinstance(head, dict):
         raise ProtocolError("header must be an object")
@@ -361,12 +368,21 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     if kind not in MESSAGES:
         raise ProtocolError(f"unknown message kind {kind!r}")
     names = _get(head, "arrays", list)
+    expected = sorted(getattr(MESSAGES[kind], "array_names", ()))
+    if names != expected:  # checked before any array is read, so nothing unasked-for is ever loaded
+        raise ProtocolError(
+            f"{kind} messages carry the arrays {expected}" if expected else f"{kind} messages carry no arrays"
+        )
     arrays: dict[str, np.ndarray] = {}
     body = data[9 + head_len :]
     if len(body) != _get(head, "body_bytes", int):
         raise ProtocolError("array section is truncated or has trailing bytes")
     if names:
         try:
+            # encode() stores arrays uncompressed: an entry that would inflate is a decompression bomb.
+            with zipfile.ZipFile(io.BytesIO(body)) as archive:
+                if sum(info.file_size for info in archive.infolist()) > len(body):
+                    raise ProtocolError("array section expands beyond its own size (compressed arrays are refused)")
             with np.load(io.BytesIO(body), allow_pickle=False) as npz:
                 if sorted(npz.files) != sorted(names):
                     raise ProtocolError("array section does not match the header")
@@ -379,5 +395,5 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         return MESSAGES[kind].from_wire(_get(head, "fields", dict), arrays)
     except ProtocolError:
         raise
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
         raise ProtocolError(f"bad {kind} message: {exc}") from exc

@@ -2,90 +2,22 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from deploy.certs import make_certs
 from distiller_node.client import OwnerClient, OwnerRefused
-from owner_node.config import OwnerConfig, ServiceConfig, write_config
+from owner_node.config import OwnerConfig, ServiceConfig
 from owner_node.ledger import Ledger
-from shared.protocol import BudgetRequest, DescribeRequest, FeatureReply, decode, encode
+from shared.protocol import DescribeRequest, FeatureReply, decode, encode
 from shared.rpc.channel import OwnerChannel, OwnerEndpoint
 from shared.rpc.errors import OwnerCallError
-from tests.conftest import feature_request, make_owner_config
+from tests.conftest import feature_request
+from tests.owner_process import ROOT, encode_budget, tls_owner_fixture
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_owner_service(config_path: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "owner-serve", "--config", str(config_path)],
-        cwd=ROOT,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_ready(channel: OwnerChannel, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"owner service exited: {log.read_text()[-2000:]}")
-        try:
-            channel.call("Budget", encode_budget())
-            return
-        except OwnerCallError as exc:
-            if exc.code != "owner_unavailable":
-                raise
-            time.sleep(0.3)
-    raise AssertionError("owner service never became ready")
-
-
-def encode_budget() -> bytes:
-    return encode(BudgetRequest())
-
-
-@pytest.fixture(scope="module")
-def tls_owner(tmp_path_factory):
-    """One owner service process with mutual TLS, shared by the tests of this module."""
-    folder = tmp_path_factory.mktemp("tls_owner")
-    certs = folder / "certs"
-    make_certs(certs, ["127.0.0.1", "localhost"], ["a"])
-    port = free_port()
-    config = replace(
-        make_owner_config(folder / "owner", epsilon=3.0, max_message_bytes=200_000),
-        service=ServiceConfig(
-            listen=f"127.0.0.1:{port}",
-            tls_cert=certs / "owner-a.pem",
-            tls_key=certs / "owner-a.key",
-            client_ca=certs / "ca.pem",
-        ),
-    )
-    config_path = folder / "owner" / "owner.toml"
-    write_config(config_path, config)
-    log = folder / "owner.log"
-    proc = start_owner_service(config_path, log)
-    endpoint = OwnerEndpoint(
-        f"127.0.0.1:{port}", str(certs / "ca.pem"), str(certs / "relay-a.pem"), str(certs / "relay-a.key")
-    )
-    channel = OwnerChannel(endpoint, timeout_s=60)
-    wait_ready(channel, proc, log)
-    yield config, endpoint, channel, proc
-    proc.terminate()
-    proc.wait(timeout=30)
-    channel.close()
+tls_owner = tls_owner_fixture(epsilon=3.0, max_message_bytes=200_000)
 
 
 def test_release_over_mutual_tls_is_recorded(tls_owner) -> None:

@@ -1,0 +1,313 @@
+"""Empirical privacy audit: a distinguishing game with a canary record, run on the real mechanism.
+
+The owner's mechanism answers the same request many times on a private set without the canary
+(world 0) and with it (world 1). Each release is scored white-box: the inner product of the canary
+class's noisy sums with the canary's own clipped, projected statistic under the same public network
+and augmentation. A threshold test on the scores has false-positive and false-negative rates that
+any (epsilon, delta)-DP mechanism must keep apart by at most e^epsilon; Clopper-Pearson upper bounds
+on both rates turn the observed separation into an epsilon *lower bound* that holds with the chosen
+confidence. A correct mechanism keeps it below the accountant's claim; a broken one (noise too small,
+clipping skipped) pushes it above. The audit never leaves the owner: nothing is released or spent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import beta
+from tqdm import tqdm
+
+from owner_node.data import PrivateData
+from owner_node.mechanism import FeatureMechanism
+from shared.accounting import SampledGaussianEvent, epsilon
+from shared.datasets import ImageSet
+from shared.networks import NetworkSpec
+from shared.protocol import FeatureRequest
+from shared.statistic import per_example_statistic
+from shared.subspace import content_hash
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audited release and the size of the game. Every choice here is public."""
+
+    trials: int = 1000  # releases per world
+    draws: int = 1  # draws per release, all scored together
+    noise_multiplier: float = 1.0
+    expected_group_size: float | None = None  # None: q = 1, every record in every draw (tightest game)
+    network: NetworkSpec = field(default_factory=lambda: NetworkSpec(width=16, depth=3))
+    subspace_dim: int = 32
+    augmentation: str = "none"
+    delta: float = 1e-5
+    confidence: float = 0.95
+    seed: int = 0  # public seeds (networks, augmentation, threshold split); never the sample or noise
+
+    def __post_init__(self) -> None:
+        if self.trials < 20:
+            raise ValueError("an audit needs at least 20 trials per world")
+        if not 0 < self.confidence < 1:
+            raise ValueError("confidence must be in (0, 1)")
+
+
+@dataclass
+class AuditResult:
+    claimed_epsilon: float  # PRV accountant for exactly the audited release
+    epsilon_lower_bound: float  # holds with probability >= confidence if the mechanism is as claimed
+    threshold: float
+    false_positive_rate: float
+    false_negative_rate: float
+    false_positive_upper: float
+    false_negative_upper: float
+    evaluation_trials: int  # per world, held out from the threshold choice
+    canary: str
+    config: dict
+    scores_without: list[float]
+    scores_with: list[float]
+
+    @property
+    def consistent(self) -> bool:
+        return self.epsilon_lower_bound <= self.claimed_epsilon
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"consistent": self.consistent}
+
+
+def clopper_pearson_upper(errors: int, n: int, alpha: float) -> float:
+    """One-sided upper confidence bound at level 1 - alpha on a binomial rate."""
+    return 1.0 if errors >= n else float(beta.ppf(1 - alpha, errors + 1, n - errors))
+
+
+def epsilon_from_rates(fpr: float, fnr: float, delta: float) -> float:
+    """Largest epsilon that rates (fpr, fnr) prove: (eps, delta)-DP forces fpr + e^eps fnr >= 1 - delta."""
+    candidates = [0.0]
+    for a, b in ((fpr, fnr), (fnr, fpr)):
+        if a > 0 and 1 - delta - b > 0:
+            candidates.append(math.log((1 - delta - b) / a))
+    return max(candidates)
+
+
+def lower_bound(
+    without: np.ndarray, with_: np.ndarray, delta: float, confidence: float, gen: np.random.Generator
+) -> tuple[float, float, tuple[float, float, float, float], int]:
+    """Choose the threshold on one half of each world's scores; bound epsilon on the other half."""
+    perm0, perm1 = gen.permutation(len(without)), gen.permutation(len(with_))
+    h0, h1 = len(without) // 2, len(with_) // 2
+    pick0, eval0 = without[perm0[:h0]], without[perm0[h0:]]
+    pick1, eval1 = with_[perm1[:h1]], with_[perm1[h1:]]
+    alpha = (1 - confidence) / 2  # two rates bounded at once (Bonferroni)
+
+    def bound(t: float, s0: np.ndarray, s1: np.ndarray) -> tuple[float, tuple[float, float, float, float]]:
+        fp, fn = int((s0 > t).sum()), int((s1 <= t).sum())
+        fpr_u, fnr_u = clopper_pearson_upper(fp, len(s0), alpha), clopper_pearson_upper(fn, len(s1), alpha)
+        return epsilon_from_rates(fpr_u, fnr_u, delta), (fp / len(s0), fn / len(s1), fpr_u, fnr_u)
+
+    pooled = np.unique(np.concatenate([pick0, pick1]))
+    candidates = np.concatenate([[pooled[0] - 1.0], (pooled[1:] + pooled[:-1]) / 2])  # between observed scores
+    best = max(candidates, key=lambda t: bound(t, pick0, pick1)[0])
+    eps, rates = bound(float(best), eval0, eval1)
+    return eps, float(best), rates, len(eval0)
+
+
+def crafted_canaries(shape: tuple[int, ...], seed: int) -> dict[str, torch.Tensor]:
+    """Out-of-distribution images a worst-case adversary might plant (uint8)."""
+    c, h, w = shape
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "white": torch.full(shape, 255, dtype=torch.uint8),
+        "checkerboard": (((yy // 2 + xx // 2) % 2) * 255).to(torch.uint8).expand(c, h, w).clone(),
+        "stripes": ((xx % 4 < 2) * 255).to(torch.uint8).expand(c, h, w).clone(),
+        "noise": torch.randint(0, 256, shape, generator=g, dtype=torch.uint8),
+    }
+
+
+def with_record(data: PrivateData, image: torch.Tensor, label: int) -> PrivateData:
+    images = torch.cat([data.images, image[None]])
+    labels = torch.cat([data.labels, torch.tensor([label])])
+    return PrivateData.from_image_set(ImageSet(images, labels, data.class_names), data.normalization)
+
+
+def _share_public_networks(*mechanisms: FeatureMechanism) -> None:
+    """Every trial asks for the same public seeds: build each network and basis once, not per release.
+
+    Only the public, data-independent step is cached; sampling, statistic, clipping and noise run
+    the mechanism's own code at every release.
+    """
+    built: dict[tuple, tuple] = {}
+    original = mechanisms[0].network_and_subspace
+
+    def network_and_subspace(spec: NetworkSpec, seed: int, k: int):
+        if (spec, seed, k) not in built:
+            built[(spec, seed, k)] = original(spec, seed, k)
+        return built[(spec, seed, k)]
+
+    for m in mechanisms:
+        m.network_and_subspace = network_and_subspace
+
+
+class CanaryGame:
+    """World 0 is ``data``; world 1 adds one canary record of class ``label``."""
+
+    def __init__(
+        self,
+        data: PrivateData,
+        aux_images: torch.Tensor,
+        clip_norm: float,
+        config: AuditConfig,
+        label: int = 0,
+        mechanism_class: type[FeatureMechanism] = FeatureMechanism,
+    ):
+        self.config, self.label = config, label
+        spec = NetworkSpec(
+            **(
+                asdict(config.network)
+                | {
+                    "channels": data.image_shape[0],
+                    "image_size": data.image_shape[1],
+                    "num_classes": len(data.class_names),
+                }
+            )
+        )
+        rng = np.random.default_rng(config.seed)
+        seeds = rng.integers(0, 2**31 - 1, size=(2, config.draws))
+        group = config.expected_group_size or float(max(data.class_counts) + 1)
+        self.request = FeatureRequest(
+            request_id="audit",
+            network=spec,
+            network_seeds=tuple(int(s) for s in seeds[0]),
+            augment_seeds=tuple(int(s) for s in seeds[1]),
+            augmentation=config.augmentation,
+            subspace_dim=config.subspace_dim,
+            aux_hash=content_hash(aux_images),
+            expected_group_size=group,
+            noise_multiplier=config.noise_multiplier,
+        )
+        self.without = mechanism_class(data, aux_images, clip_norm)
+        self.canary, image = self._choose_canary(data, clip_norm)
+        self.with_ = mechanism_class(with_record(data, image, label), aux_images, clip_norm)
+        _share_public_networks(self.without, self.with_)
+        self.directions = self._canary_statistics(image, data.normalization, clip_norm)
+        rates = data.sample_rates(group)
+        self.sample_rate = max(max(rates), with_record(data, image, label).sample_rates(group)[label])
+
+    def _canary_statistics(self, image: torch.Tensor, normalization, clip_norm: float) -> list[torch.Tensor]:
+        """The canary's clipped projected statistic under each draw's public network and augmentation."""
+        x = ((image.float() / 255.0 - normalization[0]) / normalization[1])[None]
+        out = []
+        for net_seed, aug_seed in zip(self.request.network_seeds, self.request.augment_seeds, strict=True):
+            net, subspace = self.without.network_and_subspace(self.request.network, net_seed, self.request.subspace_dim)
+            with torch.inference_mode():
+                out.append(per_example_statistic(net, subspace, x, aug_seed, self.request.augmentation, clip_norm)[0])
+        return out
+
+    def _choose_canary(self, data: PrivateData, clip_norm: float) -> tuple[str, torch.Tensor]:
+        """The crafted image whose statistic is longest and least like the class's own records."""
+        net, subspace = self.without.network_and_subspace(
+            self.request.network, self.request.network_seeds[0], self.request.subspace_dim
+        )
+        own = data.float_images(data.by_class[self.label])
+        with torch.inference_mode():
+            others = per_example_statistic(net, subspace, own, self.request.augment_seeds[0], "none", clip_norm)
+
+        def separation(image: torch.Tensor) -> float:
+            x = ((image.float() / 255.0 - data.normalization[0]) / data.normalization[1])[None]
+            with torch.inference_mode():
+                s = per_example_statistic(net, subspace, x, self.request.augment_seeds[0], "none", clip_norm)[0]
+            return float(s @ s - (others @ s).abs().max())
+
+        candidates = crafted_canaries(data.image_shape, self.config.seed)
+        name = max(candidates, key=lambda k: separation(candidates[k]))
+        return name, candidates[name]
+
+    def score(self, sums: np.ndarray) -> float:
+        """<noisy class sums, canary statistic>, added over the draws of one release."""
+        rows = torch.from_numpy(sums[:, self.label]).double()
+        return float(sum(float(rows[d] @ s) for d, s in enumerate(self.directions)))
+
+    def claimed_epsilon(self) -> float:
+        event = SampledGaussianEvent(self.config.noise_multiplier, self.sample_rate, self.config.draws)
+        return epsilon([event], self.config.delta, "prv")
+
+    def play(self, show_progress: bool = True, on_trial: Callable[[int], None] | None = None) -> AuditResult:
+        without, with_ = [], []
+        for t in tqdm(range(self.config.trials), desc="audit (trials per world)", disable=not show_progress):
+            without.append(self.score(self.without.release(self.request)))
+            with_.append(self.score(self.with_.release(self.request)))
+            if on_trial is not None:
+                on_trial(t)
+        s0, s1 = np.array(without), np.array(with_)
+        eps, threshold, (fpr, fnr, fpr_u, fnr_u), n_eval = lower_bound(
+            s0, s1, self.config.delta, self.config.confidence, np.random.default_rng(self.config.seed)
+        )
+        return AuditResult(
+            claimed_epsilon=self.claimed_epsilon(),
+            epsilon_lower_bound=eps,
+            threshold=threshold,
+            false_positive_rate=fpr,
+            false_negative_rate=fnr,
+            false_positive_upper=fpr_u,
+            false_negative_upper=fnr_u,
+            evaluation_trials=n_eval,
+            canary=f"{self.canary} image in class {self.label} ({self.without.data.class_names[self.label]})",
+            config=asdict(self.config),
+            scores_without=s0.tolist(),
+            scores_with=s1.tolist(),
+        )
+
+
+def format_audit(result: AuditResult) -> str:
+    verdict = "consistent with the claim" if result.consistent else "EXCEEDS THE CLAIM: the mechanism leaks"
+    return "\n".join(
+        [
+            "PRIVACY AUDIT (canary distinguishing game)",
+            f"canary:                  {result.canary}",
+            f"trials per world:        {len(result.scores_without)} ({result.evaluation_trials} held out for bounds)",
+            f"false positive rate:     {result.false_positive_rate:.4f} (upper {result.false_positive_upper:.4f})",
+            f"false negative rate:     {result.false_negative_rate:.4f} (upper {result.false_negative_upper:.4f})",
+            f"claimed epsilon (PRV):   {result.claimed_epsilon:.4f} at delta {result.config['delta']:g}",
+            f"audited lower bound:     {result.epsilon_lower_bound:.4f} "
+            f"(confidence {result.config['confidence']:.0%})",
+            f"verdict:                 {verdict}",
+        ]
+    )
+
+
+def write_audit(result: AuditResult, out: Path) -> None:
+    """``audit.json`` for machines and ``audit.png`` (score histograms of both worlds) for people."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(result.to_dict(), indent=2))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.histogram_bin_edges(result.scores_without + result.scores_with, bins=40)
+    ax.hist(result.scores_without, bins=bins, alpha=0.6, label="without canary")
+    ax.hist(result.scores_with, bins=bins, alpha=0.6, label="with canary")
+    ax.axvline(result.threshold, color="k", linestyle="--", label="threshold")
+    ax.set_xlabel("score: <noisy class sum, canary statistic>")
+    ax.set_ylabel("releases")
+    ax.set_title(
+        f"claimed epsilon {result.claimed_epsilon:.3f}, audited lower bound {result.epsilon_lower_bound:.3f}"
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "audit.png", dpi=120)
+    plt.close(fig)
+
+
+def audit_subset(data: ImageSet, per_class: int, seed: int) -> ImageSet:
+    """A small seeded sample of each class: the game is about one record, not the data's size."""
+    g = torch.Generator().manual_seed(seed)
+    index = []
+    for c in range(data.num_classes):
+        ix = torch.nonzero(data.labels == c).flatten()
+        index.append(ix[torch.randperm(len(ix), generator=g)[:per_class]])
+    return data.subset(torch.cat(index).sort().values)

@@ -1,0 +1,80 @@
+"""The empirical audit: below the claim for the real mechanism, above it when the noise is too small."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from owner_node.audit import (
+    AuditConfig,
+    CanaryGame,
+    clopper_pearson_upper,
+    epsilon_from_rates,
+    lower_bound,
+    write_audit,
+)
+from owner_node.data import PrivateData
+from owner_node.mechanism import FeatureMechanism
+from shared.datasets import to_float
+from shared.networks import NetworkSpec
+from tests.conftest import random_image_set
+
+NORM = (0.5, 0.5)
+# sigma 3, one draw at q = 1: claimed epsilon 1.28 at delta 1e-5.
+CONFIG = AuditConfig(trials=60, noise_multiplier=3.0, network=NetworkSpec(width=8, depth=2), subspace_dim=6)
+
+
+class UnderNoisedMechanism(FeatureMechanism):
+    """Test-only: the real mechanism with 1% of the noise the accountant assumes (a broken owner)."""
+
+    def noise_std(self, request) -> float:
+        return super().noise_std(request) * 0.01
+
+
+def game(mechanism_class: type[FeatureMechanism] = FeatureMechanism) -> CanaryGame:
+    data = PrivateData.from_image_set(random_image_set(40, seed=1), NORM)
+    aux = to_float(random_image_set(20, seed=2).images, NORM)
+    return CanaryGame(data, aux, 1.0, CONFIG, mechanism_class=mechanism_class)
+
+
+def test_clopper_pearson_and_rates_to_epsilon() -> None:
+    # No errors in 100 trials: the 97.5% upper bound is 1 - 0.025^(1/100).
+    assert clopper_pearson_upper(0, 100, 0.025) == pytest.approx(1 - 0.025 ** (1 / 100), rel=1e-6)
+    assert clopper_pearson_upper(100, 100, 0.025) == 1.0
+    assert epsilon_from_rates(0.1, 0.5, 0.0) == pytest.approx(math.log(5.0))
+    assert epsilon_from_rates(0.5, 0.5, 0.0) == 0.0  # a coin flip proves nothing
+
+
+def test_identical_worlds_give_no_evidence() -> None:
+    gen = np.random.default_rng(0)
+    scores = gen.normal(size=2000)
+    eps, *_ = lower_bound(scores[:1000], scores[1000:], 1e-5, 0.95, np.random.default_rng(1))
+    assert eps < 0.3
+
+
+def test_real_mechanism_stays_below_its_claim(tmp_path: Path) -> None:
+    result = game().play(show_progress=False)
+    assert result.claimed_epsilon == pytest.approx(1.28, abs=0.02)
+    assert result.consistent and result.epsilon_lower_bound < result.claimed_epsilon
+    write_audit(result, tmp_path)
+    saved = json.loads((tmp_path / "audit.json").read_text())
+    assert saved["consistent"] and len(saved["scores_with"]) == CONFIG.trials
+    assert (tmp_path / "audit.png").stat().st_size > 5000
+
+
+def test_audit_catches_a_mechanism_whose_noise_is_far_too_small() -> None:
+    result = game(UnderNoisedMechanism).play(show_progress=False)
+    assert not result.consistent, (result.epsilon_lower_bound, result.claimed_epsilon)
+    assert result.epsilon_lower_bound > result.claimed_epsilon + 0.5
+
+
+def test_the_game_is_decided_by_the_canary_not_the_seeds() -> None:
+    g = game()
+    # Same public seeds in both worlds; only the canary differs between the two mechanisms' data.
+    assert g.with_.data.class_counts[0] == g.without.data.class_counts[0] + 1
+    assert g.with_.data.class_counts[1:] == g.without.data.class_counts[1:]
+    assert all(abs(float(d.norm()) - 1.0) < 1e-6 for d in g.directions)  # clipped at C = 1

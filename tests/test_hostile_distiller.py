@@ -1,0 +1,453 @@
+"""A malicious cloud against a running owner service (gRPC, mutual TLS): it must refuse clearly and keep the budget.
+
+Everything here goes through ``OwnerChannel.call(method, bytes)``, so the distiller's own client code
+(which would never send such things) is bypassed. For every hostile input we check the refusal code
+and that the message tells a person what was wrong, that nothing was reserved or spent (Budget RPC
+and the ledger file, re-accounted with ``shared.accounting``), and that the process keeps serving.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from owner_node.ledger import Ledger
+from shared.accounting import SampledGaussianEvent, epsilon
+from shared.protocol import (
+    MAGIC,
+    WIRE_VERSION,
+    BudgetReport,
+    BudgetRequest,
+    DescribeRequest,
+    FeatureReply,
+    FeatureRequest,
+    decode,
+    encode,
+)
+from shared.rpc.channel import OwnerChannel
+from shared.rpc.errors import OwnerCallError
+from tests.conftest import feature_request
+from tests.owner_process import OwnerProcess, running_tls_owners
+
+MAX_MESSAGE_BYTES = 2_000_000
+MAX_REFUSAL_CHARS = 2_000  # a refusal is read by people (and travels in gRPC trailers): it must stay short
+
+LIMITS = dict(max_sample_rate=0.5, max_message_bytes=MAX_MESSAGE_BYTES)
+
+
+@pytest.fixture(scope="module")
+def owners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, OwnerProcess]]:
+    """Two owner processes, started together: one for the onslaught, one with a fresh budget to exhaust."""
+    folder = tmp_path_factory.mktemp("hostile")
+    # The onslaught gets a generous budget, so that only limits, never the budget, refuse its requests.
+    with running_tls_owners(folder, hostile=dict(epsilon=10.0, **LIMITS), budget=dict(epsilon=1.0, **LIMITS)) as owners:
+        yield owners
+
+
+@pytest.fixture(scope="module")
+def hostile_owner(owners: dict[str, OwnerProcess]) -> OwnerProcess:
+    return owners["hostile"]
+
+
+@pytest.fixture(scope="module")
+def budget_owner(owners: dict[str, OwnerProcess]) -> OwnerProcess:
+    return owners["budget"]
+
+
+# ---------------------------------------------------------------- building hostile bytes
+
+
+def valid(request_id: str = "hostile", draws: int = 2, **overrides: Any) -> FeatureRequest:
+    return feature_request(None, request_id, draws=draws, **overrides)
+
+
+def frame(header: dict | bytes, body: bytes = b"", version: int = WIRE_VERSION) -> bytes:
+    """A DPDM frame around any header, with the header length and body size filled in consistently."""
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return MAGIC + struct.pack("<BI", version, len(head)) + head + body
+
+
+def header_of(message: Any) -> dict:
+    wire = encode(message)
+    (head_len,) = struct.unpack("<I", wire[5:9])
+    return json.loads(wire[9 : 9 + head_len])
+
+
+def with_fields(request_id: str, /, network: dict | None = None, drop: str | None = None, **fields: Any) -> bytes:
+    """A valid feature request with some header fields (or network fields) replaced by hostile values."""
+    head = header_of(valid(request_id))
+    head["fields"].update(fields)
+    head["fields"]["network"].update(network or {})
+    if drop is not None:
+        del head["fields"][drop]
+    return frame(head)
+
+
+def with_raw_field(request_id: str, key: str, json_text: str) -> bytes:
+    """A valid feature request whose field ``key`` is replaced by raw JSON text (things json.dumps won't write)."""
+    head = header_of(valid(request_id))
+    head["fields"][key] = "@@RAW@@"
+    return frame(json.dumps(head).replace('"@@RAW@@"', json_text).encode())
+
+
+def with_arrays(message: Any, arrays: dict[str, np.ndarray]) -> bytes:
+    """Attach an npz array section to a message (the owner's requests carry none)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    body = buf.getvalue()
+    head = header_of(message) | {"arrays": sorted(arrays), "body_bytes": len(body)}
+    return frame(head, body)
+
+
+def zip_bomb(megabytes: int = 200) -> bytes:
+    """A feature reply whose deflated ``noisy_sums`` is ~1000x smaller on the wire than in memory."""
+    chunk = np.zeros((1 << 20) // 4, np.float32).tobytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("noisy_sums.npy", "w", force_zip64=True) as f:
+        shape = (megabytes * (1 << 20) // 16, 4, 1)
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        for _ in range(megabytes):
+            f.write(chunk)
+    body = buf.getvalue()
+    return frame(header_of(a_reply()) | {"arrays": ["noisy_sums"], "body_bytes": len(body)}, body)
+
+
+def draws_request(request_id: str, draws: int) -> bytes:
+    return with_fields(request_id, network_seeds=list(range(draws)), augment_seeds=list(range(draws)))
+
+
+def a_reply() -> FeatureReply:
+    return FeatureReply(
+        "forged", np.zeros((2, 4, 6), np.float32), (5.0,) * 4, 5.0, 1.0, (SampledGaussianEvent(5.0, 0.25, 2),)
+    )
+
+
+VALID = encode(valid("trunc"))
+HEAD_LEN = struct.unpack("<I", VALID[5:9])[0]
+
+# (name, RPC, bytes or a maker of bytes, expected refusal code, regex the human-readable message must match)
+HOSTILE: list[tuple[str, str, bytes | Callable[[], bytes], str, str]] = [
+    # -- malformed or truncated frames
+    ("empty", "Release", b"", "bad_message", "bad magic"),
+    ("plain-text", "Release", b"GET / HTTP/1.1\r\n\r\n", "bad_message", "bad magic"),
+    ("pickle", "Release", b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x02os", "bad_message", "bad magic"),
+    ("truncated-in-magic", "Release", VALID[:3], "bad_message", "bad magic"),
+    ("truncated-in-length", "Release", VALID[:7], "bad_message", "bad magic"),
+    ("truncated-before-header", "Release", VALID[:9], "bad_message", "truncated"),
+    ("truncated-mid-header", "Release", VALID[: 9 + HEAD_LEN // 2], "bad_message", "truncated"),
+    ("truncated-last-byte", "Release", VALID[:-1], "bad_message", "truncated"),
+    ("truncated-array-section", "Release", encode(a_reply())[:-40], "bad_message", "truncated"),
+    ("trailing-bytes", "Release", VALID + b"\x00" * 16, "bad_message", "trailing"),
+    ("wire-version-99", "Release", frame(header_of(valid("v")), version=99), "bad_message", "wire version 99"),
+    ("header-length-lies", "Release", MAGIC + struct.pack("<BI", WIRE_VERSION, 2**31) + b"{}", "bad_message", "header"),
+    ("header-not-json", "Release", frame(b"{'kind': 'feature_request'"), "bad_message", "not valid JSON"),
+    ("header-not-utf8", "Release", frame(b'{"kind": "\xff\xfe"}'), "bad_message", "not valid JSON"),
+    ("header-is-a-list", "Release", frame(b"[1, 2, 3]"), "bad_message", "must be an object"),
+    ("header-nested-100k-deep", "Release", frame(b"[" * 100_000 + b"]" * 100_000), "bad_message", "JSON"),
+    (
+        "unknown-kind",
+        "Release",
+        frame({"kind": "shell", "fields": {}, "arrays": [], "body_bytes": 0}),
+        "bad_message",
+        "unknown message kind",
+    ),
+    ("missing-field", "Release", with_fields("m", drop="noise_multiplier"), "bad_message", "missing field"),
+    ("request-id-not-a-string", "Release", with_fields("t", request_id=7), "bad_message", "request_id"),
+    ("seeds-are-strings", "Release", with_fields("s", network_seeds=["1", "2"]), "bad_message", "list of integers"),
+    ("subspace-dim-is-bool", "Release", with_fields("b", subspace_dim=True), "bad_message", "bool"),
+    ("seed-lists-differ", "Release", with_fields("l", augment_seeds=[1]), "bad_message", "same length"),
+    (
+        "integer-with-5000-digits",
+        "Release",
+        with_raw_field("d", "subspace_dim", "9" * 5000),
+        "bad_message",
+        "JSON|digits",
+    ),
+    # -- NaN, infinity and enormous numbers
+    ("noise-nan", "Release", with_fields("n1", noise_multiplier=float("nan")), "bad_message", "finite"),
+    ("noise-inf", "Release", with_fields("n2", noise_multiplier=float("inf")), "bad_message", "finite"),
+    ("noise-minus-inf", "Release", with_fields("n3", noise_multiplier=float("-inf")), "bad_message", "finite"),
+    ("noise-10^400-as-int", "Release", with_fields("n4", noise_multiplier=10**400), "bad_message", "out of range"),
+    ("noise-1e300", "Release", with_fields("n5", noise_multiplier=1e300), "invalid_request", "noise_multiplier"),
+    ("noise-zero", "Release", with_fields("n6", noise_multiplier=0.0), "noise_too_low", "noise_multiplier must be >="),
+    ("noise-negative", "Release", with_fields("n7", noise_multiplier=-5.0), "noise_too_low", "noise_multiplier"),
+    ("group-nan", "Release", with_fields("g1", expected_group_size=float("nan")), "bad_message", "finite"),
+    ("group-1e308", "Release", with_fields("g2", expected_group_size=1e308), "sample_rate_too_high", "sampling rate"),
+    ("group-zero", "Release", with_fields("g3", expected_group_size=0.0), "invalid_request", "expected_group_size"),
+    ("group-negative", "Release", with_fields("g4", expected_group_size=-3.0), "invalid_request", "expected_group"),
+    ("group-denormal", "Release", with_fields("g5", expected_group_size=5e-324), "invalid_request", "expected_group"),
+    ("seed-negative", "Release", with_fields("s1", network_seeds=[-1, 2]), "invalid_request", "seeds"),
+    ("seed-2^63", "Release", with_fields("s2", augment_seeds=[2**63, 1]), "invalid_request", "seeds"),
+    ("seed-10^300", "Release", with_fields("s3", network_seeds=[10**300, 1]), "invalid_request", "seeds"),
+    # -- projection bases and subspaces
+    ("subspace-dim-10^12", "Release", with_fields("k1", subspace_dim=10**12), "invalid_request", "subspace_dim"),
+    ("subspace-dim-zero", "Release", with_fields("k2", subspace_dim=0), "invalid_request", "subspace_dim"),
+    ("subspace-dim-negative", "Release", with_fields("k3", subspace_dim=-6), "invalid_request", "subspace_dim"),
+    (
+        "request-carries-a-1MB-basis",
+        "Release",
+        with_arrays(valid("basis"), {"basis": np.ones((512, 512), np.float32)}),
+        "bad_message",
+        "carr(y|ies) no arrays",
+    ),
+    (
+        "huge-subspace-with-basis",
+        "Release",
+        with_arrays(valid("basis2", subspace_dim=65_536), {"basis": np.ones((256, 1024), np.float32)}),
+        "bad_message",
+        "carr(y|ies) no arrays",
+    ),
+    ("zip-bomb-200MB-array", "Release", zip_bomb, "bad_message", "expands"),  # ~200 KB on the wire
+    (
+        "pickled-object-array",
+        "Release",
+        with_arrays(a_reply(), {"noisy_sums": np.array([[[{"x": 1}]]], dtype=object)}),
+        "bad_message",
+        "corrupt|pickle",
+    ),
+    # -- networks
+    ("arch-resnet", "Release", with_fields("a1", network={"arch": "resnet"}), "unsupported_network", "architecture"),
+    ("arch-empty", "Release", with_fields("a2", network={"arch": ""}), "unsupported_network", "architecture"),
+    ("arch-500k-chars", "Release", with_fields("a3", network={"arch": "A" * 500_000}), "unsupported_network", "arch"),
+    ("width-10^9", "Release", with_fields("w1", network={"width": 10**9}), "unsupported_network", "width"),
+    ("width-zero", "Release", with_fields("w2", network={"width": 0}), "unsupported_network", "width"),
+    ("width-negative", "Release", with_fields("w3", network={"width": -8}), "unsupported_network", "width"),
+    ("depth-10^6", "Release", with_fields("d1", network={"depth": 10**6}), "unsupported_network", "depth"),
+    ("depth-zero", "Release", with_fields("d2", network={"depth": 0}), "unsupported_network", "depth"),
+    ("channels-3", "Release", with_fields("c1", network={"channels": 3}), "invalid_request", "does not match"),
+    ("image-size-10^9", "Release", with_fields("i1", network={"image_size": 10**9}), "invalid_request", "match"),
+    ("classes-10^6", "Release", with_fields("c2", network={"num_classes": 10**6}), "unsupported_network", "classes"),
+    # -- draw counts
+    ("zero-draws", "Release", draws_request("z", 0), "too_many_draws", "1..50 draws, got 0"),
+    ("51-draws", "Release", draws_request("f", 51), "too_many_draws", "got 51"),
+    ("100k-draws", "Release", draws_request("h", 100_000), "too_many_draws", "got 100000"),
+    (
+        "message-over-the-size-limit",
+        "Release",
+        b"DPDM" + b"\x00" * (MAX_MESSAGE_BYTES + 1),
+        "message_too_large",
+        "larger than max",
+    ),
+    # -- identities, public inputs, methods
+    ("request-id-empty", "Release", with_fields("e", request_id=""), "invalid_request", "request_id"),
+    ("request-id-129-chars", "Release", with_fields("e", request_id="r" * 129), "invalid_request", "request_id"),
+    ("request-id-path", "Release", with_fields("e", request_id="../../etc/passwd"), "invalid_request", "request_id"),
+    ("request-id-newline", "Release", with_fields("e", request_id="ok-id\n"), "invalid_request", "request_id"),
+    ("request-id-unicode", "Release", with_fields("e", request_id="résumé"), "invalid_request", "request_id"),
+    ("aux-hash-forged", "Release", with_fields("x", aux_hash="0" * 64), "unknown_aux", "auxiliary"),
+    ("augmentation-unknown", "Release", with_fields("u1", augmentation="teleport"), "invalid_request", "augmentation"),
+    ("augmentation-200k", "Release", with_fields("u2", augmentation="x_" * 100_000), "invalid_request", "augmentation"),
+    ("reply-sent-as-request", "Release", encode(a_reply()), "wrong_method", "Release call does not take"),
+    ("release-via-describe", "Describe", encode(valid("via-describe")), "wrong_method", "Describe call"),
+    ("describe-via-budget", "Budget", encode(DescribeRequest()), "wrong_method", "Budget call"),
+]
+
+
+# ---------------------------------------------------------------- checks shared by the tests
+
+
+@contextmanager
+def open_ledger(owner: OwnerProcess) -> Iterator[Ledger]:
+    ledger = Ledger(owner.config.ledger_path)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def budget(channel: OwnerChannel) -> BudgetReport:
+    report = decode(channel.call("Budget", encode(BudgetRequest())))
+    assert isinstance(report, BudgetReport)
+    return report
+
+
+def assert_budget_kept(owner: OwnerProcess) -> BudgetReport:
+    """The service's own account agrees with an independent recount of its ledger file, within budget."""
+    report = budget(owner.channel)
+    with open_ledger(owner) as ledger:
+        assert ledger.integrity_ok()
+        rows = ledger.rows()
+    events = [r.event for r in rows]
+    recount = epsilon(events, owner.config.delta, owner.config.accountant)
+    assert recount <= owner.config.epsilon
+    assert report.num_requests == len(rows) and report.num_draws == sum(e.count for e in events)
+    assert report.epsilon_prv == pytest.approx(epsilon(events, owner.config.delta, "prv"), abs=1e-9)
+    assert report.epsilon_prv <= report.epsilon_budget == owner.config.epsilon
+    return report
+
+
+def refusal(call: Callable[[], bytes]) -> OwnerCallError:
+    with pytest.raises(OwnerCallError) as err:
+        call()
+    return err.value
+
+
+def release(owner: OwnerProcess, request: FeatureRequest) -> bytes:
+    raw = owner.channel.call("Release", encode(request))
+    reply = decode(raw)
+    assert isinstance(reply, FeatureReply) and reply.request_id == request.request_id
+    assert reply.noisy_sums.shape == (request.num_draws, 4, request.subspace_dim)
+    return raw
+
+
+# ---------------------------------------------------------------- the onslaught
+
+
+@pytest.mark.parametrize("name, method, message, code, match", HOSTILE, ids=[case[0] for case in HOSTILE])
+def test_hostile_message_is_refused_clearly_and_spends_nothing(
+    hostile_owner: OwnerProcess, name: str, method: str, message: bytes | Callable[[], bytes], code: str, match: str
+) -> None:
+    wire = message() if callable(message) else message
+    before = budget(hostile_owner.channel)
+    err = refusal(lambda: hostile_owner.channel.call(method, wire))
+    assert err.code == code, f"{name}: {err}"
+    assert 0 < len(err.message) <= MAX_REFUSAL_CHARS, f"{name}: refusal of {len(err.message)} chars"
+    assert re.search(match, err.message), f"{name}: unclear refusal {err.message[:500]!r}"
+    assert "Traceback" not in err.message and "Exception calling application" not in err.message
+    after = budget(hostile_owner.channel)
+    assert (after.num_requests, after.num_draws, after.epsilon_prv) == (
+        before.num_requests,
+        before.num_draws,
+        before.epsilon_prv,
+    ), f"{name} changed the budget"
+    assert hostile_owner.proc.poll() is None, f"{name} killed the owner"
+
+
+def test_same_request_id_with_different_contents_is_a_conflict(hostile_owner: OwnerProcess) -> None:
+    original = valid("same-id")
+    first = release(hostile_owner, original)
+    spent = budget(hostile_owner.channel)
+    for tampered in (
+        replace(original, network_seeds=(11, 99)),
+        replace(original, noise_multiplier=0.5),
+        replace(original, subspace_dim=3),
+        valid("same-id", draws=1),
+    ):
+        err = refusal(lambda t=tampered: hostile_owner.channel.call("Release", encode(t)))
+        assert err.code == "id_conflict" and "'same-id'" in err.message and "different request" in err.message
+    # The honest retry still gets exactly the recorded answer, and nothing was spent twice.
+    assert hostile_owner.channel.call("Release", encode(original)) == first
+    assert budget(hostile_owner.channel).num_draws == spent.num_draws
+    with open_ledger(hostile_owner) as ledger:
+        assert [r.state for r in ledger.rows() if r.request_id == "same-id"] == ["released"]
+        assert ledger.reply("same-id") == first
+
+
+def test_racing_retries_of_one_request_id_release_once(hostile_owner: OwnerProcess) -> None:
+    """Six threads send the same new request at once: one reservation, one answer, identical bytes for all."""
+    request = valid("raced-id", draws=3)
+    before = budget(hostile_owner.channel).num_draws
+    replies: list[bytes] = []
+    barrier = threading.Barrier(6)
+
+    def send() -> None:
+        barrier.wait()
+        replies.append(hostile_owner.channel.call("Release", encode(request)))
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(replies) == 6 and len(set(replies)) == 1
+    assert budget(hostile_owner.channel).num_draws == before + 3
+    with open_ledger(hostile_owner) as ledger:
+        assert ledger.reply("raced-id") == replies[0]
+
+
+def test_owner_still_serves_and_kept_its_budget_after_the_onslaught(hostile_owner: OwnerProcess) -> None:
+    raw = release(hostile_owner, valid("after-onslaught"))
+    assert_budget_kept(hostile_owner)
+    with open_ledger(hostile_owner) as ledger:
+        rows = ledger.rows()
+        # Only the honest requests of this module were ever reserved: no hostile one left a trace.
+        assert {r.request_id for r in rows} <= {"same-id", "raced-id", "after-onslaught"}
+        assert all(r.state == "released" for r in rows)
+        assert ledger.reply("after-onslaught") == raw
+    assert hostile_owner.proc.poll() is None
+
+
+# ---------------------------------------------------------------- the budget under pressure
+
+
+def test_many_small_requests_stop_exactly_at_the_budget(budget_owner: OwnerProcess) -> None:
+    """Each request fits alone; together they would not. Once refused, always refused; refusals spend nothing."""
+    outcomes: list[str] = []
+    for i in range(12):
+        try:
+            release(budget_owner, valid(f"small-{i}", noise_multiplier=4.0))
+            outcomes.append("ok")
+        except OwnerCallError as err:
+            assert err.code == "budget_exceeded", err
+            assert "budget epsilon=1.0" in err.message and "spent" in err.message and "2 draws" in err.message
+            outcomes.append("refused")
+            if outcomes.count("refused") == 3:
+                break
+    assert outcomes == ["ok"] * 7 + ["refused"] * 3  # the accountant's own answer for 2-draw releases at sigma 4
+    report = assert_budget_kept(budget_owner)
+    assert report.num_requests == 7 and report.epsilon_prv > 0.9
+
+
+def test_concurrent_requests_racing_the_ledger_never_overshoot(budget_owner: OwnerProcess) -> None:
+    """Four threads race cheap releases into what is left of the budget, with budget reads in between.
+
+    Releases are serialised by the owner, so the race must end exactly where a sequential run would:
+    at the largest count of these releases the accountant still allows.
+    """
+    cheap = SampledGaussianEvent(10.0, 0.25, 1)
+    with open_ledger(budget_owner) as ledger:
+        prior = ledger.events()
+    cfg = budget_owner.config
+    fits = 0
+    while epsilon(prior + [cheap] * (fits + 1), cfg.delta, cfg.accountant) <= cfg.epsilon:
+        fits += 1
+    assert 2 <= fits <= 12, "test tuning: some, but not all, of the racing requests must fit"
+
+    released: dict[str, bytes] = {}
+    refused: list[OwnerCallError] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def racer(t: int) -> None:
+        barrier.wait()
+        for i in range(5):
+            request = valid(f"race-{t}-{i}", draws=1, noise_multiplier=10.0)
+            try:
+                raw = budget_owner.channel.call("Release", encode(request))
+                with lock:
+                    released[request.request_id] = raw
+            except OwnerCallError as err:
+                with lock:
+                    refused.append(err)
+            budget(budget_owner.channel)  # reads interleaved with the writes
+
+    threads = [threading.Thread(target=racer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert {e.code for e in refused} == {"budget_exceeded"}
+    assert len(released) == fits and len(refused) == 20 - fits
+    assert_budget_kept(budget_owner)
+    with open_ledger(budget_owner) as ledger:
+        racing_rows = [r for r in ledger.rows() if r.request_id.startswith("race-")]
+        assert {r.request_id for r in racing_rows} == set(released)
+        assert all(r.state == "released" for r in racing_rows)
+        for request_id, raw in released.items():
+            assert ledger.reply(request_id) == raw
+    # A released request can still be fetched again after exhaustion, without any new spend.
+    some_id = sorted(released)[0]
+    again = budget_owner.channel.call("Release", encode(valid(some_id, draws=1, noise_multiplier=10.0)))
+    assert again == released[some_id] and budget(budget_owner.channel).num_requests == len(prior) + fits
+    assert budget_owner.proc.poll() is None
