@@ -16,6 +16,7 @@ import torch
 from deploy.cli import main
 from owner_node.ledger import Ledger
 from shared.datasets import DataNotFound, fashion_mnist_root
+from tests.second_accountant import check_reported
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -58,6 +59,14 @@ def test_small_run_learns_far_above_chance_and_writes_every_artefact(tmp_path: P
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["epsilon_prv"] <= 1.0 and report["releases"] == 20 and report["clip_norm"] == 1.0
     assert report["epsilon_rdp"] >= report["epsilon_prv"] * 0.9
+    # The reported figures, recomputed by dp-accounting over the owner's ledger.
+    ledger = Ledger(tmp_path / "owner" / "ledger.sqlite")
+    try:
+        events = ledger.events()
+    finally:
+        ledger.close()
+    check_reported(events, report["delta"], report["epsilon_prv"], report["epsilon_rdp"])
+    assert results["epsilon_prv"] == report["epsilon_prv"]
     assert "class names" in report["treated_as_public"]
     blob = torch.load(out / "synthetic.pt", weights_only=True)
     assert blob["images"].shape == (100, 1, 28, 28) and blob["labels"].bincount().tolist() == [10] * 10
