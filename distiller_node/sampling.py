@@ -201,7 +201,8 @@ def run_sampling(
 
         if len(todo) == 1 and in_flight <= 1:
             # Nothing to overlap: stay on this thread, so the owner's tensors do not pin a second
-            # malloc arena for the rest of the run (measured: +0.3-0.5 GB peak RSS in-process).
+            # malloc arena for the rest of the run (the README job peaked at 1.46-1.79 GB with two
+            # worker threads, 1.25-1.32 GB on this path).
             for b in todo[0]:
                 fetch(0, b)
         else:
