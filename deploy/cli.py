@@ -11,6 +11,7 @@ import torch
 from deploy.presets import PRESETS, distiller_config
 from distiller_node.evaluation import EvaluationConfig
 from distiller_node.pipeline import DistillerConfig
+from shared.statistic import SIGNALS
 
 
 def _distiller_config(a: argparse.Namespace) -> DistillerConfig:
@@ -43,7 +44,17 @@ def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
         "seed": a.seed,
         "data-root": a.data_root or "",
     }
-    for key in ("width", "draws", "subspace_dim", "iterations", "lr", "eval_epochs", "eval_width"):
+    for key in (
+        "width",
+        "draws",
+        "subspace_dim",
+        "iterations",
+        "lr",
+        "eval_epochs",
+        "eval_width",
+        "signal",
+        "steps_per_draw",
+    ):
         if getattr(a, key, None):
             rc[key.replace("_", "-")] = getattr(a, key)
     return rc
@@ -80,8 +91,9 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             "delta": results["delta"],
             "stage_s": results["timings_s"],
             "peak_rss_mb": results["peak_rss_mb"],
+            "peak_rss_mb_by_stage": results["peak_rss_mb_by_stage"],
             "config": results["config"],
-        "epsilon_by_owner": results["epsilon_by_owner"],
+            "epsilon_by_owner": results["epsilon_by_owner"],
             "aux_per_class": aux_per_class,
         }
         write(a.benchmark_json, bench)
@@ -102,6 +114,19 @@ def cmd_speed(a: argparse.Namespace) -> int:
             data_root=a.data_root,
         ),
     )
+    return 0
+
+
+def cmd_bench_signals(a: argparse.Namespace) -> int:
+    from deploy.signal_benchmark import compare_signals
+
+    result = compare_signals(Path(a.out), a.epsilon, a.ipc, a.eval_runs, a.only)
+    for name, r in result["runs"].items():
+        print(
+            f"{name:<24} {100 * r['accuracy_mean']:6.2f}% +- {100 * r['accuracy_std']:.2f}  "
+            f"eps {r['epsilon_prv']:.3f}  {r['wall_s'] / 60:5.1f} min  peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
+    print(f"\nwritten: {Path(a.out) / 'signals.json'}, {Path(a.out) / 'signals.png'}")
     return 0
 
 
@@ -277,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--draws", type=int, help="number of noisy releases (sampling stage)")
     s.add_argument("--draws-per-request", type=int, default=25)
     s.add_argument("--group-size", type=float, default=50.0, help="expected Poisson sample per class and draw")
-    s.add_argument("--subspace-dim", type=int, help="SER subspace dimension k")
+    s.add_argument(
+        "--signal",
+        choices=SIGNALS,
+        help="what the owner releases: network embeddings (features) or per-example loss gradients (gradients)",
+    )
+    s.add_argument("--subspace-dim", type=int, help="SER subspace dimension k (0: no projection)")
+    s.add_argument("--steps-per-draw", type=int, help="optimisation steps on one stored draw before the next")
     s.add_argument("--width", type=int, help="width of the embedding ConvNets")
     s.add_argument("--iterations", type=int, help="optimisation iterations (free of privacy cost)")
     s.add_argument("--lr", type=float, help="learning rate for the synthetic images (SGD, momentum 0.5)")
@@ -310,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--iterations", type=int, default=50)
     sp.add_argument("--data-root")
     sp.set_defaults(func=cmd_speed)
+
+    bs = sub.add_parser(
+        "bench-signals",
+        help="benchmark: gradient vs feature signals, with and without the subspace, same budget (JSON, PNG)",
+    )
+    bs.add_argument("--out", default="runs/bench/signals")
+    bs.add_argument("--epsilon", type=float, default=1.0)
+    bs.add_argument("--ipc", type=int, default=10)
+    bs.add_argument("--eval-runs", type=int, default=3)
+    bs.add_argument("--only", nargs="+", help="run only these configurations (names as in signals.json)")
+    bs.set_defaults(func=cmd_bench_signals)
 
     bt = sub.add_parser("bench-transport", help="benchmark: sampling stage in deployment mode vs in-process (JSON)")
     bt.add_argument("--out", default="runs/bench/transport")
@@ -348,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-epochs", type=int)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--draws", type=int)
+    d.add_argument("--signal", choices=SIGNALS)
     d.add_argument("--iterations", type=int)
     d.add_argument("--aux-per-class", type=int)
     d.add_argument("--private-subset", type=int)

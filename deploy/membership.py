@@ -118,9 +118,7 @@ def membership_benchmark(
     for name, eps in runs.items():
         cfg = distiller_config(preset, epsilon=eps, group_size=group_size, seed=seed, eval_runs=1, draws=draws)
         cfg = replace(cfg, evaluation=replace(cfg.evaluation, epochs=eval_epochs, width=eval_width))
-        summary = simulate(
-            out / name, cfg, data_root=data_root, private_subset=members, show_progress=show_progress
-        )
+        summary = simulate(out / name, cfg, data_root=data_root, private_subset=members, show_progress=show_progress)
         member_set = load_npz(owner_dirs(out / name, 1)[0] / "private.npz")
         member_x, member_y = to_float(member_set.images, norm), member_set.labels
         blob = torch.load(out / name / "distiller" / "synthetic.pt", weights_only=True)
@@ -130,9 +128,7 @@ def membership_benchmark(
         results["runs"][name] = result.__dict__ | {"epsilon": summary.get("epsilon_prv")}
     # The attack's power when the model has seen the members themselves.
     net = train_once(member_x, member_y, _spec(member_x, eval_width), eval_cfg, eval_cfg.seed)
-    results["runs"]["trained_on_members"] = attack(net, (member_x, member_y), non_members).__dict__ | {
-        "epsilon": None
-    }
+    results["runs"]["trained_on_members"] = attack(net, (member_x, member_y), non_members).__dict__ | {"epsilon": None}
     results["wall_s"] = time.perf_counter() - t0
     (out / "membership.json").write_text(json.dumps(results, indent=2))
     _plot(results, out / "membership.png")

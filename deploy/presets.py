@@ -7,6 +7,12 @@ from distiller_node.optimisation import OptimisationConfig
 from distiller_node.pipeline import DistillerConfig
 from distiller_node.sampling import SamplingConfig
 
+# Gradient-signal settings, chosen by measurement (see README, "Gradient signals").
+GRADIENT_DRAWS = 100
+GRADIENT_K = 64
+GRADIENT_LR = 0.3
+GRADIENT_STEPS_PER_DRAW = 10
+
 # "default" is what the README runs (chosen by measurement on a 2-core CPU, see README);
 # "reference" reproduces the settings of the authors' code as measured in DESIGN section 7.
 PRESETS = {
@@ -19,6 +25,8 @@ PRESETS = {
         eval_epochs=300,
         eval_width=128,
         aux_per_class=50,
+        signal="features",
+        steps_per_draw=1,
     ),
     "reference": dict(
         width=128,
@@ -29,9 +37,34 @@ PRESETS = {
         eval_epochs=300,
         eval_width=128,
         aux_per_class=100,
+        signal="features",
+        steps_per_draw=1,
     ),
     "quick": dict(
-        width=32, draws=40, subspace_dim=32, iterations=300, lr=0.3, eval_epochs=100, eval_width=64, aux_per_class=20
+        width=32,
+        draws=40,
+        subspace_dim=32,
+        iterations=300,
+        lr=0.3,
+        eval_epochs=100,
+        eval_width=64,
+        aux_per_class=20,
+        signal="features",
+        steps_per_draw=1,
+    ),
+    # Gradient signals (issue 5): per-example loss gradients of a small ConvNet (21,898 parameters),
+    # projected onto k principal directions of the auxiliary set's gradients. See README.
+    "gradients": dict(
+        width=32,
+        draws=GRADIENT_DRAWS,
+        subspace_dim=GRADIENT_K,
+        iterations=2000,
+        lr=GRADIENT_LR,
+        eval_epochs=300,
+        eval_width=128,
+        aux_per_class=50,
+        signal="gradients",
+        steps_per_draw=GRADIENT_STEPS_PER_DRAW,
     ),
 }
 
@@ -66,7 +99,15 @@ def distiller_config(
             subspace_dim=p["subspace_dim"],
             width=p["width"],
             seed=seed,
+            signal=p["signal"],
         ),
-        optimisation=OptimisationConfig(ipc=ipc, iterations=p["iterations"], lr=p["lr"], pea=pea, seed=seed),
+        optimisation=OptimisationConfig(
+            ipc=ipc,
+            iterations=p["iterations"],
+            lr=p["lr"],
+            pea=pea,
+            seed=seed,
+            steps_per_draw=p["steps_per_draw"],
+        ),
         evaluation=EvaluationConfig(runs=eval_runs, epochs=p["eval_epochs"], width=p["eval_width"]),
     )

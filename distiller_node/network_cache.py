@@ -16,9 +16,19 @@ from shared.subspace import Subspace
 
 
 class NetworkCache:
-    def __init__(self, spec: NetworkSpec, aux_images: torch.Tensor, subspace_dim: int | None, max_bytes: int):
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        aux_images: torch.Tensor,
+        subspace_dim: int | None,
+        max_bytes: int,
+        signal: str = "features",
+        aux_labels: torch.Tensor | None = None,
+    ):
         self.spec = spec
         self.aux_images = aux_images
+        self.aux_labels = aux_labels
+        self.signal = signal
         self.subspace_dim = subspace_dim
         self.max_bytes = max_bytes
         self._entries: OrderedDict[int, tuple[ConvNet, Subspace | None, int]] = OrderedDict()
@@ -34,7 +44,11 @@ class NetworkCache:
             return net, sub
         self.misses += 1
         net = freeze(build_network(self.spec, seed))
-        sub = public_subspace(net, self.aux_images, self.subspace_dim) if self.subspace_dim else None
+        sub = (
+            public_subspace(net, self.aux_images, self.subspace_dim, self.signal, self.aux_labels)
+            if self.subspace_dim
+            else None
+        )
         size = sum(p.numel() * p.element_size() for p in net.parameters()) + (sub.nbytes() if sub else 0)
         self._entries[seed] = (net, sub, size)
         self._bytes += size

@@ -35,6 +35,9 @@ class OptimisationConfig:
     seed: int = 0
     cache_mb: int = 512
     checkpoint_every: int = 200
+    # Consecutive iterations on one stored draw. 1 suits feature signals; gradient signals, whose
+    # bases are large and slow to rebuild, fit many more draws per second with a few steps per draw.
+    steps_per_draw: int = 1
 
 
 def decode_pea(images: torch.Tensor) -> torch.Tensor:
@@ -72,10 +75,16 @@ def initial_state(num_classes: int, ipc: int, image_shape: tuple[int, ...], seed
 
 class Distiller:
     def __init__(
-        self, signals: Signals, cache: NetworkCache, augmentation: str, clip_norm: float, cfg: OptimisationConfig
+        self,
+        signals: Signals,
+        cache: NetworkCache,
+        augmentation: str,
+        clip_norm: float,
+        cfg: OptimisationConfig,
     ):
         self.signals = signals
         self.cache = cache
+        self.signal = cache.signal
         self.augmentation = augmentation
         self.clip_norm = clip_norm
         self.cfg = cfg
@@ -86,7 +95,14 @@ class Distiller:
         net, subspace = self.cache.get(self.signals.network_seeds[draw])
         train_x, train_y = training_images(images, labels, self.cfg.pea)
         stats = per_example_statistic(
-            net, subspace, train_x, self.signals.augment_seeds[draw], self.augmentation, self.clip_norm
+            net,
+            subspace,
+            train_x,
+            self.signals.augment_seeds[draw],
+            self.augmentation,
+            self.clip_norm,
+            train_y,
+            self.signal,
         )
         num_classes = self.targets.shape[1]
         counts = torch.bincount(train_y, minlength=num_classes).clamp_min(1).double().view(-1, 1)
@@ -98,12 +114,14 @@ class Distiller:
         images = state.images.clone().requires_grad_(True)
         opt = torch.optim.SGD([images], lr=cfg.lr, momentum=cfg.momentum)
         picker = torch.Generator().manual_seed(cfg.seed + 1)
+        draw = 0
         if checkpoint is not None and checkpoint.exists():
             saved = torch.load(checkpoint, weights_only=False)
             images.data.copy_(saved["images"])
             state = SyntheticState(images.detach(), saved["ema"], saved["labels"], saved["iteration"], saved["losses"])
             opt.load_state_dict(saved["optimizer"])
             picker.set_state(saved["picker"])
+            draw = saved.get("draw", 0)
         ema = state.ema.clone()
         losses = list(state.losses)
         num_draws = self.targets.shape[0]
@@ -112,7 +130,8 @@ class Distiller:
         )
         it = state.iteration
         for it in range(state.iteration, cfg.iterations):
-            draw = int(torch.randint(num_draws, (1,), generator=picker))
+            if it % max(1, cfg.steps_per_draw) == 0:
+                draw = int(torch.randint(num_draws, (1,), generator=picker))
             opt.zero_grad(set_to_none=True)
             loss = self.loss(images, state.labels, draw)
             loss.backward()
@@ -124,15 +143,15 @@ class Distiller:
             if it % 20 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", cache=len(self.cache))
             if checkpoint is not None and (it + 1) % cfg.checkpoint_every == 0:
-                self._save(checkpoint, images, ema, state.labels, it + 1, losses, opt, picker)
+                self._save(checkpoint, images, ema, state.labels, it + 1, losses, opt, picker, draw)
         bar.close()
         final = SyntheticState(images.detach(), ema, state.labels, cfg.iterations, losses)
         if checkpoint is not None:
-            self._save(checkpoint, images, ema, state.labels, cfg.iterations, losses, opt, picker)
+            self._save(checkpoint, images, ema, state.labels, cfg.iterations, losses, opt, picker, draw)
         return final
 
     @staticmethod
-    def _save(path: Path, images, ema, labels, iteration, losses, opt, picker) -> None:
+    def _save(path: Path, images, ema, labels, iteration, losses, opt, picker, draw: int) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(
             {
@@ -143,6 +162,7 @@ class Distiller:
                 "losses": losses,
                 "optimizer": opt.state_dict(),
                 "picker": picker.get_state(),
+                "draw": draw,
             },
             tmp,
         )

@@ -127,7 +127,9 @@ def run_distillation(
 
     t0 = time.perf_counter()
     aux_float = to_float(aux.images, info.normalization)
-    cache = NetworkCache(plan.network, aux_float, plan.subspace_dim, cfg.optimisation.cache_mb * 2**20)
+    cache = NetworkCache(
+        plan.network, aux_float, plan.subspace_dim, cfg.optimisation.cache_mb * 2**20, plan.signal, aux.labels
+    )
     distiller = Distiller(signals, cache, plan.augmentation, info.clip_norm, cfg.optimisation)
     state = initial_state(len(info.class_names), cfg.optimisation.ipc, info.image_shape, cfg.optimisation.seed)
     state = distiller.run(state, checkpoint=out / "checkpoint.pt", show_progress=show_progress)

@@ -8,6 +8,11 @@ from pathlib import Path
 from distiller_node.sampling import SamplingPlan
 from shared.protocol import BudgetReport, OwnerInfo
 
+SIGNAL_WORDS = {
+    "features": "the embedding of a seeded public network",
+    "gradients": "the flattened per-example gradient of a seeded public network's classification loss",
+}
+
 
 def _owner_section(plan: SamplingPlan, o: int, budget: BudgetReport, info: OwnerInfo) -> dict:
     share = plan.owners[o]
@@ -43,7 +48,10 @@ def privacy_report(plan: SamplingPlan, budgets: list[BudgetReport], infos: list[
         **{k: worst[k] for k in ("noise_multiplier", "sample_rate_q", "releases", "requests", "clip_norm")},
         "expected_group_size": plan.group_size,
         "combined_expected_group_size": plan.group_size * len(owners),
-        "sensitivity": "each record enters at most one class sum per release, clipped to L2 norm C after projection",
+        "signal": plan.signal,
+        "sensitivity": "each record enters at most one class sum per release; its statistic ("
+        + SIGNAL_WORDS[plan.signal]
+        + ") is clipped to L2 norm C after projection, so adding or removing it moves the release by at most C",
         "mechanism": "Poisson-subsampled Gaussian mechanism, noise std sigma*C drawn once per release by each owner",
         "accountants": "opacus PRV (reported, upper bound, eps_error 0.01) and RDP (cross-check)",
         "events": worst["events"],
@@ -56,6 +64,7 @@ def privacy_report(plan: SamplingPlan, budgets: list[BudgetReport], infos: list[
         "plan": {
             "run_id": plan.run_id,
             "draws": len(plan.network_seeds),
+            "signal": plan.signal,
             "subspace_dim": plan.subspace_dim,
             "network": plan.network.to_dict(),
             "augmentation": plan.augmentation,

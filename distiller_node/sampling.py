@@ -38,6 +38,7 @@ class SamplingConfig:
     depth: int = 3
     augmentation: str = "color_crop_cutout_flip_scale_rotate"
     seed: int = 0
+    signal: str = "features"  # or "gradients": per-example loss gradients of each draw's network
     # Requests each owner has in flight: the next one already waits at the owner while the current
     # one is computed, hiding transport latency (seconds per message over Flower).
     in_flight: int = 2
@@ -67,6 +68,7 @@ class SamplingPlan:
     delta: float
     accountant: str
     owners: list[OwnerPlan]
+    signal: str = "features"
 
     @property
     def num_batches(self) -> int:
@@ -84,6 +86,7 @@ class SamplingPlan:
             aux_hash=self.aux_hash,
             expected_group_size=self.group_size,
             noise_multiplier=self.owners[owner].noise_multiplier,
+            signal=self.signal,
         )
 
     def planned_epsilon(self, owner: int, method: str) -> float:
@@ -168,6 +171,7 @@ def make_plan(
         delta=delta,
         accountant=accountant,
         owners=owners,
+        signal=cfg.signal,
     )
 
 

@@ -142,10 +142,11 @@ def _share_public_networks(*mechanisms: FeatureMechanism) -> None:
     built: dict[tuple, tuple] = {}
     original = mechanisms[0].network_and_subspace
 
-    def network_and_subspace(spec: NetworkSpec, seed: int, k: int):
-        if (spec, seed, k) not in built:
-            built[(spec, seed, k)] = original(spec, seed, k)
-        return built[(spec, seed, k)]
+    def network_and_subspace(spec: NetworkSpec, seed: int, k: int, signal: str = "features"):
+        key = (spec, seed, k, signal)
+        if key not in built:
+            built[key] = original(spec, seed, k, signal)
+        return built[key]
 
     for m in mechanisms:
         m.network_and_subspace = network_and_subspace
@@ -271,8 +272,7 @@ def format_audit(result: AuditResult) -> str:
             f"false positive rate:     {result.false_positive_rate:.4f} (upper {result.false_positive_upper:.4f})",
             f"false negative rate:     {result.false_negative_rate:.4f} (upper {result.false_negative_upper:.4f})",
             f"claimed epsilon (PRV):   {result.claimed_epsilon:.4f} at delta {result.config['delta']:g}",
-            f"audited lower bound:     {result.epsilon_lower_bound:.4f} "
-            f"(confidence {result.config['confidence']:.0%})",
+            f"audited lower bound:     {result.epsilon_lower_bound:.4f} (confidence {result.config['confidence']:.0%})",
             f"verdict:                 {verdict}",
         ]
     )
@@ -294,9 +294,7 @@ def write_audit(result: AuditResult, out: Path) -> None:
     ax.axvline(result.threshold, color="k", linestyle="--", label="threshold")
     ax.set_xlabel("score: <noisy class sum, canary statistic>")
     ax.set_ylabel("releases")
-    ax.set_title(
-        f"claimed epsilon {result.claimed_epsilon:.3f}, audited lower bound {result.epsilon_lower_bound:.3f}"
-    )
+    ax.set_title(f"claimed epsilon {result.claimed_epsilon:.3f}, audited lower bound {result.epsilon_lower_bound:.3f}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "audit.png", dpi=120)

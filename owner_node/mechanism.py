@@ -1,7 +1,8 @@
-"""The release mechanism (DESIGN section 3) for feature signals.
+"""The release mechanism (DESIGN section 3) for feature and gradient signals.
 
 Per draw: rebuild the public network and its public subspace, Poisson-sample every class with the
-owner's own generator, push the sample through augment -> embed -> project -> clip, sum per class,
+owner's own generator, push the sample through augment -> describe (embedding or per-example loss
+gradient) -> project -> clip, sum per class,
 and add Gaussian noise of std sigma * C exactly once. The sample and the noise come from
 generators seeded from OS entropy at each release, never from anything in the request.
 """
@@ -16,7 +17,7 @@ import torch
 from owner_node.data import PrivateData
 from shared.networks import NetworkSpec, build_network, freeze
 from shared.protocol import FeatureRequest
-from shared.statistic import EMBED_CHUNK, class_sums, per_example_statistic, public_subspace
+from shared.statistic import EMBED_CHUNK, class_sums, per_example_statistic, public_subspace, signal_dim
 from shared.subspace import Subspace
 
 
@@ -34,28 +35,40 @@ def clean_class_sums(
     strategy: str,
     clip_norm: float,
     num_classes: int,
+    signal: str = "features",
 ) -> torch.Tensor:
     """Per-class sums of clipped statistics, float64 [num_classes, k]; the noise-free core."""
-    k = subspace.dim if subspace is not None else net.spec.embedding_dim
+    k = subspace.dim if subspace is not None else signal_dim(net.spec, signal)
     total = torch.zeros(num_classes, k, dtype=torch.float64)
     with torch.inference_mode():
         for i in range(0, images.shape[0], EMBED_CHUNK):
-            stats = per_example_statistic(net, subspace, images[i : i + EMBED_CHUNK], augment_seed, strategy, clip_norm)
-            total += class_sums(stats, labels[i : i + EMBED_CHUNK], num_classes)
+            part = slice(i, i + EMBED_CHUNK)
+            stats = per_example_statistic(
+                net, subspace, images[part], augment_seed, strategy, clip_norm, labels[part], signal
+            )
+            total += class_sums(stats, labels[part], num_classes)
     return total
 
 
 class FeatureMechanism:
-    """Answers validated feature requests from the private data; knows nothing of budgets."""
+    """Answers validated release requests (either signal kind) from the private data; knows nothing of budgets."""
 
-    def __init__(self, data: PrivateData, aux_images: torch.Tensor, clip_norm: float):
+    def __init__(
+        self, data: PrivateData, aux_images: torch.Tensor, clip_norm: float, aux_labels: torch.Tensor | None = None
+    ):
         self.data = data
         self.aux_images = aux_images
+        self.aux_labels = aux_labels
         self.clip_norm = clip_norm
 
-    def network_and_subspace(self, spec: NetworkSpec, seed: int, k: int) -> tuple[torch.nn.Module, Subspace]:
+    def network_and_subspace(
+        self, spec: NetworkSpec, seed: int, k: int, signal: str = "features"
+    ) -> tuple[torch.nn.Module, Subspace | None]:
+        """The public network and its public basis (None when ``k`` is 0: no projection)."""
         net = freeze(build_network(spec, seed))
-        return net, public_subspace(net, self.aux_images, k)
+        if k == 0:
+            return net, None
+        return net, public_subspace(net, self.aux_images, k, signal, self.aux_labels)
 
     def noise_std(self, request: FeatureRequest) -> float:
         """sigma * C per coordinate: the scale the accountant assumes (the audit's power test lowers it)."""
@@ -68,12 +81,12 @@ class FeatureMechanism:
         sample_gen = entropy_generator()
         noise_gen = entropy_generator()
         # All noise for this release is drawn here, once; nothing ever draws it again.
-        noise = torch.randn(
-            request.num_draws, num_classes, request.subspace_dim, generator=noise_gen, dtype=torch.float64
-        ) * self.noise_std(request)
-        out = np.empty((request.num_draws, num_classes, request.subspace_dim), dtype=np.float32)
+        dim = request.statistic_dim
+        noise = torch.randn(request.num_draws, num_classes, dim, generator=noise_gen, dtype=torch.float64)
+        noise *= self.noise_std(request)
+        out = np.empty((request.num_draws, num_classes, dim), dtype=np.float32)
         for d, (net_seed, aug_seed) in enumerate(zip(request.network_seeds, request.augment_seeds, strict=True)):
-            net, subspace = self.network_and_subspace(request.network, net_seed, request.subspace_dim)
+            net, subspace = self.network_and_subspace(request.network, net_seed, request.subspace_dim, request.signal)
             index = self.data.poisson_sample(rates, sample_gen)
             sums = clean_class_sums(
                 net,
@@ -84,7 +97,9 @@ class FeatureMechanism:
                 request.augmentation,
                 self.clip_norm,
                 num_classes,
+                request.signal,
             )
+            del subspace  # a gradient basis can be tens of MB; never hold two
             out[d] = (sums + noise[d]).numpy()
             if progress is not None:
                 progress(1)

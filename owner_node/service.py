@@ -35,6 +35,7 @@ from shared.protocol import (
     encode,
 )
 from shared.rpc.errors import OwnerCallError
+from shared.statistic import signal_dim
 from shared.subspace import content_hash
 
 log = logging.getLogger("owner_node")
@@ -73,7 +74,9 @@ class OwnerService:
                 f"auxiliary images {tuple(aux.images.shape[1:])} differ from private {self.data.image_shape}"
             )
         self.aux_hash = content_hash(aux.images)
-        self.mechanism = FeatureMechanism(self.data, to_float(aux.images, config.normalization), config.clip_norm)
+        self.mechanism = FeatureMechanism(
+            self.data, to_float(aux.images, config.normalization), config.clip_norm, aux.labels
+        )
         self.num_aux = len(aux)
         self.ledger = Ledger(config.ledger_path)
         self._lock = threading.Lock()
@@ -210,9 +213,26 @@ class OwnerService:
             parse_strategy(r.augmentation)
         except ValueError as exc:
             raise refuse(str(exc)) from exc
-        max_k = min(lim.max_subspace_dim, self.num_aux, r.network.embedding_dim)
-        if not 1 <= r.subspace_dim <= max_k:
-            raise refuse(f"subspace_dim must be in 1..{max_k}, got {r.subspace_dim}")
+        raw_dim = signal_dim(r.network, r.signal)
+        max_k = min(lim.max_subspace_dim, self.num_aux, raw_dim)
+        if not 0 <= r.subspace_dim <= max_k:
+            raise refuse(f"subspace_dim must be in 0..{max_k} (0: no projection), got {r.subspace_dim}")
+        # The owner's working memory for one draw: the auxiliary set's vectors (float32) and the basis.
+        basis_mb = (self.num_aux * raw_dim * 4 + raw_dim * r.subspace_dim * 12) / 2**20
+        if basis_mb > lim.max_basis_mb:
+            raise refuse(
+                f"a {r.signal} subspace for this network needs about {basis_mb:.0f} MB "
+                f"({self.num_aux} auxiliary vectors of length {raw_dim}, k={r.subspace_dim}); "
+                f"the owner allows {lim.max_basis_mb} MB: use a smaller network or subspace",
+                "too_large",
+            )
+        reply_bytes = r.num_draws * len(self.data.class_names) * r.statistic_dim * 4
+        if reply_bytes > lim.max_message_bytes:
+            raise refuse(
+                f"the reply would hold {reply_bytes} bytes, above the owner's limit of {lim.max_message_bytes}: "
+                "ask for fewer draws per request or a projection",
+                "too_large",
+            )
         if r.aux_hash != self.aux_hash:
             raise refuse("auxiliary set hash does not match the owner's public auxiliary set", "unknown_aux")
         if not (np.isfinite(r.expected_group_size) and r.expected_group_size > 0):

@@ -20,6 +20,7 @@ import numpy as np
 
 from shared.accounting import SampledGaussianEvent
 from shared.networks import NetworkSpec
+from shared.statistic import SIGNALS, signal_dim
 
 MAGIC = b"DPDM"
 WIRE_VERSION = 1
@@ -150,10 +151,12 @@ class OwnerInfo:
 
 @dataclass(frozen=True)
 class FeatureRequest:
-    """Ask for noisy per-class sums of clipped, projected embeddings, one release per draw.
+    """Ask for noisy per-class sums of clipped, projected statistics, one release per draw.
 
-    Seeds here are public parts of the statistic. The Poisson sample and the noise never come
-    from the request: the owner draws them from its own entropy-seeded generators.
+    ``signal`` names the per-example statistic (``features``: embeddings; ``gradients``: per-example
+    loss gradients); ``subspace_dim`` 0 asks for no projection. Seeds here are public parts of the
+    statistic. The Poisson sample and the noise never come from the request: the owner draws them
+    from its own entropy-seeded generators.
     """
 
     kind: ClassVar[str] = "feature_request"
@@ -166,10 +169,16 @@ class FeatureRequest:
     aux_hash: str
     expected_group_size: float
     noise_multiplier: float
+    signal: str = "features"
 
     @property
     def num_draws(self) -> int:
         return len(self.network_seeds)
+
+    @property
+    def statistic_dim(self) -> int:
+        """Length of each released class sum: k, or the whole signal when there is no projection."""
+        return self.subspace_dim or signal_dim(self.network, self.signal)
 
     def to_wire(self) -> tuple[dict, dict]:
         return {
@@ -182,6 +191,7 @@ class FeatureRequest:
             "aux_hash": self.aux_hash,
             "expected_group_size": self.expected_group_size,
             "noise_multiplier": self.noise_multiplier,
+            "signal": self.signal,
         }, {}
 
     @classmethod
@@ -196,7 +206,11 @@ class FeatureRequest:
             aux_hash=_get(h, "aux_hash", str),
             expected_group_size=_get(h, "expected_group_size", float),
             noise_multiplier=_get(h, "noise_multiplier", float),
+            # Optional, so that requests from before gradient signals existed still decode.
+            signal=_get(h, "signal", str) if "signal" in h else "features",
         )
+        if req.signal not in SIGNALS:
+            raise ProtocolError(f"unknown signal kind {req.signal!r}; known: {', '.join(SIGNALS)}")
         if len(req.network_seeds) != len(req.augment_seeds):
             raise ProtocolError("network_seeds and augment_seeds must have the same length")
         return req

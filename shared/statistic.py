@@ -1,8 +1,10 @@
-"""The per-example statistic both parties compute: augment, embed, project, clip.
+"""The per-example statistic both parties compute: augment, describe, project, clip.
 
 The owner sums these over a Poisson sample and adds noise; the distiller pushes synthetic images
-through exactly the same function and compares. Clipping is the last step, after projection, so
-each example's contribution has L2 norm at most ``clip_norm`` whatever network or basis is used.
+through exactly the same function and compares. Two signal kinds describe an image: ``features``
+(the network's embedding) and ``gradients`` (the flattened per-example gradient of the network's
+classification loss, see ``shared.gradients``). Clipping is the last step, after projection, so
+each example's contribution has L2 norm at most ``clip_norm`` whatever network, signal or basis.
 """
 
 from __future__ import annotations
@@ -11,9 +13,34 @@ import torch
 from torch import nn
 
 from shared.augmentation import augment
+from shared.gradients import gradients_in_chunks, num_parameters, per_example_gradients
+from shared.networks import NetworkSpec
 from shared.subspace import Subspace, fit_subspace
 
 EMBED_CHUNK = 128
+SIGNALS = ("features", "gradients")
+
+
+def check_signal(signal: str) -> None:
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal kind {signal!r}; known: {', '.join(SIGNALS)}")
+
+
+def signal_dim(spec: NetworkSpec, signal: str) -> int:
+    """Length of the unprojected per-example vector."""
+    check_signal(signal)
+    return spec.embedding_dim if signal == "features" else num_parameters(spec)
+
+
+def describe(net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, signal: str) -> torch.Tensor:
+    """The unprojected per-example vectors [n, signal_dim]; differentiable in ``images``."""
+    if signal == "features":
+        return net.embed(images)
+    if signal == "gradients":
+        if labels is None:
+            raise ValueError("gradient signals need labels")
+        return per_example_gradients(net, images, labels)
+    raise ValueError(f"unknown signal kind {signal!r}; known: {', '.join(SIGNALS)}")
 
 
 def embed_images(net: nn.Module, images: torch.Tensor, chunk: int = EMBED_CHUNK) -> torch.Tensor:
@@ -25,9 +52,16 @@ def embed_images(net: nn.Module, images: torch.Tensor, chunk: int = EMBED_CHUNK)
     return torch.cat(parts)
 
 
-def public_subspace(net: nn.Module, aux_images: torch.Tensor, k: int) -> Subspace:
-    """SER basis for one network: top-k PCA of the auxiliary embeddings (no augmentation)."""
-    return fit_subspace(embed_images(net, aux_images), k)
+def public_subspace(
+    net: nn.Module, aux_images: torch.Tensor, k: int, signal: str = "features", aux_labels: torch.Tensor | None = None
+) -> Subspace:
+    """SER basis for one network and signal: top-k PCA of the auxiliary set's vectors (no augmentation)."""
+    check_signal(signal)
+    if signal == "features":
+        return fit_subspace(embed_images(net, aux_images), k)
+    if aux_labels is None:
+        raise ValueError("a gradient subspace needs the auxiliary set's labels")
+    return fit_subspace(gradients_in_chunks(net, aux_images, aux_labels), k)
 
 
 def clip_rows(z: torch.Tensor, clip_norm: float) -> torch.Tensor:
@@ -48,10 +82,12 @@ def per_example_statistic(
     augment_seed: int,
     strategy: str,
     clip_norm: float,
+    labels: torch.Tensor | None = None,
+    signal: str = "features",
 ) -> torch.Tensor:
-    """clip_C(P(embed(augment(x)))) for every row of ``images``; differentiable in ``images``."""
-    embeddings = net.embed(augment(images, augment_seed, strategy))
-    projected = subspace.project(embeddings) if subspace is not None else embeddings
+    """clip_C(P(describe(augment(x)))) for every row of ``images``; differentiable in ``images``."""
+    vectors = describe(net, augment(images, augment_seed, strategy), labels, signal)
+    projected = subspace.project(vectors) if subspace is not None else vectors
     return clip_rows(projected, clip_norm)
 
 

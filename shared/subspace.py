@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+SUBSPACE_CHUNK = 8192  # columns handled in float64 at a time
+
 
 @dataclass(frozen=True)
 class Subspace:
@@ -32,27 +34,46 @@ class Subspace:
         return self.mean.numel() * self.mean.element_size() + self.basis.numel() * self.basis.element_size()
 
 
-def fit_subspace(embeddings: torch.Tensor, k: int) -> Subspace:
-    """Top-``k`` principal subspace of ``embeddings`` [n, d], centred on their mean."""
-    n, d = embeddings.shape
+def fit_subspace(vectors: torch.Tensor, k: int, chunk: int = SUBSPACE_CHUNK) -> Subspace:
+    """Top-``k`` principal subspace of ``vectors`` [n, d], centred on their mean.
+
+    Gradient statistics make d large (tens of thousands of parameters), so the float64 work is done
+    ``chunk`` columns at a time: besides the float32 input, memory is the n x n Gram matrix and the
+    d x k basis, never a float64 copy of the whole input.
+    """
+    n, d = vectors.shape
     if not 1 <= k <= min(n, d):
         raise ValueError(f"subspace dimension {k} must be in 1..min(n={n}, d={d})")
-    e = embeddings.detach().to(torch.float64)
-    mean = e.mean(dim=0)
-    centred = e - mean
+    v = vectors.detach()
+    mean = v.to(torch.float64).mean(dim=0) if d <= chunk else _column_mean(v, chunk)
+
+    def centred(lo: int) -> torch.Tensor:
+        return v[:, lo : lo + chunk].to(torch.float64) - mean[lo : lo + chunk]
+
     # Right singular vectors via the smaller Gram matrix: identical results, far less work when n << d.
     if n < d:
-        gram = centred @ centred.T
+        gram = torch.zeros(n, n, dtype=torch.float64)
+        for lo in range(0, d, chunk):
+            c = centred(lo)
+            gram += c @ c.T
         evals, evecs = torch.linalg.eigh(gram)
         order = torch.argsort(evals, descending=True)[:k]
-        sv = evals[order].clamp_min(0).sqrt()
-        basis = (centred.T @ evecs[:, order]) / sv.clamp_min(1e-12)
+        inv_sv = 1.0 / evals[order].clamp_min(0).sqrt().clamp_min(1e-12)
+        top = evecs[:, order]
+        basis = torch.empty(d, k, dtype=torch.float64)
+        for lo in range(0, d, chunk):
+            basis[lo : lo + chunk] = (centred(lo).T @ top) * inv_sv
     else:
-        evals, evecs = torch.linalg.eigh(centred.T @ centred)
+        c = v.to(torch.float64) - mean
+        evals, evecs = torch.linalg.eigh(c.T @ c)
         order = torch.argsort(evals, descending=True)[:k]
         basis = evecs[:, order]
     basis = canonical_signs(basis)
     return Subspace(mean=mean.to(torch.float32), basis=basis.to(torch.float32).contiguous())
+
+
+def _column_mean(v: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.cat([v[:, lo : lo + chunk].to(torch.float64).mean(dim=0) for lo in range(0, v.shape[1], chunk)])
 
 
 def canonical_signs(basis: torch.Tensor) -> torch.Tensor:

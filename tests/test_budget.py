@@ -17,6 +17,7 @@ from owner_node.ledger import Ledger
 from owner_node.service import OwnerService
 from shared.networks import NetworkSpec
 from shared.protocol import BudgetReport, BudgetRequest, ErrorReply, FeatureReply, decode, encode
+from shared.statistic import signal_dim
 from tests.conftest import feature_request, make_owner_config
 
 
@@ -186,3 +187,22 @@ def test_owner_keeps_serving_after_an_internal_error(owner, monkeypatch) -> None
     monkeypatch.undo()
     assert isinstance(decode(owner.handle(encode(request))), FeatureReply)
     assert owner.budget().num_draws == 2
+
+
+def test_gradient_basis_memory_is_capped_by_the_owner_config(tmp_path: Path) -> None:
+    """max_basis_mb bounds the owner's per-draw working memory; the request cannot raise it."""
+    service = OwnerService(make_owner_config(tmp_path, max_basis_mb=1, max_message_bytes=200_000))
+    try:
+        wide = NetworkSpec(width=64, depth=2, image_size=16, num_classes=4)  # 40,516 parameters
+        assert _code(service, feature_request(service, "g1", network=wide, signal="gradients")) == "too_large"
+        # Unprojected gradients of a small network: the reply would exceed max_message_bytes.
+        big_reply = feature_request(service, "g2", draws=20, subspace_dim=0, signal="gradients")
+        assert _code(service, big_reply) == "too_large"
+        assert service.ledger.rows() == []
+        reply = decode(service.handle(encode(feature_request(service, "g3", signal="gradients"))))
+        assert reply.noisy_sums.shape == (2, 4, 6)
+        reply = decode(service.handle(encode(feature_request(service, "g4", subspace_dim=0, signal="gradients"))))
+        assert reply.noisy_sums.shape == (2, 4, signal_dim(feature_request(service).network, "gradients"))
+        assert [r.request_id for r in service.ledger.rows()] == ["g3", "g4"]
+    finally:
+        service.close()

@@ -16,9 +16,11 @@ import torch
 from deploy.cli import main
 from owner_node.ledger import Ledger
 from shared.datasets import DataNotFound, fashion_mnist_root
+from shared.protocol import decode
 from tests.second_accountant import check_reported
 
 ROOT = Path(__file__).resolve().parents[1]
+GRADIENT_SMALL_FLOOR = 0.4
 SMALL = [
     "--preset",
     "quick",
@@ -75,6 +77,48 @@ def test_small_run_learns_far_above_chance_and_writes_every_artefact(tmp_path: P
         assert (out / name).stat().st_size > 0
     # Test images used for the public subspace are excluded from evaluation.
     assert results["test_images"] == 10000 - 200
+
+
+GRADIENTS_SMALL = [
+    "--preset",
+    "gradients",
+    "--private-subset",
+    "2000",
+    "--group-size",
+    "8",
+    "--draws",
+    "20",
+    "--draws-per-request",
+    "5",
+    "--subspace-dim",
+    "32",
+    "--aux-per-class",
+    "20",
+    "--iterations",
+    "200",
+    "--eval-runs",
+    "2",
+    "--eval-epochs",
+    "60",
+    "--no-progress",
+]
+
+
+def test_small_gradient_signal_run_learns_far_above_chance(tmp_path: Path) -> None:
+    assert main(["simulate", "--out", str(tmp_path), *GRADIENTS_SMALL]) == 0
+    out = tmp_path / "distiller"
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_accuracy"]["mean"] > GRADIENT_SMALL_FLOOR, results["test_accuracy"]  # chance is 0.10
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["signal"] == "gradients" and report["plan"]["subspace_dim"] == 32
+    assert report["epsilon_prv"] <= 1.0 and report["releases"] == 20
+    ledger = Ledger(tmp_path / "owner" / "ledger.sqlite")
+    try:
+        check_reported(ledger.events(), report["delta"], report["epsilon_prv"], report["epsilon_rdp"])
+    finally:
+        ledger.close()
+    reply = decode((out / "signals" / "o0" / "batch_00000.msg").read_bytes())
+    assert reply.noisy_sums.shape == (5, 10, 32)
 
 
 def test_killed_run_resumes_without_spending_twice(tmp_path: Path) -> None:

@@ -192,7 +192,9 @@ HOSTILE: list[tuple[str, str, bytes | Callable[[], bytes], str, str]] = [
     ("seed-10^300", "Release", with_fields("s3", network_seeds=[10**300, 1]), "invalid_request", "seeds"),
     # -- projection bases and subspaces
     ("subspace-dim-10^12", "Release", with_fields("k1", subspace_dim=10**12), "invalid_request", "subspace_dim"),
-    ("subspace-dim-zero", "Release", with_fields("k2", subspace_dim=0), "invalid_request", "subspace_dim"),
+    # subspace_dim 0 is a valid request (no projection); see test_budget's reply-size limit.
+    ("signal-unknown", "Release", with_fields("k2", signal="pixels"), "bad_message", "signal"),
+    ("signal-is-int", "Release", with_fields("k4", signal=1), "bad_message", "signal"),
     ("subspace-dim-negative", "Release", with_fields("k3", subspace_dim=-6), "invalid_request", "subspace_dim"),
     (
         "request-carries-a-1MB-basis",

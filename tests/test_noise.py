@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from owner_node.mechanism import clean_class_sums
 from shared.protocol import ErrorReply, FeatureReply, decode, encode
+from shared.statistic import SIGNALS
 from tests.conftest import feature_request
 
 
-def test_released_noise_has_std_sigma_c(owner) -> None:
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_released_noise_has_std_sigma_c(owner, signal: str) -> None:
     # Sample rate 1 makes the clean sum deterministic, so noisy - clean is exactly the noise.
     sigma = 1.7
-    request = feature_request(owner, draws=40, expected_group_size=1e9, noise_multiplier=sigma, subspace_dim=10)
+    request = feature_request(
+        owner, draws=40, expected_group_size=1e9, noise_multiplier=sigma, subspace_dim=10, signal=signal
+    )
     noisy = owner.mechanism.release(request)
     data = owner.mechanism.data
     residuals = []
     for d, (ns, ags) in enumerate(zip(request.network_seeds, request.augment_seeds, strict=True)):
-        net, sub = owner.mechanism.network_and_subspace(request.network, ns, request.subspace_dim)
+        net, sub = owner.mechanism.network_and_subspace(request.network, ns, request.subspace_dim, signal)
         everyone = torch.arange(len(data.labels))
-        clean = clean_class_sums(net, sub, data.float_images(everyone), data.labels, ags, request.augmentation, 1.0, 4)
+        images = data.float_images(everyone)
+        clean = clean_class_sums(net, sub, images, data.labels, ags, request.augmentation, 1.0, 4, signal)
         residuals.append(noisy[d] - clean.numpy())
     r = np.concatenate([x.ravel() for x in residuals])  # 40 draws x 4 classes x 10 dims = 1600 values
     assert abs(r.mean()) < 4 * sigma / np.sqrt(r.size)

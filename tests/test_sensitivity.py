@@ -1,5 +1,5 @@
 """Adding one record changes at most one class sum, by at most C in L2 -- whatever the record,
-network or projection basis. This is what the noise scale is calibrated to."""
+signal kind, network or projection basis. This is what the noise scale is calibrated to."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from owner_node.mechanism import clean_class_sums
 from shared.networks import NetworkSpec, build_network, freeze
-from shared.statistic import clip_rows, public_subspace
+from shared.statistic import SIGNALS, clip_rows, public_subspace, signal_dim
 from shared.subspace import Subspace
 
 C = 1.0
@@ -20,14 +20,17 @@ def _data(n: int = 40, seed: int = 0):
     return torch.randn(n, 1, 16, 16, generator=g), torch.arange(n) % 4
 
 
-def _neighbour_difference(net, subspace, record: torch.Tensor, label: int, position: int, aug_seed: int):
+STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+
+def _neighbour_difference(
+    net, subspace, record: torch.Tensor, label: int, position: int, aug_seed: int, signal: str = "features"
+):
     images, labels = _data()
-    base = clean_class_sums(net, subspace, images, labels, aug_seed, "color_crop_cutout_flip_scale_rotate", C, 4)
+    base = clean_class_sums(net, subspace, images, labels, aug_seed, STRATEGY, C, 4, signal)
     with_record = torch.cat([images[:position], record[None], images[position:]])
     with_labels = torch.cat([labels[:position], torch.tensor([label]), labels[position:]])
-    added = clean_class_sums(
-        net, subspace, with_record, with_labels, aug_seed, "color_crop_cutout_flip_scale_rotate", C, 4
-    )
+    added = clean_class_sums(net, subspace, with_record, with_labels, aug_seed, STRATEGY, C, 4, signal)
     return added - base
 
 
@@ -49,33 +52,50 @@ WORST_CASE_RECORDS = {
 }
 
 
+@pytest.mark.parametrize("signal", SIGNALS)
 @pytest.mark.parametrize("name", sorted(WORST_CASE_RECORDS))
 @pytest.mark.parametrize("aug_seed", [0, 1, 2, 3, 4, 5])
-def test_one_record_changes_one_class_by_at_most_c(name: str, aug_seed: int) -> None:
+def test_one_record_changes_one_class_by_at_most_c(name: str, aug_seed: int, signal: str) -> None:
     net = freeze(build_network(SPEC, 3))
-    aux, _ = _data(30, seed=9)
-    subspace = public_subspace(net, aux, 5)
-    diff = _neighbour_difference(net, subspace, WORST_CASE_RECORDS[name](), label=2, position=17, aug_seed=aug_seed)
+    aux, aux_labels = _data(30, seed=9)
+    subspace = public_subspace(net, aux, 5, signal, aux_labels)
+    record = WORST_CASE_RECORDS[name]()
+    diff = _neighbour_difference(net, subspace, record, label=2, position=17, aug_seed=aug_seed, signal=signal)
     _assert_bounded(diff, label=2)
 
 
+@pytest.mark.parametrize("signal", SIGNALS)
 @pytest.mark.parametrize("scale", [1e-30, 1.0, 1e20])
-def test_adversarial_projection_basis_cannot_raise_sensitivity(scale: float) -> None:
+def test_adversarial_projection_basis_cannot_raise_sensitivity(scale: float, signal: str) -> None:
     net = freeze(build_network(SPEC, 4))
     g = torch.Generator().manual_seed(1)
-    d = SPEC.embedding_dim
+    d = signal_dim(SPEC, signal)
     # Not orthonormal, not centred, absurdly scaled: clipping after projection must still bound it.
     hostile = Subspace(mean=torch.randn(d, generator=g) * scale, basis=torch.randn(d, 7, generator=g) * scale)
-    diff = _neighbour_difference(
-        net, hostile, torch.randn(1, 16, 16, generator=g) * 100, label=1, position=0, aug_seed=3
-    )
+    record = torch.randn(1, 16, 16, generator=g) * 100
+    diff = _neighbour_difference(net, hostile, record, label=1, position=0, aug_seed=3, signal=signal)
     _assert_bounded(diff, label=1)
 
 
-def test_no_projection_is_also_bounded() -> None:
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_no_projection_is_also_bounded(signal: str) -> None:
     net = freeze(build_network(SPEC, 5))
-    diff = _neighbour_difference(net, None, torch.full((1, 16, 16), 1e6), label=3, position=39, aug_seed=7)
+    record = torch.full((1, 16, 16), 1e6)
+    diff = _neighbour_difference(net, None, record, label=3, position=39, aug_seed=7, signal=signal)
+    assert diff.shape[1] == signal_dim(SPEC, signal)
     _assert_bounded(diff, label=3)
+
+
+def test_gradient_records_are_clipped_not_merely_small() -> None:
+    """A record whose projected gradient is far outside the ball moves its class sum by exactly C."""
+    net = freeze(build_network(SPEC, 6))
+    aux, aux_labels = _data(30, seed=9)
+    subspace = public_subspace(net, aux, 5, "gradients", aux_labels)
+    scaled = Subspace(subspace.mean, subspace.basis * 1e6)  # every gradient now projects far outside
+    record = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(8))
+    diff = _neighbour_difference(net, scaled, record, label=0, position=5, aug_seed=2, signal="gradients")
+    assert torch.linalg.vector_norm(diff[0]).item() == pytest.approx(C, rel=1e-9)
+    _assert_bounded(diff, label=0)
 
 
 def test_clip_rows_bounds_every_row_and_zeroes_non_finite() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from distiller_node.network_cache import NetworkCache
 from owner_node.mechanism import FeatureMechanism
 from shared.augmentation import augment
 from shared.networks import NetworkSpec, build_network
-from shared.statistic import public_subspace
+from shared.statistic import public_subspace, signal_dim
 from shared.subspace import canonical_signs, content_hash, fit_subspace
 
 SPEC = NetworkSpec(width=16, depth=3, channels=1, image_size=28, num_classes=10)
@@ -34,16 +35,28 @@ def test_augmentation_is_seeded_and_siamese() -> None:
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_owner_and_distiller_build_the_identical_subspace() -> None:
-    aux = torch.randn(60, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("signal", ["features", "gradients"])
+def test_owner_and_distiller_build_the_identical_subspace(signal: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    aux = torch.randn(60, 1, 28, 28, generator=g)
+    aux_labels = torch.randint(10, (60,), generator=g)
     owner_side = FeatureMechanism.__new__(FeatureMechanism)
-    owner_side.aux_images = aux
-    _, s_owner = owner_side.network_and_subspace(SPEC, 42, 20)
-    cache = NetworkCache(SPEC, aux.clone(), 20, max_bytes=1 << 30)
+    owner_side.aux_images, owner_side.aux_labels = aux, aux_labels
+    _, s_owner = owner_side.network_and_subspace(SPEC, 42, 20, signal)
+    cache = NetworkCache(SPEC, aux.clone(), 20, max_bytes=1 << 30, signal=signal, aux_labels=aux_labels.clone())
     _, s_dist = cache.get(42)
+    assert s_owner.basis.shape == (signal_dim(SPEC, signal), 20)
     assert torch.equal(s_owner.basis, s_dist.basis) and torch.equal(s_owner.mean, s_dist.mean)
     eye = s_owner.basis.T.double() @ s_owner.basis.double()
     assert torch.allclose(eye, torch.eye(20, dtype=torch.float64), atol=1e-5)
+
+
+def test_chunked_fit_equals_one_pass() -> None:
+    """The column-chunked float64 path (memory for gradient signals) gives the same basis."""
+    v = torch.randn(40, 1000, generator=torch.Generator().manual_seed(5))
+    whole, chunked = fit_subspace(v, 8, chunk=4096), fit_subspace(v, 8, chunk=96)
+    assert torch.allclose(whole.mean, chunked.mean, atol=1e-6)
+    assert torch.allclose(whole.basis, chunked.basis, atol=1e-5)
 
 
 def test_subspace_matches_svd_up_to_canonical_sign() -> None:

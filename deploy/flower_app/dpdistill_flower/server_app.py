@@ -20,7 +20,17 @@ from shared.datasets import public_split
 
 app = ServerApp()
 
-OVERRIDABLE = ("width", "draws", "subspace-dim", "iterations", "lr", "eval-epochs", "eval-width")
+OVERRIDABLE = (
+    "width",
+    "draws",
+    "subspace-dim",
+    "iterations",
+    "lr",
+    "eval-epochs",
+    "eval-width",
+    "signal",
+    "steps-per-draw",
+)
 
 
 def _settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
@@ -44,10 +54,16 @@ def _settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
     )
     aux_per_class = int(rc.get("aux-per-class", 0)) or PRESETS[preset]["aux_per_class"]
     data_root = str(rc.get("data-root", "")) or None
-    return Path(str(rc.get("out", "runs/flower"))).resolve(), int(rc.get("owners", 1)), aux_per_class, data_root, {
-        "preset": preset,
-        **kwargs,
-    }
+    return (
+        Path(str(rc.get("out", "runs/flower"))).resolve(),
+        int(rc.get("owners", 1)),
+        aux_per_class,
+        data_root,
+        {
+            "preset": preset,
+            **kwargs,
+        },
+    )
 
 
 def distill_over_flower(grid: Grid, run_config: dict, run_id: int | str = "") -> dict:

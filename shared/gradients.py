@@ -1,0 +1,48 @@
+"""Per-example parameter gradients of a public network's classification loss (gradient signals).
+
+Computed with ``torch.func`` (``vmap`` over ``grad``), which gives each example its own gradient
+in one batched pass and stays differentiable in the images, so the distiller can optimise
+synthetic images through the very function the owner applies to private ones. The networks are
+the seeded ConvNets of ``shared.networks``: GroupNorm, no BatchNorm, so an example's gradient
+never depends on the other examples in its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from shared.networks import NetworkSpec
+
+GRADIENT_CHUNK = 256
+
+
+def num_parameters(spec: NetworkSpec) -> int:
+    """Length of a flattened gradient: every weight and bias of the ConvNet, classifier included."""
+    conv = sum((spec.channels if i == 0 else spec.width) * spec.width * 9 + spec.width for i in range(spec.depth))
+    norm = 2 * spec.width * spec.depth
+    return conv + norm + spec.embedding_dim * spec.num_classes + spec.num_classes
+
+
+def per_example_gradients(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[n, P] flattened gradients of cross-entropy(net(x_i), y_i), parameters in ``named_parameters`` order."""
+    params = {name: p.detach() for name, p in net.named_parameters()}
+
+    def loss(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(net, p, (x.unsqueeze(0),)), y.unsqueeze(0))
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels.long())
+    return torch.cat([grads[name].flatten(1) for name in params], dim=1)
+
+
+def gradients_in_chunks(
+    net: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = GRADIENT_CHUNK
+) -> torch.Tensor:
+    """Per-example gradients of a public set, without a graph, into one preallocated float32 matrix."""
+    out = torch.empty(images.shape[0], num_parameters(net.spec))
+    with torch.no_grad():
+        for i in range(0, images.shape[0], chunk):
+            out[i : i + chunk] = per_example_gradients(net, images[i : i + chunk], labels[i : i + chunk])
+    return out
