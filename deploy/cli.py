@@ -130,6 +130,14 @@ def cmd_bench_signals(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_owner_memory(a: argparse.Namespace) -> int:
+    from deploy.benchmark import write
+    from deploy.signal_benchmark import owner_memory
+
+    write(a.json, owner_memory(Path(a.config)))
+    return 0
+
+
 def cmd_bench_transport(a: argparse.Namespace) -> int:
     from deploy.benchmark import write
     from deploy.transport_benchmark import transport_overhead
@@ -352,6 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--eval-runs", type=int, default=3)
     bs.add_argument("--only", nargs="+", help="run only these configurations (names as in signals.json)")
     bs.set_defaults(func=cmd_bench_signals)
+
+    bm = sub.add_parser(
+        "bench-owner-memory",
+        help="benchmark: an owner's peak RSS answering gradient requests of growing size (spends its budget)",
+    )
+    bm.add_argument("--config", required=True, help="a scratch owner.toml (the probes spend from its ledger)")
+    bm.add_argument("--json", default="runs/bench/owner_memory.json")
+    bm.set_defaults(func=cmd_bench_owner_memory)
 
     bt = sub.add_parser("bench-transport", help="benchmark: sampling stage in deployment mode vs in-process (JSON)")
     bt.add_argument("--out", default="runs/bench/transport")

@@ -72,6 +72,61 @@ def compare_signals(out: Path, epsilon: float, ipc: int, eval_runs: int, only: l
     return result
 
 
+# (width, k, draws): the gradients preset's request, then wide networks near the default max_basis_mb.
+MEMORY_PROBES = ((32, 64, 5), (128, 64, 2), (128, 200, 1))
+
+
+def owner_memory(config_path: Path, probes: tuple[tuple[int, int, int], ...] = MEMORY_PROBES) -> dict:
+    """Peak RSS of an owner service (this process) answering gradient requests of growing size.
+
+    Run it in a fresh process: the peak is the process's high-water mark. Each probe spends budget
+    from the owner's ledger like any request, so point it at a scratch owner config.
+    """
+    from distiller_node.pipeline import peak_rss_mb
+    from owner_node.config import OwnerConfig
+    from owner_node.service import OwnerService
+    from shared.augmentation import DEFAULT_STRATEGY
+    from shared.networks import NetworkSpec
+    from shared.protocol import FeatureRequest, decode, encode
+    from shared.statistic import signal_dim
+
+    service = OwnerService(OwnerConfig.load(config_path))
+    result = {"benchmark": "owner_memory", "after_load_mb": peak_rss_mb(), "num_aux": service.num_aux, "probes": []}
+    try:
+        for width, k, draws in probes:
+            spec = NetworkSpec(width=width, depth=3, channels=service.data.image_shape[0])
+            request = FeatureRequest(
+                f"memory-probe-{time.time_ns()}",
+                spec,
+                tuple(range(draws)),
+                tuple(range(draws)),
+                DEFAULT_STRATEGY,
+                k,
+                service.aux_hash,
+                50.0,
+                1.0,
+                "gradients",
+            )
+            t0 = time.perf_counter()
+            reply = decode(service.handle(encode(request)))
+            params = signal_dim(spec, "gradients")
+            result["probes"].append(
+                {
+                    "width": width,
+                    "parameters": params,
+                    "subspace_dim": k,
+                    "estimate_mb": (service.num_aux * params * 4 + params * k * 12) / 2**20,
+                    "reply": reply.kind,
+                    "refusal": getattr(reply, "message", None),
+                    "s_per_draw": (time.perf_counter() - t0) / draws,
+                    "peak_rss_mb_so_far": peak_rss_mb(),
+                }
+            )
+    finally:
+        service.close()
+    return result
+
+
 def plot(path: Path, result: dict) -> None:
     import matplotlib
 

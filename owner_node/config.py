@@ -24,7 +24,7 @@ class Limits:
     max_message_bytes: int = 64 * 1024 * 1024
     # Bounds one draw's basis work (auxiliary vectors in float32 plus the basis): this is what keeps
     # the owner's peak memory in check for gradient signals, whose vectors have one entry per parameter.
-    max_basis_mb: int = 2048
+    max_basis_mb: int = 1024
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

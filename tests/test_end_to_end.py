@@ -20,7 +20,7 @@ from shared.protocol import decode
 from tests.second_accountant import check_reported
 
 ROOT = Path(__file__).resolve().parents[1]
-GRADIENT_SMALL_FLOOR = 0.4
+GRADIENT_SMALL_FLOOR = 0.45  # measured 0.61 (2 trainings)
 SMALL = [
     "--preset",
     "quick",
@@ -83,9 +83,9 @@ GRADIENTS_SMALL = [
     "--preset",
     "gradients",
     "--private-subset",
-    "2000",
+    "6000",
     "--group-size",
-    "8",
+    "25",
     "--draws",
     "20",
     "--draws-per-request",

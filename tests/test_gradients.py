@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from shared import gradients
 from shared.gradients import gradients_in_chunks, num_parameters, per_example_gradients
 from shared.networks import NetworkSpec, build_network, freeze
 
@@ -42,8 +43,18 @@ def test_gradients_do_not_depend_on_the_rest_of_the_batch() -> None:
     whole = per_example_gradients(net, images, labels)
     alone = per_example_gradients(net, images[3:4], labels[3:4])
     assert torch.allclose(whole[3:4], alone, atol=1e-6)
-    chunked = gradients_in_chunks(net, images, labels, chunk=3)
-    assert torch.allclose(chunked, gradients_in_chunks(net, images, labels), atol=1e-6)
+    assert torch.allclose(gradients_in_chunks(net, images, labels), whole, atol=1e-6)
+
+
+def test_wide_networks_are_split_into_chunks_with_the_same_result(monkeypatch) -> None:
+    """Memory bound for wide networks: fewer examples per vectorised pass, same gradients."""
+    net = freeze(build_network(SPEC, 5))
+    images, labels = _data(7)
+    whole = per_example_gradients(net, images, labels)
+    monkeypatch.setattr(gradients, "GRADIENT_CHUNK_BYTES", 4 * num_parameters(SPEC) * 3)
+    assert gradients.gradient_chunk(SPEC) == 3
+    assert torch.allclose(per_example_gradients(net, images, labels), whole, atol=1e-6)
+    assert torch.allclose(gradients_in_chunks(net, images, labels), whole, atol=1e-6)
 
 
 def test_image_gradients_through_per_example_gradients_equal_a_loop() -> None:
