@@ -88,6 +88,6 @@ class OwnerClient:
         reply = decode(raw)
         if not isinstance(reply, FeatureReply) or reply.request_id != request.request_id:
             raise RuntimeError("owner answered with something other than the reply to this request")
-        if reply.noisy_sums.shape[0] != request.num_draws or reply.noisy_sums.shape[2] != request.subspace_dim:
+        if reply.noisy_sums.shape[0] != request.num_draws or reply.noisy_sums.shape[2] != request.statistic_dim:
             raise RuntimeError("owner's reply has the wrong shape for this request")
         return reply, raw

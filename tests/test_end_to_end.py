@@ -162,3 +162,15 @@ def test_resume_with_different_settings_is_refused(tmp_path: Path, capsys) -> No
     assert main(args) == 0
     assert main([*args, "--ipc", "5"]) == 2
     assert "different configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signal, dim", [("features", 288), ("gradients", 21_898)])
+def test_run_without_projection_releases_the_whole_signal(tmp_path: Path, signal: str, dim: int) -> None:
+    """--subspace-dim 0: the owner releases unprojected (still clipped) vectors and the distiller uses them."""
+    assert main(["simulate", "--out", str(tmp_path), *TINY, "--subspace-dim", "0", "--signal", signal]) == 0
+    out = tmp_path / "distiller"
+    reply = decode((out / "signals" / "o0" / "batch_00000.msg").read_bytes())
+    assert reply.noisy_sums.shape == (5, 10, dim)  # quick preset: width 32, depth 3
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["plan"]["subspace_dim"] == 0 and report["signal"] == signal and report["epsilon_prv"] <= 1.0
+    assert (out / "synthetic.pt").exists()
