@@ -10,6 +10,7 @@ import torch
 
 from deploy.presets import PRESETS, distiller_config
 from distiller_node.evaluation import EvaluationConfig
+from distiller_node.optimisation import INITS
 from distiller_node.pipeline import DistillerConfig
 from shared.statistic import SIGNALS
 
@@ -54,6 +55,7 @@ def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
         "eval_width",
         "signal",
         "steps_per_draw",
+        "init",
     ):
         if getattr(a, key, None):
             rc[key.replace("_", "-")] = getattr(a, key)
@@ -86,6 +88,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             "wall_s": time.perf_counter() - t0,
             "test_accuracy_mean": results["test_accuracy"]["mean"],
             "test_accuracy_std": results["test_accuracy"]["std"],
+            "krr_accuracy": results.get("krr_accuracy"),
             "epsilon_prv": results["epsilon_prv"],
             "epsilon_rdp": results["epsilon_rdp"],
             "delta": results["delta"],
@@ -114,6 +117,21 @@ def cmd_speed(a: argparse.Namespace) -> int:
             data_root=a.data_root,
         ),
     )
+    return 0
+
+
+def cmd_bench_kip(a: argparse.Namespace) -> int:
+    from deploy.kip_benchmark import kip_benchmark
+
+    result = kip_benchmark(Path(a.out), a.epsilons, a.ipcs, a.inits, a.eval_runs, not a.no_baseline)
+    for name, r in result["runs"].items():
+        print(
+            f"{name:>22}: ConvNet {100 * r['convnet_accuracy_mean']:.2f}%, "
+            f"KRR {100 * r['krr_accuracy_scattering']:.2f}% (full) / "
+            f"{100 * r['krr_accuracy_projected']:.2f}% (projected), eps {r['epsilon_prv']:.3f}, "
+            f"{r['wall_s'] / 60:.1f} min, {r['peak_rss_mb']:.0f} MB"
+        )
+    print(f"\nwritten: {Path(a.out) / 'kip.json'}, {Path(a.out) / 'kip.png'}")
     return 0
 
 
@@ -301,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("simulate", help="run owner and distiller in one process on Fashion-MNIST (DOS+SER)")
+    s = sub.add_parser(
+        "simulate", help="run owner and distiller in one process on Fashion-MNIST (DOS+SER, or decoupled DP-KIP)"
+    )
     s.add_argument("--out", default="runs/default", help="output folder (an existing run there is resumed)")
     s.add_argument("--preset", choices=sorted(PRESETS), default="default")
     s.add_argument("--epsilon", type=float, default=1.0)
@@ -313,10 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--signal",
         choices=SIGNALS,
-        help="what the owner releases: network embeddings (features) or per-example loss gradients (gradients)",
+        help="what the owner releases: network embeddings (features), per-example loss gradients (gradients), "
+        "or moments of projected scattering features for decoupled DP-KIP (kip; preset kip-decoupled)",
     )
     s.add_argument("--subspace-dim", type=int, help="SER subspace dimension k (0: no projection)")
     s.add_argument("--steps-per-draw", type=int, help="optimisation steps on one stored draw before the next")
+    s.add_argument("--init", choices=INITS, help="synthetic images start from noise or public auxiliary images")
     s.add_argument("--width", type=int, help="width of the embedding ConvNets")
     s.add_argument("--iterations", type=int, help="optimisation iterations (free of privacy cost)")
     s.add_argument("--lr", type=float, help="learning rate for the synthetic images (SGD, momentum 0.5)")
@@ -349,6 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--iterations", type=int, default=50)
     sp.add_argument("--data-root")
     sp.set_defaults(func=cmd_speed)
+
+    bk = sub.add_parser("bench-kip", help="benchmark: decoupled DP-KIP at several epsilons and IPCs (JSON, PNG)")
+    bk.add_argument("--out", default="runs/bench/kip")
+    bk.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0])
+    bk.add_argument("--ipcs", type=int, nargs="+", default=[10])
+    bk.add_argument("--inits", nargs="+", choices=INITS, default=["noise", "aux"])
+    bk.add_argument("--eval-runs", type=int, default=1)
+    bk.add_argument("--no-baseline", action="store_true", help="skip the unoptimised auxiliary-image baseline")
+    bk.set_defaults(func=cmd_bench_kip)
 
     bs = sub.add_parser(
         "bench-signals",

@@ -1,5 +1,8 @@
 """Evaluation: train a ConvNet from scratch on the synthetic set, test on held-out public images.
 
+DP-KIP sets are also scored by their method's own protocol, kernel ridge regression on scattering
+features with the synthetic set as support (``krr_accuracy``).
+
 Several trainings with different seeds give a mean and standard deviation. The auxiliary images
 used for subspaces are not in the test set.
 """
@@ -14,7 +17,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared.augmentation import DEFAULT_STRATEGY, augment
+from shared.kip import DEFAULT_REG, centred_one_hot, krr_predict
 from shared.networks import NetworkSpec, build_network
+from shared.scattering import scattering_features
+from shared.subspace import Subspace
 
 
 @dataclass(frozen=True)
@@ -103,3 +109,22 @@ def evaluate(
             accs.append(accuracy(net, test_images, test_labels))
             bar.set_postfix(acc=f"{statistics.fmean(accs):.4f}")
     return EvaluationResult(accs)
+
+
+def krr_accuracy(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    projection: Subspace | None = None,
+    reg: float = DEFAULT_REG,
+) -> float:
+    """Test accuracy of KRR (inner-product kernel on scattering features, optionally projected)."""
+    phi_s = scattering_features(images.detach())
+    phi_t = scattering_features(test_images)
+    if projection is not None:
+        phi_s, phi_t = projection.project(phi_s), projection.project(phi_t)
+    code = centred_one_hot(torch.arange(num_classes), num_classes)
+    pred = krr_predict(phi_s.double(), code[labels], phi_t.double(), reg)
+    return float((pred.argmax(dim=1) == test_labels).double().mean())

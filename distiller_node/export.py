@@ -51,7 +51,9 @@ def export_synthetic(
     return {"synthetic": "synthetic.pt", "png_folder": "synthetic_png", "grid": "synthetic_grid.png"}
 
 
-def plot_loss(path: Path, losses: list[float], window: int = 50) -> None:
+def plot_loss(
+    path: Path, losses: list[float], window: int = 50, ylabel: str = "squared distance to noisy class sums"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,8 +66,9 @@ def plot_loss(path: Path, losses: list[float], window: int = 50) -> None:
         smooth = torch.nn.functional.avg_pool1d(t.view(1, 1, -1), window, stride=1).flatten()
         ax.plot(range(window - 1, len(losses)), smooth.numpy(), lw=1.5, label=f"moving mean ({window})")
     ax.set_xlabel("optimisation iteration")
-    ax.set_ylabel("squared distance to noisy class sums")
-    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    if losses and min(losses) > 0:
+        ax.set_yscale("log")
     ax.set_title("Distillation loss")
     ax.legend()
     fig.tight_layout()

@@ -38,6 +38,9 @@ class OptimisationConfig:
     # Consecutive iterations on one stored draw. 1 suits feature signals; gradient signals, whose
     # bases are large and slow to rebuild, fit many more draws per second with a few steps per draw.
     steps_per_draw: int = 1
+    # Where the synthetic images start: "noise" (N(0, 1)) or "aux" (the first ipc public auxiliary
+    # images of each class). Never from private images.
+    init: str = "noise"
 
 
 def decode_pea(images: torch.Tensor) -> torch.Tensor:
@@ -65,11 +68,38 @@ class SyntheticState:
     losses: list[float]
 
 
-def initial_state(num_classes: int, ipc: int, image_shape: tuple[int, ...], seed: int) -> SyntheticState:
-    """Synthetic images start from N(0, 1) noise (never from private images)."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(num_classes * ipc, *image_shape, generator=g)
+INITS = ("noise", "aux")
+
+
+def initial_state(
+    num_classes: int,
+    ipc: int,
+    image_shape: tuple[int, ...],
+    seed: int,
+    init: str = "noise",
+    aux: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> SyntheticState:
+    """Synthetic images start from N(0, 1) noise or from public auxiliary images, never from private ones.
+
+    ``aux`` is the public auxiliary set (normalised images, labels), needed for ``init="aux"``.
+    """
     labels = torch.arange(num_classes).repeat_interleave(ipc)
+    if init == "noise":
+        g = torch.Generator().manual_seed(seed)
+        images = torch.randn(num_classes * ipc, *image_shape, generator=g)
+    elif init == "aux":
+        if aux is None:
+            raise ValueError("init 'aux' needs the public auxiliary images")
+        aux_x, aux_y = aux
+        picks = []
+        for c in range(num_classes):
+            idx = torch.nonzero(aux_y == c).flatten()[:ipc]
+            if len(idx) < ipc:
+                raise ValueError(f"init 'aux' needs {ipc} auxiliary images of class {c}, there are {len(idx)}")
+            picks.append(idx)
+        images = aux_x[torch.cat(picks)].clone()
+    else:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     return SyntheticState(images, images.clone(), labels, 0, [])
 
 

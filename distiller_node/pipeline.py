@@ -13,14 +13,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distiller_node.client import OwnerClient
-from distiller_node.evaluation import EvaluationConfig, evaluate
+from distiller_node.evaluation import EvaluationConfig, evaluate, krr_accuracy
 from distiller_node.export import export_synthetic, plot_loss
+from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state, training_images
 from distiller_node.report import format_report, privacy_report, write_report
 from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan, run_sampling
 from distiller_node.signal_store import SignalStore, atomic_write
+from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
+from shared.statistic import public_subspace
 from shared.subspace import content_hash
 
 
@@ -83,6 +86,8 @@ def run_distillation(
 ) -> dict:
     """``cfg.epsilon`` is what each owner is asked to spend (at most its remaining budget)."""
     clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
+    if cfg.sampling.signal == "kip" and parse_strategy(cfg.sampling.augmentation):
+        raise ValueError("kip signals are matched without augmentation: set the sampling augmentation to 'none'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
@@ -127,16 +132,27 @@ def run_distillation(
 
     t0 = time.perf_counter()
     aux_float = to_float(aux.images, info.normalization)
-    cache = NetworkCache(
-        plan.network, aux_float, plan.subspace_dim, cfg.optimisation.cache_mb * 2**20, plan.signal, aux.labels
+    opt_cfg = cfg.optimisation
+    state = initial_state(
+        len(info.class_names), opt_cfg.ipc, info.image_shape, opt_cfg.seed, opt_cfg.init, (aux_float, aux.labels)
     )
-    distiller = Distiller(signals, cache, plan.augmentation, info.clip_norm, cfg.optimisation)
-    state = initial_state(len(info.class_names), cfg.optimisation.ipc, info.image_shape, cfg.optimisation.seed)
-    state = distiller.run(state, checkpoint=out / "checkpoint.pt", show_progress=show_progress)
+    projection = None
+    if plan.signal == "kip":
+        # Decoupled DP-KIP: one public projection for every draw; the releases are summed once.
+        projection = public_subspace(None, aux_float, plan.subspace_dim, "kip")
+        estimate = MomentEstimate.from_releases(signals.noisy_sums, signals.expected_counts)
+        state = KipDistiller(estimate, projection, cfg.optimisation).run(state, out / "checkpoint.pt", show_progress)
+        cache_stats = {}
+    else:
+        cache = NetworkCache(
+            plan.network, aux_float, plan.subspace_dim, cfg.optimisation.cache_mb * 2**20, plan.signal, aux.labels
+        )
+        distiller = Distiller(signals, cache, plan.augmentation, info.clip_norm, cfg.optimisation)
+        state = distiller.run(state, checkpoint=out / "checkpoint.pt", show_progress=show_progress)
+        cache_stats = {"hits": cache.hits, "misses": cache.misses, "bytes": cache.nbytes}
+        del distiller, cache  # the cached networks and bases (~110 MB by default) are not needed to evaluate
     timings["optimisation_s"] = time.perf_counter() - t0
     rss["after_optimisation"] = peak_rss_mb()
-    cache_stats = {"hits": cache.hits, "misses": cache.misses, "bytes": cache.nbytes}
-    del distiller, cache  # the cached networks and bases (~110 MB by default) are not needed to evaluate
 
     t0 = time.perf_counter()
     train_x, train_y = training_images(state.ema, state.labels, cfg.optimisation.pea)
@@ -149,6 +165,15 @@ def run_distillation(
         cfg.evaluation,
         show_progress,
     )
+    krr = None
+    if projection is not None:
+        # The KIP method's own protocol: KRR on scattering features, full and as optimised (projected).
+        test_x = to_float(test.images, info.normalization)
+        classes = len(info.class_names)
+        krr = {
+            "scattering": krr_accuracy(train_x, train_y, test_x, test.labels, classes),
+            "projected": krr_accuracy(train_x, train_y, test_x, test.labels, classes, projection),
+        }
     timings["evaluation_s"] = time.perf_counter() - t0
     rss["after_evaluation"] = peak_rss_mb()
 
@@ -170,10 +195,12 @@ def run_distillation(
             "pea": cfg.optimisation.pea,
         },
     )
-    plot_loss(out / "loss_curve.png", state.losses)
+    ylabel = "KRR loss from the noisy moments" if plan.signal == "kip" else "squared distance to noisy class sums"
+    plot_loss(out / "loss_curve.png", state.losses, ylabel=ylabel)
     artefacts |= {"loss_curve": "loss_curve.png", "privacy_report": "privacy_report.json"}
     results = {
         "test_accuracy": result.to_dict(),
+        "krr_accuracy": krr,
         "epsilon_prv": report["epsilon_prv"],
         "epsilon_rdp": report["epsilon_rdp"],
         "delta": report["delta"],
@@ -195,4 +222,9 @@ def run_distillation(
         f"{len(test)} test images): "
         f"{100 * result.mean:.2f}% +- {100 * result.std:.2f}"
     )
+    if krr is not None:
+        print(
+            f"test accuracy (KRR on scattering features, synthetic set as support): {100 * krr['scattering']:.2f}% "
+            f"(full features), {100 * krr['projected']:.2f}% (projected, k={plan.subspace_dim})"
+        )
     return results

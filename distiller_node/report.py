@@ -11,6 +11,8 @@ from shared.protocol import BudgetReport, OwnerInfo
 SIGNAL_WORDS = {
     "features": "the embedding of a seeded public network",
     "gradients": "the flattened per-example gradient of a seeded public network's classification loss",
+    "kip": "the packed first and second moments (z, tri(z z^T)) of its scattering features z, projected onto a "
+    "public principal subspace of the auxiliary set's scattering features",
 }
 
 

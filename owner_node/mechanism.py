@@ -1,4 +1,4 @@
-"""The release mechanism (DESIGN section 3) for feature and gradient signals.
+"""The release mechanism (DESIGN section 3) for feature, gradient and decoupled-KIP signals.
 
 Per draw: rebuild the public network and its public subspace, Poisson-sample every class with the
 owner's own generator, push the sample through augment -> describe (embedding or per-example loss
@@ -17,7 +17,7 @@ import torch
 from owner_node.data import PrivateData
 from shared.networks import NetworkSpec, build_network, freeze
 from shared.protocol import FeatureRequest
-from shared.statistic import EMBED_CHUNK, class_sums, per_example_statistic, public_subspace, signal_dim
+from shared.statistic import EMBED_CHUNK, class_sums, per_example_statistic, public_subspace, released_dim
 from shared.subspace import Subspace
 
 
@@ -38,7 +38,7 @@ def clean_class_sums(
     signal: str = "features",
 ) -> torch.Tensor:
     """Per-class sums of clipped statistics, float64 [num_classes, k]; the noise-free core."""
-    k = subspace.dim if subspace is not None else signal_dim(net.spec, signal)
+    k = released_dim(net.spec, signal, subspace.dim if subspace is not None else 0)
     total = torch.zeros(num_classes, k, dtype=torch.float64)
     with torch.inference_mode():
         for i in range(0, images.shape[0], EMBED_CHUNK):
@@ -60,6 +60,7 @@ class FeatureMechanism:
         self.aux_images = aux_images
         self.aux_labels = aux_labels
         self.clip_norm = clip_norm
+        self._kip_projections: dict[int, Subspace] = {}  # public, identical for every draw: computed once per k
 
     def network_and_subspace(
         self, spec: NetworkSpec, seed: int, k: int, signal: str = "features"
@@ -68,6 +69,10 @@ class FeatureMechanism:
         net = freeze(build_network(spec, seed))
         if k == 0:
             return net, None
+        if signal == "kip":  # scattering needs no network: one projection serves every draw
+            if k not in self._kip_projections:
+                self._kip_projections[k] = public_subspace(net, self.aux_images, k, signal)
+            return net, self._kip_projections[k]
         return net, public_subspace(net, self.aux_images, k, signal, self.aux_labels)
 
     def noise_std(self, request: FeatureRequest) -> float:

@@ -217,6 +217,11 @@ class OwnerService:
         max_k = min(lim.max_subspace_dim, self.num_aux, raw_dim)
         if not 0 <= r.subspace_dim <= max_k:
             raise refuse(f"subspace_dim must be in 0..{max_k} (0: no projection), got {r.subspace_dim}")
+        if r.signal == "kip":
+            if r.subspace_dim < 1:
+                raise refuse("kip signals need a projection: subspace_dim must be at least 1")
+            if r.network.image_size % 4:
+                raise refuse(f"scattering (J = 2) needs an image size divisible by 4, got {r.network.image_size}")
         # The owner's working memory for one draw: the auxiliary set's vectors (float32) and the basis.
         basis_mb = (self.num_aux * raw_dim * 4 + raw_dim * r.subspace_dim * 12) / 2**20
         if basis_mb > lim.max_basis_mb:

@@ -28,26 +28,24 @@ so the gradient is taken in two exact stages:
 
 Decoupled DP-KIP (new; not in the paper). With a linear kernel,
 
-    loss = sum_i ||y_i||^2 - 2 tr(W^T sum_i phi_i y_i^T) + tr(W^T (sum_i phi_i phi_i^T) W),  W = S^T alpha,
+    loss = sum_i ||y_i||^2 - 2 tr(W^T sum_i z_i y_i^T) + tr(W^T (sum_i z_i z_i^T) W),  W = Z_s^T alpha,
 
-so the private data enter only through M = sum_i z_i z_i^T and the per-class sums of z_i (with
-z = public projection of phi; sum_i z_i y_i^T = class_sums^T Y_code for any label code). Per
-example the owner forms the vector ``(tri(z z^T), z e_c^T)``: the upper triangle of z z^T with
-off-diagonal entries scaled by sqrt(2), so its L2 norm equals ||z z^T||_F = ||z||^2, followed by z
-placed in the block of the example's class (norm ||z||). The joint norm is sqrt(||z||^4 + ||z||^2).
+so the private data enter only through M = sum_i z_i z_i^T and the per-class sums of z_i (z = the
+public projection of phi; sum_i z_i y_i^T = class_sums^T Y_code for any label code). The owner
+releases them as the ``kip`` signal kind (``shared.statistic``): per-class sums of each example's
+packed moments ``(tri(z z^T), z)`` (``shared.moments``), clipped jointly to C after projection and
+noised once, through the same mechanism and accountant as feature signals.
 
-Sensitivity: each example's vector is clipped jointly to L2 norm at most C (a non-finite one
-counts as zero), and the projection depends only on public auxiliary data, so adding or removing
-one record changes the released sum by at most C in L2, whatever the record. Adding N(0, sigma^2
-C^2 I) to the sum once is therefore the Gaussian mechanism (the sampled Gaussian mechanism with
-q = 1 over the whole private set, or with q < 1 over a Poisson sample), accounted exactly as one
-feature-signal release. Everything computed from the noisy sum afterwards (unpacking, PSD
-projection, optimising the synthetic set) is post-processing and costs no privacy.
+Sensitivity: the projection and its scale depend only on public auxiliary data, the packing is a
+fixed function of z, and the clip is applied last to the whole vector (a non-finite one counts as
+zero), so adding or removing one record changes one class row of the release by at most C in L2,
+whatever the record: the sampled Gaussian mechanism with noise std sigma * C, as for features.
+Everything computed from the noisy sums afterwards (summing the draws and the class rows of M,
+PSD projection, optimising the synthetic set) is post-processing and costs no privacy.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -55,7 +53,6 @@ import torch
 
 from shared.scattering import scattering_features
 from shared.statistic import clip_rows
-from shared.subspace import Subspace, fit_subspace
 
 DEFAULT_REG = 1e-6
 FEATURE_GRAD_CHUNK = 32  # private examples per closed-form chunk: 32 x m x d float64 (100 MB at m = 100)
@@ -221,98 +218,6 @@ def clipped_feature_gradient_sum(
 
 
 # ---------------------------------------------------------------- decoupled DP-KIP
-
-
-@dataclass(frozen=True)
-class FeatureProjection:
-    """z = (phi - mean) @ basis / scale: a public principal subspace of auxiliary scattering features.
-
-    ``scale`` (the median norm of the projected auxiliary features) puts typical ||z|| near 1, so the
-    two blocks of the decoupled statistic (norms ||z||^2 and ||z||) weigh about the same under the
-    joint clip. It rescales the kernel only, which the relative ridge makes irrelevant to predictions.
-    """
-
-    subspace: Subspace
-    scale: float
-
-    @property
-    def dim(self) -> int:
-        return self.subspace.dim
-
-    def apply(self, phi: torch.Tensor) -> torch.Tensor:
-        return self.subspace.project(phi.to(self.subspace.basis.dtype)).to(torch.float64) / self.scale
-
-
-def public_projection(aux_features: torch.Tensor, k: int) -> FeatureProjection:
-    """Top-``k`` PCA of public auxiliary scattering features (costs no privacy), with its public scale."""
-    subspace = fit_subspace(aux_features, k)
-    norms = torch.linalg.vector_norm(subspace.project(aux_features.to(torch.float32)).to(torch.float64), dim=1)
-    scale = float(norms.median())
-    return FeatureProjection(subspace, scale if math.isfinite(scale) and scale > 0 else 1.0)
-
-
-def decoupled_dim(k: int, num_classes: int) -> int:
-    """Length of the released vector: k (k + 1) / 2 second-moment entries plus k per class."""
-    return k * (k + 1) // 2 + k * num_classes
-
-
-def _triangle(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Upper-triangle indices and weights (1 on the diagonal, sqrt 2 off it): a norm-preserving packing."""
-    rows, cols = torch.triu_indices(k, k)
-    weights = torch.full(rows.shape, math.sqrt(2.0), dtype=torch.float64)
-    weights[rows == cols] = 1.0
-    return rows, cols, weights
-
-
-def decoupled_statistic(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Each example's unclipped vector (tri(z z^T), z e_c^T), materialised: float64 [n, D] (small k only)."""
-    z = z.to(torch.float64)
-    n, k = z.shape
-    rows, cols, weights = _triangle(k)
-    second = (z[:, rows] * z[:, cols]) * weights
-    first = torch.zeros(n, num_classes, k, dtype=torch.float64)
-    first[torch.arange(n), labels.long()] = z
-    return torch.cat([second, first.reshape(n, -1)], dim=1)
-
-
-def decoupled_scales(z: torch.Tensor, clip_norm: float) -> torch.Tensor:
-    """min(1, C / sqrt(||z||^4 + ||z||^2)) per example; zero for a non-finite or overflowing example."""
-    z = z.to(torch.float64)
-    sq = (z * z).sum(dim=1)
-    norms = torch.sqrt(sq * sq + sq)
-    scale = clip_norm / torch.clamp(norms, min=clip_norm)
-    ok = torch.isfinite(z).all(dim=1) & torch.isfinite(norms)
-    return torch.where(ok, scale, torch.zeros_like(scale))
-
-
-def clipped_decoupled_sum(z: torch.Tensor, labels: torch.Tensor, num_classes: int, clip_norm: float) -> torch.Tensor:
-    """sum_i clip_C(decoupled_statistic_i), float64 [D], without materialising the per-example vectors.
-
-    Equal to clipping the materialised rows and summing (a test checks it): the joint norm has the
-    closed form above, and sum_i s_i z_i z_i^T = (sqrt(s) z)^T (sqrt(s) z).
-    """
-    z = z.to(torch.float64)
-    scales = decoupled_scales(z, clip_norm)
-    z = torch.where(scales[:, None] > 0, z, torch.zeros_like(z))  # no inf * 0 below
-    root = z * scales.sqrt()[:, None]
-    k = z.shape[1]
-    rows, cols, weights = _triangle(k)
-    second = (root.T @ root)[rows, cols] * weights
-    first = torch.zeros(num_classes, k, dtype=torch.float64).index_add(0, labels.long(), z * scales[:, None])
-    return torch.cat([second, first.reshape(-1)])
-
-
-def unpack_decoupled(vector: torch.Tensor, k: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M [k, k] symmetric second moment, class sums [c, k]) from a (noisy) released vector."""
-    if vector.shape != (decoupled_dim(k, num_classes),):
-        raise ValueError(f"expected a vector of length {decoupled_dim(k, num_classes)}, got {tuple(vector.shape)}")
-    vector = vector.to(torch.float64)
-    rows, cols, weights = _triangle(k)
-    t = rows.numel()
-    second = torch.zeros(k, k, dtype=torch.float64)
-    second[rows, cols] = vector[:t] / weights
-    second[cols, rows] = vector[:t] / weights
-    return second, vector[t:].reshape(num_classes, k)
 
 
 def psd_part(m: torch.Tensor) -> torch.Tensor:

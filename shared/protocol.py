@@ -20,7 +20,7 @@ import numpy as np
 
 from shared.accounting import SampledGaussianEvent
 from shared.networks import NetworkSpec
-from shared.statistic import SIGNALS, signal_dim
+from shared.statistic import SIGNALS, released_dim
 
 MAGIC = b"DPDM"
 WIRE_VERSION = 1
@@ -154,9 +154,10 @@ class FeatureRequest:
     """Ask for noisy per-class sums of clipped, projected statistics, one release per draw.
 
     ``signal`` names the per-example statistic (``features``: embeddings; ``gradients``: per-example
-    loss gradients); ``subspace_dim`` 0 asks for no projection. Seeds here are public parts of the
-    statistic. The Poisson sample and the noise never come from the request: the owner draws them
-    from its own entropy-seeded generators.
+    loss gradients; ``kip``: packed moments of projected scattering features, for which the network
+    fields only describe the images); ``subspace_dim`` 0 asks for no projection (not for ``kip``).
+    Seeds here are public parts of the statistic. The Poisson sample and the noise never come from
+    the request: the owner draws them from its own entropy-seeded generators.
     """
 
     kind: ClassVar[str] = "feature_request"
@@ -177,8 +178,9 @@ class FeatureRequest:
 
     @property
     def statistic_dim(self) -> int:
-        """Length of each released class sum: k, or the whole signal when there is no projection."""
-        return self.subspace_dim or signal_dim(self.network, self.signal)
+        """Length of each released class sum: k, the whole signal when there is no projection, or
+        the packed moments of k projected features for ``kip``."""
+        return released_dim(self.network, self.signal, self.subspace_dim)
 
     def to_wire(self) -> tuple[dict, dict]:
         return {

@@ -18,17 +18,22 @@ SUBSPACE_CHUNK = 8192  # columns handled in float64 at a time
 
 @dataclass(frozen=True)
 class Subspace:
-    """An affine subspace: statistics map to ``(v - mean) @ basis`` (basis has orthonormal columns)."""
+    """An affine subspace: statistics map to ``(v - mean) @ basis / scale`` (basis has orthonormal columns).
+
+    ``scale`` is a public normalisation (1 for features and gradients; see ``statistic.public_subspace``).
+    """
 
     mean: torch.Tensor  # [d]
     basis: torch.Tensor  # [d, k]
+    scale: float = 1.0
 
     @property
     def dim(self) -> int:
         return int(self.basis.shape[1])
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
-        return (v - self.mean) @ self.basis
+        z = (v - self.mean) @ self.basis
+        return z if self.scale == 1.0 else z / self.scale
 
     def nbytes(self) -> int:
         return self.mean.numel() * self.mean.element_size() + self.basis.numel() * self.basis.element_size()

@@ -195,6 +195,7 @@ HOSTILE: list[tuple[str, str, bytes | Callable[[], bytes], str, str]] = [
     # subspace_dim 0 is a valid request (no projection); see test_budget's reply-size limit.
     ("signal-unknown", "Release", with_fields("k2", signal="pixels"), "bad_message", "signal"),
     ("signal-is-int", "Release", with_fields("k4", signal=1), "bad_message", "signal"),
+    ("kip-unprojected", "Release", with_fields("k5", signal="kip", subspace_dim=0), "invalid_request", "projection"),
     ("subspace-dim-negative", "Release", with_fields("k3", subspace_dim=-6), "invalid_request", "subspace_dim"),
     (
         "request-carries-a-1MB-basis",

@@ -11,22 +11,18 @@ import torch
 from shared.kip import (
     SyntheticSolve,
     centred_one_hot,
-    clipped_decoupled_sum,
     clipped_feature_gradient_sum,
     clipped_gradient_sum,
-    decoupled_dim,
     decoupled_krr_loss,
-    decoupled_statistic,
     krr_loss,
     per_example_feature_gradients,
     per_example_image_gradients,
     psd_part,
-    public_projection,
     synthetic_labels,
-    unpack_decoupled,
 )
+from shared.moments import moment_dim, moment_k, pack_moments, unpack_moments
 from shared.scattering import feature_dim, scattering_features
-from shared.statistic import clip_rows
+from shared.statistic import KIP_TARGET_NORM, class_sums, kip_projection, per_example_statistic
 
 CLASSES = 3
 C = 1.0
@@ -135,34 +131,34 @@ def test_synchronised_release_sensitivity(kind):
 # ---------------------------------------------------------------- decoupled DP-KIP
 
 
-def test_decoupled_packing_preserves_norm_and_unpacks():
+def test_moment_packing_preserves_norm_and_unpacks():
     g = torch.Generator().manual_seed(2)
     z = torch.randn(4, 5, generator=g, dtype=torch.float64)
     labels = _labels(4)
-    stats = decoupled_statistic(z, labels, CLASSES)
-    assert stats.shape == (4, decoupled_dim(5, CLASSES))
+    packed = pack_moments(z)
+    assert packed.shape == (4, moment_dim(5)) and moment_k(moment_dim(5)) == 5
     sq = (z * z).sum(1)
-    assert torch.allclose(torch.linalg.vector_norm(stats, dim=1), torch.sqrt(sq**2 + sq))
-    second, class_sums = unpack_decoupled(stats.sum(0), 5, CLASSES)
+    assert torch.allclose(torch.linalg.vector_norm(packed, dim=1), torch.sqrt(sq**2 + sq))
+    second, sums = unpack_moments(class_sums(packed, labels, CLASSES), 5)
     assert torch.allclose(second, z.T @ z)
-    assert torch.allclose(class_sums, torch.zeros(CLASSES, 5, dtype=torch.float64).index_add(0, labels, z))
+    assert torch.allclose(sums, torch.zeros(CLASSES, 5, dtype=torch.float64).index_add(0, labels, z))
+    with pytest.raises(ValueError):
+        unpack_moments(torch.zeros(CLASSES, moment_dim(5) + 1), 5)
 
 
-def test_clipped_decoupled_sum_equals_materialised_clipping():
-    g = torch.Generator().manual_seed(3)
-    z = torch.randn(9, 6, generator=g, dtype=torch.float64) * torch.tensor([0.1, 1.0, 5.0]).repeat(3)[:, None]
-    z[4] = math.nan
-    labels = _labels(9)
-    fast = clipped_decoupled_sum(z, labels, CLASSES, C)
-    slow = clip_rows(decoupled_statistic(z, labels, CLASSES), C).sum(0)
-    assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-12)
+def test_kip_projection_is_public_and_scaled():
+    aux = scattering_features(_images(12, 20, size=16))
+    projection = kip_projection(aux, k=6)
+    norms = torch.linalg.vector_norm(projection.project(aux), dim=1)
+    assert float(norms.median()) == pytest.approx(KIP_TARGET_NORM, rel=1e-5)
+    again = kip_projection(aux.clone(), k=6)
+    assert torch.equal(again.basis, projection.basis) and again.scale == projection.scale
 
 
 @pytest.mark.parametrize("kind", sorted(WORST_RECORDS))
 def test_decoupled_release_sensitivity(kind):
-    """The stated sensitivity: one added record changes the released vector by at most C in L2."""
-    aux = scattering_features(_images(12, 20, size=16))
-    projection = public_projection(aux, k=6)
+    """The stated sensitivity: one added record changes the released class sums by at most C in L2."""
+    projection = kip_projection(scattering_features(_images(12, 20, size=16)), k=6)
     private = _images(6, 21, size=16)
     labels = _labels(6)
     record = WORST_RECORDS[kind]((1, 1, 16, 16))
@@ -170,11 +166,13 @@ def test_decoupled_release_sensitivity(kind):
     with_labels = torch.cat([labels[:3], torch.tensor([1]), labels[3:]])
 
     def release(x, lab):
-        return clipped_decoupled_sum(projection.apply(scattering_features(x)), lab, CLASSES, C)
+        stats = per_example_statistic(None, projection, x, 0, "none", C, lab, "kip")
+        return class_sums(stats, lab, CLASSES)
 
     diff = release(with_record, with_labels) - release(private, labels)
     assert torch.isfinite(diff).all()
     assert float(torch.linalg.vector_norm(diff)) <= C * (1 + 1e-9)
+    assert torch.count_nonzero(diff.abs().sum(1)) <= 1  # only the record's own class row moves
 
 
 def test_decoupled_loss_from_exact_sums_equals_direct_loss():
@@ -185,18 +183,18 @@ def test_decoupled_loss_from_exact_sums_equals_direct_loss():
     y_t = centred_one_hot(labels, CLASSES)
     phi_s, phi_t = scattering_features(images_s), scattering_features(private)
     k = phi_t.shape[1]
-    second, class_sums = unpack_decoupled(clipped_decoupled_sum(phi_t, labels, CLASSES, 1e30), k, CLASSES)
+    second, sums = unpack_moments(class_sums(pack_moments(phi_t), labels, CLASSES), k)
     code = centred_one_hot(torch.arange(CLASSES), CLASSES)
     energy = float((y_t**2).sum())
     for reg in (1e-6, 0.1):
         direct = krr_loss(phi_s, y_s, phi_t, y_t, reg)
-        rebuilt = decoupled_krr_loss(phi_s, y_s, second, class_sums, code, reg, energy)
+        rebuilt = decoupled_krr_loss(phi_s, y_s, second, sums, code, reg, energy)
         assert torch.allclose(rebuilt, direct, rtol=1e-8), (float(rebuilt), float(direct))
     # The gradient the distiller follows offline is the exact one as well.
     x = images_s.clone().requires_grad_(True)
     (g_direct,) = torch.autograd.grad(krr_loss(scattering_features(x), y_s, phi_t, y_t, 0.1), x)
     x = images_s.clone().requires_grad_(True)
-    rebuilt = decoupled_krr_loss(scattering_features(x), y_s, second, class_sums, code, 0.1, energy)
+    rebuilt = decoupled_krr_loss(scattering_features(x), y_s, second, sums, code, 0.1, energy)
     (g_rebuilt,) = torch.autograd.grad(rebuilt, x)
     assert torch.allclose(g_rebuilt, g_direct, rtol=1e-6, atol=1e-9 * g_direct.abs().max())
 

@@ -77,13 +77,32 @@ def test_adversarial_projection_basis_cannot_raise_sensitivity(scale: float, sig
     _assert_bounded(diff, label=1)
 
 
-@pytest.mark.parametrize("signal", SIGNALS)
+@pytest.mark.parametrize("signal", [s for s in SIGNALS if s != "kip"])
 def test_no_projection_is_also_bounded(signal: str) -> None:
     net = freeze(build_network(SPEC, 5))
     record = torch.full((1, 16, 16), 1e6)
     diff = _neighbour_difference(net, None, record, label=3, position=39, aug_seed=7, signal=signal)
     assert diff.shape[1] == signal_dim(SPEC, signal)
     _assert_bounded(diff, label=3)
+
+
+def test_kip_signals_refuse_to_run_without_a_projection() -> None:
+    """Unprojected packed moments would be d(d+1)/2 long per class; the statistic refuses them."""
+    net = freeze(build_network(SPEC, 5))
+    with pytest.raises(ValueError, match="projection"):
+        _neighbour_difference(net, None, torch.zeros(1, 16, 16), label=3, position=0, aug_seed=7, signal="kip")
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-30, 1e30])
+def test_kip_hostile_projection_scale_is_still_bounded(scale: float) -> None:
+    """A zero or absurd public scale makes z infinite or huge: the record then counts as zero or C."""
+    net = freeze(build_network(SPEC, 6))
+    aux, _ = _data(30, seed=9)
+    sub = public_subspace(net, aux, 5, "kip")
+    hostile = Subspace(sub.mean, sub.basis, scale)
+    record = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(8)) * 50
+    diff = _neighbour_difference(net, hostile, record, label=2, position=11, aug_seed=1, signal="kip")
+    _assert_bounded(diff, label=2)
 
 
 def test_gradient_records_are_clipped_not_merely_small() -> None:

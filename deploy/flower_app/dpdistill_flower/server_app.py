@@ -30,6 +30,7 @@ OVERRIDABLE = (
     "eval-width",
     "signal",
     "steps-per-draw",
+    "init",
 )
 
 
