@@ -10,6 +10,7 @@ import torch
 
 from deploy.presets import PRESETS, distiller_config
 from distiller_node.evaluation import EvaluationConfig
+from distiller_node.kip_sync import KIP_SYNC
 from distiller_node.optimisation import INITS
 from distiller_node.pipeline import DistillerConfig
 from shared.statistic import SIGNALS
@@ -38,8 +39,8 @@ def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
         "owners": a.owners,
         "epsilon": a.epsilon,
         "ipc": a.ipc,
-        "draws-per-request": a.draws_per_request,
-        "group-size": a.group_size,
+        "draws-per-request": a.draws_per_request or 0,
+        "group-size": a.group_size or 0.0,
         "aux-per-class": aux_per_class,
         "eval-runs": a.eval_runs,
         "seed": a.seed,
@@ -123,12 +124,14 @@ def cmd_speed(a: argparse.Namespace) -> int:
 def cmd_bench_kip(a: argparse.Namespace) -> int:
     from deploy.kip_benchmark import kip_benchmark
 
-    result = kip_benchmark(Path(a.out), a.epsilons, a.ipcs, a.inits, a.eval_runs, not a.no_baseline)
+    result = kip_benchmark(
+        Path(a.out), a.epsilons, a.ipcs, a.inits, a.eval_runs, not a.no_baseline, tuple(a.methods), a.sync_steps
+    )
     for name, r in result["runs"].items():
         print(
             f"{name:>22}: ConvNet {100 * r['convnet_accuracy_mean']:.2f}%, "
             f"KRR {100 * r['krr_accuracy_scattering']:.2f}% (full) / "
-            f"{100 * r['krr_accuracy_projected']:.2f}% (projected), eps {r['epsilon_prv']:.3f}, "
+            f"{100 * (r['krr_accuracy_projected'] or 0):.2f}% (projected), eps {r['epsilon_prv']:.3f}, "
             f"{r['wall_s'] / 60:.1f} min, {r['peak_rss_mb']:.0f} MB"
         )
     print(f"\nwritten: {Path(a.out) / 'kip.json'}, {Path(a.out) / 'kip.png'}")
@@ -222,7 +225,7 @@ def cmd_deploy_local(a: argparse.Namespace) -> int:
         aux_per_class=a.aux_per_class or PRESETS[a.preset]["aux_per_class"],
         data_root=a.data_root,
         private_subset=a.private_subset,
-        max_draws_per_request=max(a.draws_per_request, 1),
+        max_draws_per_request=max(a.draws_per_request or 100, 1),
     )
     try:
         print(f"starting {a.owners} owner service(s), a SuperLink and {a.owners} SuperNode(s); logs in {d.logs}")
@@ -328,11 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--delta", type=float, default=1e-5)
     s.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
     s.add_argument("--draws", type=int, help="number of noisy releases (sampling stage)")
-    s.add_argument("--draws-per-request", type=int, default=25)
-    s.add_argument("--group-size", type=float, default=50.0, help="expected Poisson sample per class and draw")
+    s.add_argument(
+        "--draws-per-request", type=int, help="draws (kip-sync: steps) per owner request (default: preset's, or 25)"
+    )
+    s.add_argument(
+        "--group-size", type=float, help="expected Poisson sample per class and draw (default: preset's, or 50)"
+    )
     s.add_argument(
         "--signal",
-        choices=SIGNALS,
+        choices=(*SIGNALS, KIP_SYNC),
         help="what the owner releases: network embeddings (features), per-example loss gradients (gradients), "
         "or moments of projected scattering features for decoupled DP-KIP (kip; preset kip-decoupled)",
     )
@@ -372,13 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-root")
     sp.set_defaults(func=cmd_speed)
 
-    bk = sub.add_parser("bench-kip", help="benchmark: decoupled DP-KIP at several epsilons and IPCs (JSON, PNG)")
+    bk = sub.add_parser("bench-kip", help="benchmark: DP-KIP, both variants, at several epsilons and IPCs (JSON, PNG)")
     bk.add_argument("--out", default="runs/bench/kip")
     bk.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 10.0])
     bk.add_argument("--ipcs", type=int, nargs="+", default=[10])
     bk.add_argument("--inits", nargs="+", choices=INITS, default=["noise", "aux"])
     bk.add_argument("--eval-runs", type=int, default=1)
     bk.add_argument("--no-baseline", action="store_true", help="skip the unoptimised auxiliary-image baseline")
+    bk.add_argument("--methods", nargs="+", choices=("decoupled", "sync"), default=["decoupled", "sync"])
+    bk.add_argument("--sync-steps", type=int, help="steps (releases) of each synchronised run (default: preset's)")
     bk.set_defaults(func=cmd_bench_kip)
 
     bs = sub.add_parser(
@@ -430,14 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--owners", type=int, default=1)
     d.add_argument("--preset", choices=sorted(PRESETS), default="default")
     d.add_argument("--epsilon", type=float, default=1.0, help="each owner's budget")
-    d.add_argument("--draws-per-request", type=int, default=100, help="draws per Flower message")
-    d.add_argument("--group-size", type=float, default=50.0)
+    d.add_argument("--draws-per-request", type=int, help="draws per Flower message (default: the preset's, or 25)")
+    d.add_argument("--group-size", type=float, help="default: the preset's, or 50")
     d.add_argument("--ipc", type=int, default=10)
     d.add_argument("--eval-runs", type=int, default=3)
     d.add_argument("--eval-epochs", type=int)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--draws", type=int)
-    d.add_argument("--signal", choices=SIGNALS)
+    d.add_argument("--signal", choices=(*SIGNALS, KIP_SYNC))
     d.add_argument("--iterations", type=int)
     d.add_argument("--aux-per-class", type=int)
     d.add_argument("--private-subset", type=int)

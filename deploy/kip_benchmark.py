@@ -1,6 +1,6 @@
-"""Benchmark (issue 4): decoupled DP-KIP on Fashion-MNIST at epsilon 1 and 10, under both protocols.
+"""Benchmark (issue 4): DP-KIP on Fashion-MNIST at epsilon 1 and 10, both variants, both protocols.
 
-Each configuration is a whole ``dpdistill simulate --preset kip-decoupled`` run in its own process
+Each configuration is a whole ``dpdistill simulate --preset kip-decoupled`` (or ``kip-sync``) run in its own process
 (``signal_benchmark.run_one``), so accuracy, wall time and peak RSS are measured as for the other
 methods. Accuracy is reported under the ConvNet protocol (as for DOS+SER) and under KIP's own:
 kernel ridge regression on scattering features with the synthetic set as support, on the full
@@ -19,8 +19,11 @@ from deploy.signal_benchmark import run_one
 DOSSER_RERUN_KIP = 0.177  # DP-KIP-ScatterNet, ConvNet protocol, IPC 10, epsilon 1 (DESIGN section 7)
 
 
-def config_name(epsilon: float, ipc: int, init: str) -> str:
-    return f"eps{epsilon:g}_ipc{ipc}_{init}"
+METHODS = {"decoupled": "kip-decoupled", "sync": "kip-sync"}
+
+
+def config_name(method: str, epsilon: float, ipc: int, init: str) -> str:
+    return f"{method}_eps{epsilon:g}_ipc{ipc}_{init}"
 
 
 def kip_benchmark(
@@ -30,20 +33,30 @@ def kip_benchmark(
     inits: list[str],
     eval_runs: int,
     baseline: bool = True,
+    methods: tuple[str, ...] = ("decoupled",),
+    sync_steps: int | None = None,
 ) -> dict:
-    """Every (epsilon, ipc, init) run; with ``baseline``, also the public auxiliary images themselves
-    (init "aux", 0 iterations) per ipc, which shows what the optimisation adds to its starting point."""
+    """Every (method, epsilon, ipc, init) run; with ``baseline``, also the public auxiliary images
+    themselves (decoupled, init "aux", 0 iterations) per ipc: what optimisation adds to that start.
+    ``sync_steps`` overrides the kip-sync preset's number of steps (each a release at the owner)."""
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
-    grid = [(e, i, n, []) for e in epsilons for i in ipcs for n in inits]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; known: {sorted(METHODS)}")
+    grid = []
+    for method in methods:
+        extra = ["--draws", str(sync_steps)] if method == "sync" and sync_steps else []
+        grid += [(method, e, i, n, extra, "") for e in epsilons for i in ipcs for n in inits]
     if baseline:
-        grid += [(epsilons[0], i, "aux", ["--iterations", "0"]) for i in ipcs]
-    for epsilon, ipc, init, extra in tqdm(grid, desc="KIP benchmark", unit="run"):
-        name = config_name(epsilon, ipc, init) + ("_unoptimised" if extra else "")
+        grid += [("decoupled", epsilons[0], i, "aux", ["--iterations", "0"], "_unoptimised") for i in ipcs]
+    for method, epsilon, ipc, init, extra, suffix in tqdm(grid, desc="KIP benchmark", unit="run"):
+        name = config_name(method, epsilon, ipc, init) + suffix
         common = ["--epsilon", str(epsilon), "--ipc", str(ipc), "--init", init, "--eval-runs", str(eval_runs)]
-        r = run_one(out / name, "kip-decoupled", extra, common)
+        r = run_one(out / name, METHODS[method], extra, common)
         krr = r.get("krr_accuracy") or {}
         runs[name] = {
+            "method": METHODS[method],
             "epsilon_target": epsilon,
             "ipc": ipc,
             "init": init,
@@ -60,11 +73,12 @@ def kip_benchmark(
             "subspace_dim": r["config"]["sampling"]["subspace_dim"],
             "draws": r["config"]["sampling"]["draws"],
             "group_size": r["config"]["sampling"]["group_size"],
-            "iterations": r["config"]["optimisation"]["iterations"],
+            "iterations": 0 if method == "sync" else r["config"]["optimisation"]["iterations"],
+            "steps_per_request": r["config"]["sampling"]["draws_per_request"] if method == "sync" else None,
             "lr": r["config"]["optimisation"]["lr"],
         }
     result = {
-        "benchmark": "kip_decoupled",
+        "benchmark": "dp_kip",
         "eval_runs": eval_runs,
         "reference": {"dosser_rerun_dp_kip_scatternet_convnet_ipc10_eps1": DOSSER_RERUN_KIP},
         "runs": runs,
@@ -95,7 +109,7 @@ def plot(path: Path, result: dict) -> None:
     ax.axhline(10, color="grey", ls=":", lw=1, label="chance")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, fontsize=8)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Decoupled DP-KIP on Fashion-MNIST")
+    ax.set_title("DP-KIP on Fashion-MNIST (decoupled and synchronised)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

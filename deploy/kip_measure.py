@@ -15,15 +15,10 @@ from pathlib import Path
 
 import torch
 
-from shared.kip import (
-    centred_one_hot,
-    clipped_decoupled_sum,
-    clipped_gradient_sum,
-    decoupled_dim,
-    public_projection,
-    synthetic_labels,
-)
+from shared.kip import centred_one_hot, clipped_gradient_sum, synthetic_labels
+from shared.moments import moment_dim, pack_moments
 from shared.scattering import scattering_features
+from shared.statistic import class_sums, clip_rows, kip_projection
 
 
 def _peak_rss_mb() -> float:
@@ -69,15 +64,14 @@ def measure(phi_images: int, ipc: int, batch: int, passes: list[int], probe_batc
         "note": "phi of the private batch excluded (see phi); one step = one sampled Gaussian release",
     }
 
-    projection = public_projection(phi[: max(k, phi_images // 2)], k)
-    z = projection.apply(phi)
-    seconds, vec = _timed(
-        lambda: clipped_decoupled_sum(z, labels_t.repeat(phi_images // batch + 1)[:phi_images], classes, 1.0)
-    )
+    projection = kip_projection(phi[: max(k, phi_images // 2)], k)
+    z = projection.project(phi)
+    release_labels = labels_t.repeat(phi_images // batch + 1)[:phi_images]
+    seconds, vec = _timed(lambda: class_sums(clip_rows(pack_moments(z), 1.0), release_labels, classes))
     out["decoupled_release"] = {
         "private": phi_images,
         "k": k,
-        "released_floats": decoupled_dim(k, classes),
+        "released_floats": classes * moment_dim(k),
         "seconds_after_phi": seconds,
         "bytes_float32": 4 * vec.numel(),
     }

@@ -13,6 +13,16 @@ GRADIENT_K = 64
 GRADIENT_LR = 0.3
 GRADIENT_STEPS_PER_DRAW = 10
 
+# Used when neither the command line nor the preset sets them.
+DEFAULT_GROUP_SIZE = 50.0
+DEFAULT_DRAWS_PER_REQUEST = 25
+
+# Synchronised DP-KIP settings: every step is a release costing the owner about 0.2 s per private
+# example at IPC 10 on this CPU (docs/issue4-progress.md), hence a small private batch.
+KIP_SYNC_STEPS = 100
+KIP_SYNC_GROUP = 5.0
+KIP_SYNC_STEPS_PER_REQUEST = 5
+
 # Decoupled DP-KIP settings.
 KIP_DRAWS = 100
 KIP_K = 128
@@ -92,7 +102,26 @@ PRESETS = {
         steps_per_draw=1,
         init="aux",
     ),
+    # Synchronised DP-KIP-ScatterNet (the paper's method): the owner runs K = draws_per_request noised
+    # Adam steps per message on the set it is sent; draws = steps = releases.
+    "kip-sync": dict(
+        width=32,
+        draws=KIP_SYNC_STEPS,
+        subspace_dim=0,
+        iterations=KIP_SYNC_STEPS,
+        lr=KIP_LR,
+        eval_epochs=300,
+        eval_width=128,
+        aux_per_class=50,
+        signal="kip-sync",
+        steps_per_draw=1,
+        init="aux",
+        group_size=KIP_SYNC_GROUP,
+        draws_per_request=KIP_SYNC_STEPS_PER_REQUEST,
+    ),
 }
+# Settings a preset may fix but the command line does not override through PRESETS["default"]'s keys.
+OPTIONAL_KEYS = ("group_size", "draws_per_request")
 
 
 def distiller_config(
@@ -101,8 +130,8 @@ def distiller_config(
     epsilon: float = 1.0,
     delta: float = 1e-5,
     ipc: int = 10,
-    draws_per_request: int = 25,
-    group_size: float = 50.0,
+    draws_per_request: int | None = None,
+    group_size: float | None = None,
     seed: int = 0,
     pea: bool = False,
     eval_runs: int = 3,
@@ -115,6 +144,10 @@ def distiller_config(
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}")
     p = {k: v if overrides.get(k) is None else overrides[k] for k, v in PRESETS[preset].items()}
+    if group_size is None:
+        group_size = p.get("group_size", DEFAULT_GROUP_SIZE)
+    if draws_per_request is None:
+        draws_per_request = p.get("draws_per_request", DEFAULT_DRAWS_PER_REQUEST)
     return DistillerConfig(
         epsilon=epsilon,
         delta=delta,
@@ -127,7 +160,7 @@ def distiller_config(
             seed=seed,
             signal=p["signal"],
             # KIP matches moments of the images themselves (DSA belongs to the ConvNet-matching methods).
-            augmentation="none" if p["signal"] == "kip" else SamplingConfig.augmentation,
+            augmentation="none" if p["signal"] in ("kip", "kip-sync") else SamplingConfig.augmentation,
         ),
         optimisation=OptimisationConfig(
             ipc=ipc,

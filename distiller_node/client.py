@@ -19,6 +19,8 @@ from shared.protocol import (
     ErrorReply,
     FeatureReply,
     FeatureRequest,
+    KipStepReply,
+    KipStepRequest,
     OwnerInfo,
     decode,
     encode,
@@ -90,4 +92,14 @@ class OwnerClient:
             raise RuntimeError("owner answered with something other than the reply to this request")
         if reply.noisy_sums.shape[0] != request.num_draws or reply.noisy_sums.shape[2] != request.statistic_dim:
             raise RuntimeError("owner's reply has the wrong shape for this request")
+        return reply, raw
+
+    def kip_steps(self, request: KipStepRequest) -> tuple[KipStepReply, bytes]:
+        """Synchronised DP-KIP: the decoded reply (set and moments after the steps) and its exact bytes."""
+        raw = self._send("Release", encode(request))
+        reply = decode(raw)
+        if not isinstance(reply, KipStepReply) or reply.request_id != request.request_id:
+            raise RuntimeError("owner answered with something other than the reply to this request")
+        if reply.images.shape != request.images.shape or reply.step != request.step + request.num_steps:
+            raise RuntimeError("owner's reply has the wrong shape or step count for this request")
         return reply, raw

@@ -16,6 +16,7 @@ from distiller_node.client import OwnerClient
 from distiller_node.evaluation import EvaluationConfig, evaluate, krr_accuracy
 from distiller_node.export import export_synthetic, plot_loss
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
+from distiller_node.kip_sync import KIP_SYNC, run_kip_sync
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state, training_images
 from distiller_node.report import format_report, privacy_report, write_report
@@ -86,8 +87,10 @@ def run_distillation(
 ) -> dict:
     """``cfg.epsilon`` is what each owner is asked to spend (at most its remaining budget)."""
     clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
-    if cfg.sampling.signal == "kip" and parse_strategy(cfg.sampling.augmentation):
-        raise ValueError("kip signals are matched without augmentation: set the sampling augmentation to 'none'")
+    if cfg.sampling.signal in ("kip", KIP_SYNC) and parse_strategy(cfg.sampling.augmentation):
+        raise ValueError("KIP is matched without augmentation: set the sampling augmentation to 'none'")
+    if cfg.sampling.signal == KIP_SYNC and len(clients) != 1:
+        raise ValueError("synchronised DP-KIP runs against exactly one owner")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
@@ -125,29 +128,36 @@ def run_distillation(
         )
     info = infos[0]
 
-    t0 = time.perf_counter()
-    signals = run_sampling(clients, plan, SignalStore(out / "signals"), show_progress, cfg.sampling.in_flight)
-    timings["sampling_s"] = time.perf_counter() - t0
-    rss["after_sampling"] = peak_rss_mb()
-
-    t0 = time.perf_counter()
     aux_float = to_float(aux.images, info.normalization)
     opt_cfg = cfg.optimisation
     state = initial_state(
         len(info.class_names), opt_cfg.ipc, info.image_shape, opt_cfg.seed, opt_cfg.init, (aux_float, aux.labels)
     )
     projection = None
+    cache_stats: dict = {}
+    t0 = time.perf_counter()
+    if plan.signal == KIP_SYNC:
+        # Synchronised DP-KIP: every step is a release at the owner; nothing is left to optimise here.
+        public = (aux_float, aux.labels)
+        state = run_kip_sync(clients[0], plan, state, opt_cfg.lr, out / "kip_steps", public, show_progress)
+        timings["sampling_s"] = time.perf_counter() - t0
+        rss["after_sampling"] = peak_rss_mb()
+        t0 = time.perf_counter()
+    else:
+        signals = run_sampling(clients, plan, SignalStore(out / "signals"), show_progress, cfg.sampling.in_flight)
+        timings["sampling_s"] = time.perf_counter() - t0
+        rss["after_sampling"] = peak_rss_mb()
+        t0 = time.perf_counter()
     if plan.signal == "kip":
         # Decoupled DP-KIP: one public projection for every draw; the releases are summed once.
         projection = public_subspace(None, aux_float, plan.subspace_dim, "kip")
         estimate = MomentEstimate.from_releases(signals.noisy_sums, signals.expected_counts)
-        state = KipDistiller(estimate, projection, cfg.optimisation).run(state, out / "checkpoint.pt", show_progress)
-        cache_stats = {}
-    else:
+        state = KipDistiller(estimate, projection, opt_cfg).run(state, out / "checkpoint.pt", show_progress)
+    elif plan.signal != KIP_SYNC:
         cache = NetworkCache(
-            plan.network, aux_float, plan.subspace_dim, cfg.optimisation.cache_mb * 2**20, plan.signal, aux.labels
+            plan.network, aux_float, plan.subspace_dim, opt_cfg.cache_mb * 2**20, plan.signal, aux.labels
         )
-        distiller = Distiller(signals, cache, plan.augmentation, info.clip_norm, cfg.optimisation)
+        distiller = Distiller(signals, cache, plan.augmentation, info.clip_norm, opt_cfg)
         state = distiller.run(state, checkpoint=out / "checkpoint.pt", show_progress=show_progress)
         cache_stats = {"hits": cache.hits, "misses": cache.misses, "bytes": cache.nbytes}
         del distiller, cache  # the cached networks and bases (~110 MB by default) are not needed to evaluate
@@ -166,14 +176,13 @@ def run_distillation(
         show_progress,
     )
     krr = None
-    if projection is not None:
-        # The KIP method's own protocol: KRR on scattering features, full and as optimised (projected).
+    if plan.signal in ("kip", KIP_SYNC):
+        # The KIP method's own protocol: KRR on scattering features, full and (decoupled) as optimised.
         test_x = to_float(test.images, info.normalization)
         classes = len(info.class_names)
-        krr = {
-            "scattering": krr_accuracy(train_x, train_y, test_x, test.labels, classes),
-            "projected": krr_accuracy(train_x, train_y, test_x, test.labels, classes, projection),
-        }
+        krr = {"scattering": krr_accuracy(train_x, train_y, test_x, test.labels, classes)}
+        if projection is not None:
+            krr["projected"] = krr_accuracy(train_x, train_y, test_x, test.labels, classes, projection)
     timings["evaluation_s"] = time.perf_counter() - t0
     rss["after_evaluation"] = peak_rss_mb()
 
@@ -195,7 +204,10 @@ def run_distillation(
             "pea": cfg.optimisation.pea,
         },
     )
-    ylabel = "KRR loss from the noisy moments" if plan.signal == "kip" else "squared distance to noisy class sums"
+    ylabel = {
+        "kip": "KRR loss from the noisy moments",
+        KIP_SYNC: "KRR loss on the public auxiliary images (per request)",
+    }.get(plan.signal, "squared distance to noisy class sums")
     plot_loss(out / "loss_curve.png", state.losses, ylabel=ylabel)
     artefacts |= {"loss_curve": "loss_curve.png", "privacy_report": "privacy_report.json"}
     results = {
@@ -223,8 +235,9 @@ def run_distillation(
         f"{100 * result.mean:.2f}% +- {100 * result.std:.2f}"
     )
     if krr is not None:
+        projected = f", {100 * krr['projected']:.2f}% (projected, k={plan.subspace_dim})" if "projected" in krr else ""
         print(
-            f"test accuracy (KRR on scattering features, synthetic set as support): {100 * krr['scattering']:.2f}% "
-            f"(full features), {100 * krr['projected']:.2f}% (projected, k={plan.subspace_dim})"
+            "test accuracy (KRR on scattering features, synthetic set as support): "
+            f"{100 * krr['scattering']:.2f}% (full features){projected}"
         )
     return results

@@ -16,6 +16,21 @@ SIGNAL_WORDS = {
 }
 
 
+def sensitivity_statement(signal: str) -> str:
+    if signal == "kip-sync":
+        return (
+            "each step is one release: every sampled record's gradient of the KRR loss with respect to the "
+            "synthetic images (exact, per example, from its scattering features) is clipped to L2 norm C and "
+            "the clipped gradients are summed, so adding or removing a record moves the release by at most C; "
+            "the owner's Adam update uses only the noisy sum (post-processing)"
+        )
+    return (
+        "each record enters at most one class sum per release; its statistic ("
+        + SIGNAL_WORDS[signal]
+        + ") is clipped to L2 norm C after projection, so adding or removing it moves the release by at most C"
+    )
+
+
 def _owner_section(plan: SamplingPlan, o: int, budget: BudgetReport, info: OwnerInfo) -> dict:
     share = plan.owners[o]
     return {
@@ -51,9 +66,7 @@ def privacy_report(plan: SamplingPlan, budgets: list[BudgetReport], infos: list[
         "expected_group_size": plan.group_size,
         "combined_expected_group_size": plan.group_size * len(owners),
         "signal": plan.signal,
-        "sensitivity": "each record enters at most one class sum per release; its statistic ("
-        + SIGNAL_WORDS[plan.signal]
-        + ") is clipped to L2 norm C after projection, so adding or removing it moves the release by at most C",
+        "sensitivity": sensitivity_statement(plan.signal),
         "mechanism": "Poisson-subsampled Gaussian mechanism, noise std sigma*C drawn once per release by each owner",
         "accountants": "opacus PRV (reported, upper bound, eps_error 0.01) and RDP (cross-check)",
         "events": worst["events"],

@@ -25,6 +25,10 @@ class Limits:
     # Bounds one draw's basis work (auxiliary vectors in float32 plus the basis): this is what keeps
     # the owner's peak memory in check for gradient signals, whose vectors have one entry per parameter.
     max_basis_mb: int = 1024
+    # Synchronised DP-KIP: steps per request (each is a release) and synthetic images per request;
+    # a step costs the owner n_sample x m per-example image gradients (seconds to minutes on a CPU).
+    max_kip_steps_per_request: int = 50
+    max_kip_images: int = 1000
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

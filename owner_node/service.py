@@ -17,6 +17,7 @@ import numpy as np
 from owner_node.budget import budget_report, within_budget
 from owner_node.config import OwnerConfig
 from owner_node.data import PrivateData, load_auxiliary, load_private_data
+from owner_node.kip_mechanism import KipStepMechanism
 from owner_node.ledger import BudgetExceeded, Ledger, LedgerConflict
 from owner_node.mechanism import FeatureMechanism
 from shared.accounting import SampledGaussianEvent
@@ -29,6 +30,8 @@ from shared.protocol import (
     ErrorReply,
     FeatureReply,
     FeatureRequest,
+    KipStepReply,
+    KipStepRequest,
     OwnerInfo,
     ProtocolError,
     decode,
@@ -48,7 +51,7 @@ MAX_REFUSAL_CHARS = 1000
 # Which message kinds each RPC of shared/rpc/owner.proto accepts.
 KINDS_FOR_METHOD: dict[str, tuple[type, ...]] = {
     "Describe": (DescribeRequest,),
-    "Release": (FeatureRequest,),
+    "Release": (FeatureRequest, KipStepRequest),
     "Budget": (BudgetRequest,),
 }
 
@@ -77,6 +80,7 @@ class OwnerService:
         self.mechanism = FeatureMechanism(
             self.data, to_float(aux.images, config.normalization), config.clip_norm, aux.labels
         )
+        self.kip = KipStepMechanism(self.data, config.clip_norm)
         self.num_aux = len(aux)
         self.ledger = Ledger(config.ledger_path)
         self._lock = threading.Lock()
@@ -119,6 +123,8 @@ class OwnerService:
                 return encode(self.budget())
             if isinstance(request, FeatureRequest):
                 return self.release(request, progress)
+            if isinstance(request, KipStepRequest):
+                return self.kip_steps(request, progress)
             raise RequestRefused("unsupported", f"the owner does not answer {request.kind} messages")
         except RequestRefused:
             raise
@@ -146,6 +152,47 @@ class OwnerService:
     def release(self, request: FeatureRequest, progress=None) -> bytes:
         """Validate, reserve in the ledger, compute, record, and only then return the reply bytes."""
         event = self.validate(request)
+
+        def compute() -> bytes:
+            sums = self.mechanism.release(request, progress)
+            rates = self.data.sample_rates(request.expected_group_size)
+            return encode(
+                FeatureReply(
+                    request_id=request.request_id,
+                    noisy_sums=sums,
+                    expected_counts=tuple(q * n for q, n in zip(rates, self.data.class_counts, strict=True)),
+                    noise_multiplier=request.noise_multiplier,
+                    clip_norm=self.config.clip_norm,
+                    events=(event,),
+                )
+            )
+
+        return self._reserve_then_release(request, event, compute)
+
+    def kip_steps(self, request: KipStepRequest, progress=None) -> bytes:
+        """Synchronised DP-KIP: the same reserve-compute-record path, one event of ``num_steps`` releases."""
+        event = self.validate_kip(request)
+
+        def compute() -> bytes:
+            images, m, v = self.kip.run(request, progress)
+            return encode(
+                KipStepReply(
+                    request_id=request.request_id,
+                    images=images,
+                    adam_m=m,
+                    adam_v=v,
+                    step=request.step + request.num_steps,
+                    noise_multiplier=request.noise_multiplier,
+                    clip_norm=self.config.clip_norm,
+                    events=(event,),
+                )
+            )
+
+        return self._reserve_then_release(request, event, compute)
+
+    def _reserve_then_release(self, request, event: SampledGaussianEvent, compute) -> bytes:
+        """The ledger row is written before any private computation and the reply recorded before it leaves;
+        a repeated request id is answered from the ledger without spending again."""
         digest = hashlib.sha256(encode(request)).hexdigest()
         with self._lock:
             try:
@@ -159,29 +206,70 @@ class OwnerService:
                 raise RequestRefused(
                     "budget_exceeded",
                     f"{exc} (budget epsilon={self.config.epsilon} at delta={self.config.delta}; "
-                    f"spent {report.epsilon_prv:.4f}; this request asks for {event.count} draws at "
+                    f"spent {report.epsilon_prv:.4f}; this request asks for {event.count} releases at "
                     f"sigma={event.noise_multiplier:.4f}, q={event.sample_rate:.6f})",
                 ) from exc
             if stored is not None:
                 return stored
-            sums = self.mechanism.release(request, progress)
-            reply = encode(
-                FeatureReply(
-                    request_id=request.request_id,
-                    noisy_sums=sums,
-                    expected_counts=tuple(
-                        q * n
-                        for q, n in zip(
-                            self.data.sample_rates(request.expected_group_size), self.data.class_counts, strict=True
-                        )
-                    ),
-                    noise_multiplier=request.noise_multiplier,
-                    clip_norm=self.config.clip_norm,
-                    events=(event,),
-                )
-            )
+            reply = compute()
             self.ledger.record_reply(request.request_id, reply)
             return reply
+
+    def _check_common(self, request_id: str, expected_group_size: float, noise_multiplier: float) -> float:
+        """Checks every release kind shares; returns the sampling rate q the accountant uses."""
+        lim = self.config.limits
+        if not REQUEST_ID.fullmatch(request_id):
+            raise RequestRefused(
+                "invalid_request", "request_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+            )
+        if not (np.isfinite(expected_group_size) and expected_group_size > 0):
+            raise RequestRefused("invalid_request", "expected_group_size must be a finite number > 0")
+        q = max(self.data.sample_rates(expected_group_size))
+        if not q > 0:
+            raise RequestRefused(
+                "invalid_request", f"expected_group_size {expected_group_size} is so small that every rate is zero"
+            )
+        if q > lim.max_sample_rate:
+            raise RequestRefused(
+                "sample_rate_too_high", f"sampling rate {q:.5f} exceeds the owner's cap {lim.max_sample_rate}"
+            )
+        if not (np.isfinite(noise_multiplier) and noise_multiplier >= lim.min_noise_multiplier):
+            raise RequestRefused("noise_too_low", f"noise_multiplier must be >= {lim.min_noise_multiplier}")
+        if noise_multiplier > MAX_NOISE_MULTIPLIER:
+            reason = f"noise_multiplier must be at most {MAX_NOISE_MULTIPLIER:g}, got {noise_multiplier:g}"
+            raise RequestRefused("invalid_request", reason)
+        return float(q)
+
+    def validate_kip(self, r: KipStepRequest) -> SampledGaussianEvent:
+        """Check a KIP step request against the owner's own limits; return the privacy event it would cost."""
+        lim = self.config.limits
+        q = self._check_common(r.request_id, r.expected_group_size, r.noise_multiplier)
+        classes = len(self.data.class_names)
+        m = r.images.shape[0]
+        if tuple(r.images.shape[1:]) != self.data.image_shape:
+            raise RequestRefused(
+                "invalid_request", f"synthetic images {tuple(r.images.shape[1:])} differ from {self.data.image_shape}"
+            )
+        if m == 0 or m % classes:
+            raise RequestRefused(
+                "invalid_request", f"the synthetic set must hold equally many images per class ({classes}), got {m}"
+            )
+        if m > lim.max_kip_images:
+            raise RequestRefused("too_large", f"at most {lim.max_kip_images} synthetic images per request, got {m}")
+        if self.data.image_shape[1] % 4 or self.data.image_shape[2] % 4:
+            raise RequestRefused("invalid_request", "scattering (J = 2) needs image sides divisible by 4")
+        if not 1 <= r.num_steps <= lim.max_kip_steps_per_request:
+            raise RequestRefused(
+                "too_many_draws",
+                f"a request may hold 1..{lim.max_kip_steps_per_request} KIP steps, got {r.num_steps}",
+            )
+        if not 0 <= r.step <= MAX_SEED:
+            raise RequestRefused("invalid_request", f"step must be a count >= 0, got {r.step}")
+        if not (np.isfinite(r.lr) and 0 < r.lr <= 10):
+            raise RequestRefused("invalid_request", f"lr must be in (0, 10], got {r.lr}")
+        if not (np.isfinite(r.reg) and 0 < r.reg <= 1e6):
+            raise RequestRefused("invalid_request", f"reg must be in (0, 1e6], got {r.reg}")
+        return SampledGaussianEvent(float(r.noise_multiplier), q, r.num_steps)
 
     def validate(self, r: FeatureRequest) -> SampledGaussianEvent:
         """Check a request against the owner's own limits; return the privacy event it would cost."""
@@ -240,15 +328,5 @@ class OwnerService:
             )
         if r.aux_hash != self.aux_hash:
             raise refuse("auxiliary set hash does not match the owner's public auxiliary set", "unknown_aux")
-        if not (np.isfinite(r.expected_group_size) and r.expected_group_size > 0):
-            raise refuse("expected_group_size must be a finite number > 0")
-        q = max(self.data.sample_rates(r.expected_group_size))
-        if not q > 0:
-            raise refuse(f"expected_group_size {r.expected_group_size} is so small that every sampling rate is zero")
-        if q > lim.max_sample_rate:
-            raise refuse(f"sampling rate {q:.5f} exceeds the owner's cap {lim.max_sample_rate}", "sample_rate_too_high")
-        if not (np.isfinite(r.noise_multiplier) and r.noise_multiplier >= lim.min_noise_multiplier):
-            raise refuse(f"noise_multiplier must be >= {lim.min_noise_multiplier}", "noise_too_low")
-        if r.noise_multiplier > MAX_NOISE_MULTIPLIER:
-            raise refuse(f"noise_multiplier must be at most {MAX_NOISE_MULTIPLIER:g}, got {r.noise_multiplier:g}")
-        return SampledGaussianEvent(float(r.noise_multiplier), float(q), r.num_draws)
+        q = self._check_common(r.request_id, r.expected_group_size, r.noise_multiplier)
+        return SampledGaussianEvent(float(r.noise_multiplier), q, r.num_draws)

@@ -258,6 +258,109 @@ class FeatureReply:
         )
 
 
+def _images_like(a: dict, key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A float image-stack array [m, C, H, W], finite, matching ``shape`` when given."""
+    x = _array(a, key, 4)
+    if shape is not None and x.shape != shape:
+        raise ProtocolError(f"array {key!r} has shape {x.shape}, expected {shape}")
+    if not np.isfinite(x).all():
+        raise ProtocolError(f"array {key!r} holds non-finite values")
+    return x.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class KipStepRequest:
+    """Synchronised DP-KIP: run ``num_steps`` noised Adam steps on this synthetic set at the owner.
+
+    Each step is one release: a Poisson sample of the private data (expected ``expected_group_size``
+    per class), the clipped per-example gradients of the KRR loss with respect to ``images``, summed
+    and noised once with std sigma * C. The returned set and Adam moments are a deterministic
+    function of this request and the noisy gradients (post-processing). ``images`` are class-major
+    with equally many per class (their labels are implied); ``step`` is Adam's step count so far.
+    """
+
+    kind: ClassVar[str] = "kip_step_request"
+    array_names: ClassVar[tuple[str, ...]] = ("adam_m", "adam_v", "images")
+    request_id: str
+    images: np.ndarray
+    adam_m: np.ndarray
+    adam_v: np.ndarray
+    step: int
+    num_steps: int
+    expected_group_size: float
+    noise_multiplier: float
+    lr: float
+    reg: float
+
+    def to_wire(self) -> tuple[dict, dict]:
+        f32 = {k: np.ascontiguousarray(getattr(self, k), dtype=np.float32) for k in self.array_names}
+        return {
+            "request_id": self.request_id,
+            "step": self.step,
+            "num_steps": self.num_steps,
+            "expected_group_size": self.expected_group_size,
+            "noise_multiplier": self.noise_multiplier,
+            "lr": self.lr,
+            "reg": self.reg,
+        }, f32
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> KipStepRequest:
+        images = _images_like(a, "images")
+        return cls(
+            request_id=_get(h, "request_id", str),
+            images=images,
+            adam_m=_images_like(a, "adam_m", images.shape),
+            adam_v=_images_like(a, "adam_v", images.shape),
+            step=_get(h, "step", int),
+            num_steps=_get(h, "num_steps", int),
+            expected_group_size=_get(h, "expected_group_size", float),
+            noise_multiplier=_get(h, "noise_multiplier", float),
+            lr=_get(h, "lr", float),
+            reg=_get(h, "reg", float),
+        )
+
+
+@dataclass(frozen=True)
+class KipStepReply:
+    """The synthetic set and Adam moments after the request's steps, and the releases they cost."""
+
+    kind: ClassVar[str] = "kip_step_reply"
+    array_names: ClassVar[tuple[str, ...]] = ("adam_m", "adam_v", "images")
+    request_id: str
+    images: np.ndarray
+    adam_m: np.ndarray
+    adam_v: np.ndarray
+    step: int
+    noise_multiplier: float
+    clip_norm: float
+    events: tuple[SampledGaussianEvent, ...]
+
+    def to_wire(self) -> tuple[dict, dict]:
+        f32 = {k: np.ascontiguousarray(getattr(self, k), dtype=np.float32) for k in self.array_names}
+        return {
+            "request_id": self.request_id,
+            "step": self.step,
+            "noise_multiplier": self.noise_multiplier,
+            "clip_norm": self.clip_norm,
+            "events": [e.to_dict() for e in self.events],
+        }, f32
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> KipStepReply:
+        images = _images_like(a, "images")
+        return cls(
+            request_id=_get(h, "request_id", str),
+            images=images,
+            adam_m=_images_like(a, "adam_m", images.shape),
+            adam_v=_images_like(a, "adam_v", images.shape),
+            step=_get(h, "step", int),
+            noise_multiplier=_get(h, "noise_multiplier", float),
+            clip_norm=_get(h, "clip_norm", float),
+            events=_events_from(h, "events"),
+        )
+
+
 @dataclass(frozen=True)
 class BudgetRequest:
     kind: ClassVar[str] = "budget_request"
@@ -338,7 +441,17 @@ class ErrorReply:
 
 MESSAGES = {
     m.kind: m
-    for m in (DescribeRequest, OwnerInfo, FeatureRequest, FeatureReply, BudgetRequest, BudgetReport, ErrorReply)
+    for m in (
+        DescribeRequest,
+        OwnerInfo,
+        FeatureRequest,
+        FeatureReply,
+        KipStepRequest,
+        KipStepReply,
+        BudgetRequest,
+        BudgetReport,
+        ErrorReply,
+    )
 }
 
 

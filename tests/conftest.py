@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ from owner_node.config import Limits, OwnerConfig
 from owner_node.service import OwnerService
 from shared.datasets import ImageSet, save_npz
 from shared.networks import NetworkSpec
-from shared.protocol import FeatureRequest
+from shared.protocol import FeatureRequest, KipStepRequest
 from shared.subspace import content_hash
 
 NUM_CLASSES = 4
@@ -71,3 +72,22 @@ def feature_request(service: OwnerService, request_id: str = "r1", draws: int = 
     )
     base.update(overrides)
     return FeatureRequest(**base)
+
+
+def kip_request(request_id: str = "k1", ipc: int = 1, **overrides) -> KipStepRequest:
+    g = np.random.default_rng(0)
+    images = g.normal(size=(NUM_CLASSES * ipc, 1, 16, 16)).astype(np.float32)
+    base = dict(
+        request_id=request_id,
+        images=images,
+        adam_m=np.zeros_like(images),
+        adam_v=np.zeros_like(images),
+        step=0,
+        num_steps=2,
+        expected_group_size=3.0,
+        noise_multiplier=2.0,
+        lr=0.01,
+        reg=1e-6,
+    )
+    base.update(overrides)
+    return KipStepRequest(**base)

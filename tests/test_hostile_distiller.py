@@ -37,7 +37,7 @@ from shared.protocol import (
 )
 from shared.rpc.channel import OwnerChannel
 from shared.rpc.errors import OwnerCallError
-from tests.conftest import feature_request
+from tests.conftest import feature_request, kip_request
 from tests.owner_process import OwnerProcess, running_tls_owners
 
 MAX_MESSAGE_BYTES = 2_000_000
@@ -196,6 +196,10 @@ HOSTILE: list[tuple[str, str, bytes | Callable[[], bytes], str, str]] = [
     ("signal-unknown", "Release", with_fields("k2", signal="pixels"), "bad_message", "signal"),
     ("signal-is-int", "Release", with_fields("k4", signal=1), "bad_message", "signal"),
     ("kip-unprojected", "Release", with_fields("k5", signal="kip", subspace_dim=0), "invalid_request", "projection"),
+    # -- synchronised KIP steps
+    ("kip-steps-10^6", "Release", encode(kip_request("ks1", num_steps=10**6)), "too_many_draws", "KIP steps"),
+    ("kip-steps-on-Budget", "Budget", encode(kip_request("ks2")), "wrong_method", "Budget"),
+    ("kip-lr-negative", "Release", encode(kip_request("ks3", lr=-1.0)), "invalid_request", "lr"),
     ("subspace-dim-negative", "Release", with_fields("k3", subspace_dim=-6), "invalid_request", "subspace_dim"),
     (
         "request-carries-a-1MB-basis",

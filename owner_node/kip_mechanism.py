@@ -1,0 +1,73 @@
+"""Synchronised DP-KIP-ScatterNet at the owner: K noised Adam steps on the distiller's synthetic set.
+
+Per step (one release): Poisson-sample every class with the owner's entropy-seeded generator,
+compute the scattering features of the sample, the exact per-example gradient of the KRR loss with
+respect to the synthetic images (``shared.kip``), clip each to C, sum, and add noise of std
+sigma * C drawn once for the whole request from a second entropy-seeded generator. The Adam update
+that follows uses only the noisy sum and the request, so the returned images and moments are
+post-processing of the K releases. Nothing private seeds the set: it arrives from the distiller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from owner_node.data import PrivateData
+from owner_node.mechanism import entropy_generator
+from shared.kip import centred_one_hot, clipped_gradient_sum
+from shared.protocol import KipStepRequest
+from shared.scattering import scattering_features
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+EXAMPLES_PER_PASS = 10  # per-example VJPs per backward pass; fastest of 1/5/10 measured (docs/issue4-progress.md)
+
+
+def adam_update(
+    images: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step: int, lr: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Adam step (``step`` counts from 1), as torch.optim.Adam computes it, without global state."""
+    b1, b2 = ADAM_BETAS
+    m = b1 * m + (1 - b1) * grad
+    v = b2 * v + (1 - b2) * grad * grad
+    m_hat = m / (1 - b1**step)
+    v_hat = v / (1 - b2**step)
+    return images - lr * m_hat / (v_hat.sqrt() + ADAM_EPS), m, v
+
+
+class KipStepMechanism:
+    """Answers validated, reserved KIP step requests from the private data; knows nothing of budgets."""
+
+    def __init__(self, data: PrivateData, clip_norm: float):
+        self.data = data
+        self.clip_norm = clip_norm
+
+    def noise_std(self, request: KipStepRequest) -> float:
+        return request.noise_multiplier * self.clip_norm
+
+    def draw_noise(self, request: KipStepRequest) -> torch.Tensor:
+        """All of a request's noise, [num_steps, *images.shape], std sigma * C, from a fresh entropy generator."""
+        shape = (request.num_steps, *request.images.shape)
+        noise = torch.randn(shape, generator=entropy_generator(), dtype=torch.float64)
+        return noise * self.noise_std(request)
+
+    def run(self, request: KipStepRequest, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        num_classes = len(self.data.class_names)
+        images = torch.from_numpy(np.array(request.images, dtype=np.float64))
+        m = torch.from_numpy(np.array(request.adam_m, dtype=np.float64))
+        v = torch.from_numpy(np.array(request.adam_v, dtype=np.float64))
+        ipc = images.shape[0] // num_classes
+        y_s = centred_one_hot(torch.arange(num_classes).repeat_interleave(ipc), num_classes)
+        rates = self.data.sample_rates(request.expected_group_size)
+        sample_gen = entropy_generator()
+        noise = self.draw_noise(request)  # all noise for this request, drawn once; nothing draws it again
+        for k in range(request.num_steps):
+            index = self.data.poisson_sample(rates, sample_gen)
+            phi_t = scattering_features(self.data.float_images(index))
+            y_t = centred_one_hot(self.data.labels[index], num_classes)
+            grad = clipped_gradient_sum(images.float(), y_s, phi_t, y_t, self.clip_norm, request.reg, EXAMPLES_PER_PASS)
+            images, m, v = adam_update(images, m, v, grad + noise[k], request.step + k + 1, request.lr)
+            if progress is not None:
+                progress(1)
+        return images.float().numpy(), m.float().numpy(), v.float().numpy()
