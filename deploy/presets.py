@@ -18,7 +18,7 @@ DEFAULT_GROUP_SIZE = 50.0
 DEFAULT_DRAWS_PER_REQUEST = 25
 
 # Synchronised DP-KIP settings: every step is a release costing the owner about 0.2 s per private
-# example at IPC 10 on this CPU (docs/issue4-progress.md), hence a small private batch.
+# example at IPC 10 on this CPU (docs/dp-kip.md), hence a small private batch.
 KIP_SYNC_STEPS = 100
 KIP_SYNC_GROUP = 5.0
 KIP_SYNC_STEPS_PER_REQUEST = 5

@@ -21,7 +21,7 @@ from shared.scattering import scattering_features
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-EXAMPLES_PER_PASS = 10  # per-example VJPs per backward pass; fastest of 1/5/10 measured (docs/issue4-progress.md)
+EXAMPLES_PER_PASS = 10  # per-example VJPs per backward pass; fastest of 1/5/10 measured (docs/dp-kip.md)
 
 
 def adam_update(

@@ -13,11 +13,15 @@ import pytest
 import torch
 
 from deploy.cli import main
+from distiller_node.client import OwnerClient
+from distiller_node.kip_sync import KIP_SYNC, run_kip_sync
+from distiller_node.optimisation import initial_state
+from distiller_node.sampling import SamplingConfig, make_plan
 from owner_node.kip_mechanism import adam_update
 from owner_node.ledger import Ledger
 from shared.datasets import DataNotFound, fashion_mnist_root
 from shared.protocol import ErrorReply, KipStepReply, KipStepRequest, ProtocolError, decode, encode
-from tests.conftest import kip_request
+from tests.conftest import NUM_CLASSES, kip_request
 from tests.second_accountant import check_reported
 
 KIP_SYNC_SMALL_FLOOR = 0.25  # KRR on scattering features from a noise start; see the test
@@ -108,6 +112,23 @@ def test_adam_update_matches_torch_adam() -> None:
         opt.step()
         ours, m, v = adam_update(ours, m, v, grad, t, 0.1)
     assert torch.allclose(ours, p.detach(), atol=1e-12)
+
+
+def test_sync_run_resumes_after_losing_a_reply_without_spending_twice(owner, tmp_path: Path) -> None:
+    """A crash after the owner released but before the reply was stored: the rerun gets it from the ledger."""
+    client = OwnerClient(owner.call, retry_window_s=0)
+    info = client.describe()
+    sampling = SamplingConfig(draws=4, draws_per_request=2, group_size=3.0, signal=KIP_SYNC, augmentation="none")
+    plan = make_plan(sampling, [info], [5.0], 1e-5)
+    aux = (owner.mechanism.aux_images, owner.mechanism.aux_labels)
+    start = initial_state(NUM_CLASSES, 1, info.image_shape, seed=0)
+    first = run_kip_sync(client, plan, start, 0.05, tmp_path / "steps", aux, show_progress=False)
+    assert first.iteration == 4 and len(first.losses) == 2
+    assert [e.count for e in owner.ledger.events()] == [2, 2]
+    (tmp_path / "steps" / "steps_00001.msg").unlink()
+    again = run_kip_sync(client, plan, start, 0.05, tmp_path / "steps", aux, show_progress=False)
+    assert torch.equal(again.images, first.images)
+    assert [e.count for e in owner.ledger.events()] == [2, 2]
 
 
 KIP_SYNC_SMALL = [
