@@ -101,15 +101,15 @@ def plot(path: Path, result: dict) -> None:
         "KRR, full scattering": [r["krr_accuracy_scattering"] or 0 for r in rows],
         "KRR, projected": [r["krr_accuracy_projected"] or 0 for r in rows],
     }
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 5.5))
     width = 0.8 / len(series)
     for j, (label, values) in enumerate(series.items()):
         ax.bar([i + j * width for i in range(len(names))], [100 * v for v in values], width, label=label)
     ax.axhline(100 * DOSSER_RERUN_KIP, color="k", ls="--", lw=1, label="DP-KIP-ScatterNet re-run (ConvNet, eps 1)")
     ax.axhline(10, color="grey", ls=":", lw=1, label="chance")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, fontsize=8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, fontsize=8, rotation=35, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("DP-KIP on Fashion-MNIST (decoupled and synchronised)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

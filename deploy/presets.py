@@ -21,7 +21,7 @@ DEFAULT_DRAWS_PER_REQUEST = 25
 # example at IPC 10 on this CPU (docs/dp-kip.md), hence a small private batch.
 KIP_SYNC_STEPS = 100
 KIP_SYNC_GROUP = 5.0
-KIP_SYNC_STEPS_PER_REQUEST = 5
+KIP_SYNC_STEPS_PER_REQUEST = 10
 
 # Decoupled DP-KIP settings.
 KIP_DRAWS = 100
