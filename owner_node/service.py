@@ -203,10 +203,11 @@ class OwnerService:
                 raise RequestRefused("id_conflict", str(exc)) from exc
             except BudgetExceeded as exc:
                 report = self.budget()
+                unit = "draws" if isinstance(request, FeatureRequest) else "KIP steps (releases)"
                 raise RequestRefused(
                     "budget_exceeded",
                     f"{exc} (budget epsilon={self.config.epsilon} at delta={self.config.delta}; "
-                    f"spent {report.epsilon_prv:.4f}; this request asks for {event.count} releases at "
+                    f"spent {report.epsilon_prv:.4f}; this request asks for {event.count} {unit} at "
                     f"sigma={event.noise_multiplier:.4f}, q={event.sample_rate:.6f})",
                 ) from exc
             if stored is not None:

@@ -73,6 +73,13 @@ def test_hostile_kip_requests_are_refused_and_spend_nothing(owner, overrides: di
     assert owner.ledger.events() == []
 
 
+def test_kip_steps_past_the_budget_are_refused_before_any_work(owner) -> None:
+    r = kip_request(noise_multiplier=0.3, expected_group_size=20.0, num_steps=50)  # q = 1: far past epsilon 10
+    reply = decode(owner.handle(encode(r)))
+    assert isinstance(reply, ErrorReply) and reply.code == "budget_exceeded" and "50 KIP steps" in reply.message
+    assert owner.ledger.events() == []
+
+
 def test_wrong_image_shapes_are_refused(owner) -> None:
     three = np.zeros((3, 1, 16, 16), np.float32)  # not a multiple of the 4 classes
     r = kip_request(images=three, adam_m=three, adam_v=three)
