@@ -64,15 +64,23 @@ class OwnerChannel:
         self._stub = owner_pb2_grpc.OwnerStub(self._channel)
         self.timeout_s = timeout_s
 
-    def call(self, method: str, body: bytes) -> bytes:
-        """Send one DPDM message to the named RPC; raise ``OwnerCallError`` if no answer comes back."""
+    def _rpc(self, method: str) -> grpc.UnaryUnaryMultiCallable:
         if method not in METHODS:
             raise OwnerCallError("wrong_method", f"unknown owner RPC {method!r}; expected one of {METHODS}")
+        return getattr(self._stub, method)
+
+    def call(self, method: str, body: bytes) -> bytes:
+        """Send one DPDM message to the named RPC; raise ``OwnerCallError`` if no answer comes back."""
+        rpc = self._rpc(method)
         try:
-            reply = getattr(self._stub, method)(owner_pb2.Envelope(dpdm=body), timeout=self.timeout_s)
+            reply = rpc(owner_pb2.Envelope(dpdm=body), timeout=self.timeout_s)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         return reply.dpdm
+
+    def start(self, method: str, body: bytes) -> grpc.Future:
+        """Send without waiting: the caller may ``cancel()`` the call (the owner still records its reply)."""
+        return self._rpc(method).future(owner_pb2.Envelope(dpdm=body), timeout=self.timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
         try:
