@@ -282,12 +282,13 @@ def cmd_audit(a: argparse.Namespace) -> int:
         network=NetworkSpec(width=a.width, depth=a.depth),
         subspace_dim=a.subspace_dim,
         augmentation=a.augmentation,
+        signal=a.signal,
         delta=delta,
         confidence=a.confidence,
         seed=a.seed,
     )
     private = PrivateData.from_image_set(audit_subset(data, a.private_per_class, a.seed), norm)
-    game = CanaryGame(private, to_float(aux.images, norm), clip_norm, config)
+    game = CanaryGame(private, to_float(aux.images, norm), clip_norm, config, aux_labels=aux.labels)
     result = game.play(show_progress=not a.no_progress)
     write_audit(result, Path(a.out))
     print(format_audit(result))
@@ -469,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--depth", type=int, default=3)
     au.add_argument("--subspace-dim", type=int, default=32)
     au.add_argument("--augmentation", default="none")
+    au.add_argument("--signal", choices=SIGNALS, default="features", help="the signal kind whose release is audited")
     au.add_argument("--delta", type=float, default=1e-5, help="delta of the claim (no --config)")
     au.add_argument("--confidence", type=float, default=0.95)
     au.add_argument("--seed", type=int, default=0, help="public seed: subset, networks, canary, threshold split")

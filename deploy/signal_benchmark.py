@@ -24,6 +24,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "features, no subspace": ("default", ["--subspace-dim", "0"]),
     "gradients + subspace": ("gradients", []),
     "gradients, no subspace": ("gradients", ["--subspace-dim", "0"]),
+    "gradients + subspace k=256": ("gradients", ["--subspace-dim", "256"]),
 }
 
 
@@ -37,6 +38,15 @@ def run_one(out: Path, preset: str, extra: list[str], common: list[str]) -> dict
     return json.loads(bench.read_text())
 
 
+def previous_runs(path: Path, epsilon: float, ipc: int, eval_runs: int) -> dict:
+    """Results of an earlier benchmark in the same folder at the same settings (else none)."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = (earlier.get("epsilon"), earlier.get("ipc"), earlier.get("eval_runs")) == (epsilon, ipc, eval_runs)
+    return dict(earlier.get("runs", {})) if same else {}
+
+
 def compare_signals(out: Path, epsilon: float, ipc: int, eval_runs: int, only: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     common = ["--epsilon", str(epsilon), "--ipc", str(ipc), "--eval-runs", str(eval_runs)]
@@ -44,7 +54,7 @@ def compare_signals(out: Path, epsilon: float, ipc: int, eval_runs: int, only: l
     unknown = set(names) - set(CONFIGS)
     if unknown:
         raise ValueError(f"unknown configurations {sorted(unknown)}; known: {list(CONFIGS)}")
-    runs = {}
+    runs = previous_runs(out / "signals.json", epsilon, ipc, eval_runs)  # a partial rerun keeps the others
     for name in tqdm(names, desc="signal benchmark", unit="run"):
         preset, extra = CONFIGS[name]
         t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from shared.accounting import SampledGaussianEvent, epsilon
 from shared.datasets import ImageSet
 from shared.networks import NetworkSpec
 from shared.protocol import FeatureRequest
-from shared.statistic import per_example_statistic
+from shared.statistic import check_signal, per_example_statistic
 from shared.subspace import content_hash
 
 
@@ -44,6 +44,7 @@ class AuditConfig:
     network: NetworkSpec = field(default_factory=lambda: NetworkSpec(width=16, depth=3))
     subspace_dim: int = 32
     augmentation: str = "none"
+    signal: str = "features"  # any signal kind: all go through the same release primitive
     delta: float = 1e-5
     confidence: float = 0.95
     seed: int = 0  # public seeds (networks, augmentation, threshold split); never the sample or noise
@@ -53,6 +54,9 @@ class AuditConfig:
             raise ValueError("an audit needs at least 20 trials per world")
         if not 0 < self.confidence < 1:
             raise ValueError("confidence must be in (0, 1)")
+        check_signal(self.signal)
+        if self.signal == "kip" and self.subspace_dim < 1:
+            raise ValueError("kip signals need a projection (subspace_dim >= 1)")
 
 
 @dataclass
@@ -163,6 +167,7 @@ class CanaryGame:
         config: AuditConfig,
         label: int = 0,
         mechanism_class: type[FeatureMechanism] = FeatureMechanism,
+        aux_labels: torch.Tensor | None = None,
     ):
         self.config, self.label = config, label
         spec = NetworkSpec(
@@ -188,38 +193,40 @@ class CanaryGame:
             aux_hash=content_hash(aux_images),
             expected_group_size=group,
             noise_multiplier=config.noise_multiplier,
+            signal=config.signal,
         )
-        self.without = mechanism_class(data, aux_images, clip_norm)
+        if config.signal == "gradients" and aux_labels is None:
+            raise ValueError("auditing gradient signals needs the auxiliary set's labels (for its subspace)")
+        self.without = mechanism_class(data, aux_images, clip_norm, aux_labels)
         self.canary, image = self._choose_canary(data, clip_norm)
-        self.with_ = mechanism_class(with_record(data, image, label), aux_images, clip_norm)
+        self.with_ = mechanism_class(with_record(data, image, label), aux_images, clip_norm, aux_labels)
         _share_public_networks(self.without, self.with_)
         self.directions = self._canary_statistics(image, data.normalization, clip_norm)
         rates = data.sample_rates(group)
         self.sample_rate = max(max(rates), with_record(data, image, label).sample_rates(group)[label])
 
+    def _statistic(self, net_seed: int, aug_seed: int, strategy: str, x: torch.Tensor, clip: float) -> torch.Tensor:
+        """Clipped projected statistics of class-``label`` images ``x`` under one draw's public choices."""
+        r = self.request
+        net, subspace = self.without.network_and_subspace(r.network, net_seed, r.subspace_dim, r.signal)
+        labels = torch.full((x.shape[0],), self.label, dtype=torch.long)
+        with torch.inference_mode():
+            return per_example_statistic(net, subspace, x, aug_seed, strategy, clip, labels, r.signal)
+
     def _canary_statistics(self, image: torch.Tensor, normalization, clip_norm: float) -> list[torch.Tensor]:
         """The canary's clipped projected statistic under each draw's public network and augmentation."""
         x = ((image.float() / 255.0 - normalization[0]) / normalization[1])[None]
-        out = []
-        for net_seed, aug_seed in zip(self.request.network_seeds, self.request.augment_seeds, strict=True):
-            net, subspace = self.without.network_and_subspace(self.request.network, net_seed, self.request.subspace_dim)
-            with torch.inference_mode():
-                out.append(per_example_statistic(net, subspace, x, aug_seed, self.request.augmentation, clip_norm)[0])
-        return out
+        seeds = zip(self.request.network_seeds, self.request.augment_seeds, strict=True)
+        return [self._statistic(n, a, self.request.augmentation, x, clip_norm)[0] for n, a in seeds]
 
     def _choose_canary(self, data: PrivateData, clip_norm: float) -> tuple[str, torch.Tensor]:
         """The crafted image whose statistic is longest and least like the class's own records."""
-        net, subspace = self.without.network_and_subspace(
-            self.request.network, self.request.network_seeds[0], self.request.subspace_dim
-        )
-        own = data.float_images(data.by_class[self.label])
-        with torch.inference_mode():
-            others = per_example_statistic(net, subspace, own, self.request.augment_seeds[0], "none", clip_norm)
+        net_seed, aug_seed = self.request.network_seeds[0], self.request.augment_seeds[0]
+        others = self._statistic(net_seed, aug_seed, "none", data.float_images(data.by_class[self.label]), clip_norm)
 
         def separation(image: torch.Tensor) -> float:
             x = ((image.float() / 255.0 - data.normalization[0]) / data.normalization[1])[None]
-            with torch.inference_mode():
-                s = per_example_statistic(net, subspace, x, self.request.augment_seeds[0], "none", clip_norm)[0]
+            s = self._statistic(net_seed, aug_seed, "none", x, clip_norm)[0]
             return float(s @ s - (others @ s).abs().max())
 
         candidates = crafted_canaries(data.image_shape, self.config.seed)
@@ -267,6 +274,7 @@ def format_audit(result: AuditResult) -> str:
     return "\n".join(
         [
             "PRIVACY AUDIT (canary distinguishing game)",
+            f"signal:                  {result.config['signal']}",
             f"canary:                  {result.canary}",
             f"trials per world:        {len(result.scores_without)} ({result.evaluation_trials} held out for bounds)",
             f"false positive rate:     {result.false_positive_rate:.4f} (upper {result.false_positive_upper:.4f})",

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 METHODS = ("prv", "rdp")
@@ -73,7 +74,10 @@ def epsilon(events: Iterable[SampledGaussianEvent], delta: float, method: str = 
         # larger orders could only tighten the RDP bound, so the value stays a valid upper bound.
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         if method == "prv":
-            return float(acc.get_epsilon(delta, eps_error=PRV_EPS_ERROR))
+            # At q = 1 opacus's PRV evaluates log(1 - q) = -inf, which its comparison then uses as
+            # meant; numpy's "divide by zero" warning about it is noise, not an error.
+            with np.errstate(divide="ignore"):
+                return float(acc.get_epsilon(delta, eps_error=PRV_EPS_ERROR))
         return float(acc.get_epsilon(delta, alphas=RDP_ORDERS))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,12 @@ class UnderNoisedMechanism(FeatureMechanism):
         return super().noise_std(request) * 0.01
 
 
-def game(mechanism_class: type[FeatureMechanism] = FeatureMechanism) -> CanaryGame:
+def game(mechanism_class: type[FeatureMechanism] = FeatureMechanism, signal: str = "features") -> CanaryGame:
     data = PrivateData.from_image_set(random_image_set(40, seed=1), NORM)
-    aux = to_float(random_image_set(20, seed=2).images, NORM)
-    return CanaryGame(data, aux, 1.0, CONFIG, mechanism_class=mechanism_class)
+    aux = random_image_set(20, seed=2)
+    config = replace(CONFIG, signal=signal)
+    images = to_float(aux.images, NORM)
+    return CanaryGame(data, images, 1.0, config, mechanism_class=mechanism_class, aux_labels=aux.labels)
 
 
 def test_clopper_pearson_and_rates_to_epsilon() -> None:
@@ -78,3 +81,25 @@ def test_the_game_is_decided_by_the_canary_not_the_seeds() -> None:
     assert g.with_.data.class_counts[0] == g.without.data.class_counts[0] + 1
     assert g.with_.data.class_counts[1:] == g.without.data.class_counts[1:]
     assert all(abs(float(d.norm()) - 1.0) < 1e-6 for d in g.directions)  # clipped at C = 1
+
+
+@pytest.mark.parametrize("signal", ["gradients", "kip"])
+def test_other_signal_kinds_stay_below_the_claim_and_a_broken_one_does_not(signal: str) -> None:
+    # The same game on the other statistics the primitive releases: per-example loss gradients
+    # (projected onto the auxiliary gradients' subspace) and decoupled-KIP packed moments.
+    honest = game(signal=signal)
+    assert honest.request.signal == signal
+    assert all(0 < float(d.norm()) <= 1.0 + 1e-9 for d in honest.directions)  # clipped at C = 1
+    result = honest.play(show_progress=False)
+    assert result.consistent, (result.epsilon_lower_bound, result.claimed_epsilon)
+    broken = game(UnderNoisedMechanism, signal=signal).play(show_progress=False)
+    assert broken.epsilon_lower_bound > broken.claimed_epsilon + 0.5, broken.epsilon_lower_bound
+
+
+def test_auditing_gradients_needs_the_auxiliary_labels() -> None:
+    data = PrivateData.from_image_set(random_image_set(20, seed=1), NORM)
+    aux = to_float(random_image_set(20, seed=2).images, NORM)
+    with pytest.raises(ValueError, match="labels"):
+        CanaryGame(data, aux, 1.0, replace(CONFIG, signal="gradients"))
+    with pytest.raises(ValueError, match="projection"):
+        replace(CONFIG, signal="kip", subspace_dim=0)

@@ -25,3 +25,29 @@ def test_flower_simulation_runs_the_same_pipeline(tmp_path: Path) -> None:
         rows = ledger.rows()
         ledger.close()
         assert len(rows) == 2 and sum(r.event.count for r in rows) == 20
+
+
+KIP_TINY = {
+    "kip-decoupled": ["--iterations", "10", "--eval-epochs", "2"],
+    "kip-sync": ["--ipc", "1"],
+}
+
+
+@pytest.mark.parametrize("preset", sorted(KIP_TINY))
+def test_flower_simulation_runs_dp_kip(tmp_path: Path, preset: str) -> None:
+    """Both DP-KIP variants over Flower: the same requests reach the owner service and its ledger."""
+    args = ["simulate", "--transport", "flower", "--out", str(tmp_path), "--preset", preset, "--init", "noise"]
+    args += ["--private-subset", "2000", "--draws", "4", "--draws-per-request", "2", "--group-size", "2"]
+    args += ["--aux-per-class", "20", "--eval-runs", "1", "--eval-epochs", "2", "--no-progress", *KIP_TINY[preset]]
+    assert main(args) == 0
+    out = tmp_path / "distiller"
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["signal"] == ("kip" if preset == "kip-decoupled" else "kip-sync") and report["releases"] == 4
+    results = json.loads((out / "results.json").read_text())
+    assert "scattering" in results["krr_accuracy"]
+    (ledger_path,) = tmp_path.glob("*/ledger.sqlite")
+    ledger = Ledger(ledger_path)
+    try:
+        assert [e.count for e in ledger.events()] == [2, 2]
+    finally:
+        ledger.close()
