@@ -53,14 +53,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Readable ``key: saved -> now`` lines for every setting that differs (nested keys dotted)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a} -> {b}")
+    return out
+
+
 def _check_resume(out: Path, cfg: DistillerConfig) -> None:
     path = out / "config.json"
-    current = json.dumps(cfg.to_dict(), sort_keys=True)
+    current = json.loads(json.dumps(cfg.to_dict()))  # through JSON, as saved (tuples become lists)
     if path.exists():
-        saved = json.dumps(json.loads(path.read_text()), sort_keys=True)
-        if saved != current:
+        differences = config_differences(json.loads(path.read_text()), current)
+        if differences:
             raise ValueError(
-                f"{out} holds a run with a different configuration; "
+                f"{out} holds a run with a different configuration ({'; '.join(differences)}); "
                 "resume it with the same options or choose a new --out"
             )
     else:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from deploy.cli import main
+from distiller_node.pipeline import config_differences
 from owner_node.ledger import Ledger
 from shared.datasets import DataNotFound, fashion_mnist_root
 from shared.protocol import decode
@@ -161,7 +162,8 @@ def test_resume_with_different_settings_is_refused(tmp_path: Path, capsys) -> No
     args = ["simulate", "--out", str(tmp_path), *TINY]
     assert main(args) == 0
     assert main([*args, "--ipc", "5"]) == 2
-    assert "different configuration" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different configuration" in err and "optimisation.ipc: 10 -> 5" in err
 
 
 @pytest.mark.parametrize("signal, dim", [("features", 288), ("gradients", 21_898)])
@@ -174,3 +176,10 @@ def test_run_without_projection_releases_the_whole_signal(tmp_path: Path, signal
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["plan"]["subspace_dim"] == 0 and report["signal"] == signal and report["epsilon_prv"] <= 1.0
     assert (out / "synthetic.pt").exists()
+
+
+def test_config_differences_name_every_changed_and_missing_setting() -> None:
+    saved = {"epsilon": 1.0, "optimisation": {"ipc": 10, "lr": 0.3}}
+    now = {"epsilon": 1.0, "optimisation": {"ipc": 10, "lr": 0.1, "init": "noise"}}
+    assert config_differences(saved, now) == ["optimisation.init: (absent) -> noise", "optimisation.lr: 0.3 -> 0.1"]
+    assert config_differences(now, now) == []
