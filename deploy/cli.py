@@ -10,10 +10,9 @@ import torch
 
 from deploy.presets import PRESETS, distiller_config
 from distiller_node.evaluation import EvaluationConfig
-from distiller_node.kip_sync import KIP_SYNC
 from distiller_node.optimisation import INITS
 from distiller_node.pipeline import DistillerConfig
-from shared.statistic import SIGNALS
+from shared.statistic import KIP_SYNC, METHODS
 
 
 def _distiller_config(a: argparse.Namespace) -> DistillerConfig:
@@ -49,7 +48,6 @@ def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
     for key in (
         "width",
         "draws",
-        "subspace_dim",
         "iterations",
         "lr",
         "eval_epochs",
@@ -60,6 +58,8 @@ def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
     ):
         if getattr(a, key, None):
             rc[key.replace("_", "-")] = getattr(a, key)
+    if getattr(a, "subspace_dim", None) is not None:  # 0 is a choice here: no projection
+        rc["subspace-dim"] = a.subspace_dim
     return rc
 
 
@@ -260,7 +260,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
-    from owner_node.audit import AuditConfig, CanaryGame, audit_subset, format_audit, write_audit
+    from owner_node.audit import AuditConfig, CanaryGame, KipStepCanaryGame, audit_subset, format_audit, write_audit
     from owner_node.config import OwnerConfig
     from owner_node.data import PrivateData, load_auxiliary
     from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, load_image_set, public_split, to_float
@@ -283,12 +283,16 @@ def cmd_audit(a: argparse.Namespace) -> int:
         subspace_dim=a.subspace_dim,
         augmentation=a.augmentation,
         signal=a.signal,
+        kip_ipc=a.kip_ipc,
         delta=delta,
         confidence=a.confidence,
         seed=a.seed,
     )
     private = PrivateData.from_image_set(audit_subset(data, a.private_per_class, a.seed), norm)
-    game = CanaryGame(private, to_float(aux.images, norm), clip_norm, config, aux_labels=aux.labels)
+    if config.signal == KIP_SYNC:
+        game = KipStepCanaryGame(private, clip_norm, config)
+    else:
+        game = CanaryGame(private, to_float(aux.images, norm), clip_norm, config, aux_labels=aux.labels)
     result = game.play(show_progress=not a.no_progress)
     write_audit(result, Path(a.out))
     print(format_audit(result))
@@ -340,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--signal",
-        choices=(*SIGNALS, KIP_SYNC),
+        choices=METHODS,
         help="what the owner releases: network embeddings (features), per-example loss gradients (gradients), "
         "or moments of projected scattering features for decoupled DP-KIP (kip; preset kip-decoupled)",
     )
@@ -447,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-epochs", type=int)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--draws", type=int)
-    d.add_argument("--signal", choices=(*SIGNALS, KIP_SYNC))
+    d.add_argument("--signal", choices=METHODS)
     d.add_argument("--iterations", type=int)
     d.add_argument("--aux-per-class", type=int)
     d.add_argument("--private-subset", type=int)
@@ -470,7 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--depth", type=int, default=3)
     au.add_argument("--subspace-dim", type=int, default=32)
     au.add_argument("--augmentation", default="none")
-    au.add_argument("--signal", choices=SIGNALS, default="features", help="the signal kind whose release is audited")
+    au.add_argument(
+        "--signal",
+        choices=METHODS,
+        default="features",
+        help="the release audited: a feature request's signal kind, or kip-sync (one synchronised KIP step)",
+    )
+    au.add_argument("--kip-ipc", type=int, default=1, help="kip-sync: synthetic images per class in the message")
     au.add_argument("--delta", type=float, default=1e-5, help="delta of the claim (no --config)")
     au.add_argument("--confidence", type=float, default=0.95)
     au.add_argument("--seed", type=int, default=0, help="public seed: subset, networks, canary, threshold split")

@@ -26,8 +26,6 @@ from shared.kip import DEFAULT_REG, centred_one_hot, krr_loss
 from shared.protocol import KipStepReply, KipStepRequest, decode
 from shared.scattering import scattering_features
 
-KIP_SYNC = "kip-sync"  # the distiller-side method name (SamplingConfig.signal); the owner sees KipStepRequests
-
 
 def public_kip_loss(images: torch.Tensor, labels: torch.Tensor, aux: tuple[torch.Tensor, torch.Tensor]) -> float:
     """KRR loss per auxiliary image, synthetic set as support: a progress measure that costs no privacy."""

@@ -16,7 +16,7 @@ from distiller_node.client import OwnerClient
 from distiller_node.evaluation import EvaluationConfig, evaluate, krr_accuracy
 from distiller_node.export import export_synthetic, plot_loss
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
-from distiller_node.kip_sync import KIP_SYNC, run_kip_sync
+from distiller_node.kip_sync import run_kip_sync
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state, training_images
 from distiller_node.report import format_report, privacy_report, write_report
@@ -24,7 +24,7 @@ from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan, run
 from distiller_node.signal_store import SignalStore, atomic_write
 from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
-from shared.statistic import public_subspace
+from shared.statistic import KIP_SYNC, public_subspace
 from shared.subspace import content_hash
 
 

@@ -3,9 +3,11 @@
 The owner's mechanism answers the same request many times on a private set without the canary
 (world 0) and with it (world 1). Each release is scored white-box: the inner product of the canary
 class's noisy sums with the canary's own clipped, projected statistic under the same public network
-and augmentation. A threshold test on the scores has false-positive and false-negative rates that
-any (epsilon, delta)-DP mechanism must keep apart by at most e^epsilon; Clopper-Pearson upper bounds
-on both rates turn the observed separation into an epsilon *lower bound* that holds with the chosen
+and augmentation (``CanaryGame``: features, gradients, decoupled kip), or of the noisy gradient of a
+one-step synchronised KIP message with the canary's own clipped gradient (``KipStepCanaryGame``).
+A threshold test on the scores has false-positive and false-negative rates that any
+(epsilon, delta)-DP mechanism must keep apart by at most e^epsilon; Clopper-Pearson upper bounds on
+both rates turn the observed separation into an epsilon *lower bound* that holds with the chosen
 confidence. A correct mechanism keeps it below the accountant's claim; a broken one (noise too small,
 clipping skipped) pushes it above. The audit never leaves the owner: nothing is released or spent.
 """
@@ -24,12 +26,15 @@ from scipy.stats import beta
 from tqdm import tqdm
 
 from owner_node.data import PrivateData
+from owner_node.kip_mechanism import ADAM_BETAS, KipStepMechanism
 from owner_node.mechanism import FeatureMechanism
 from shared.accounting import SampledGaussianEvent, epsilon
 from shared.datasets import ImageSet
+from shared.kip import DEFAULT_REG, centred_one_hot, iter_per_example_image_gradients
 from shared.networks import NetworkSpec
-from shared.protocol import FeatureRequest
-from shared.statistic import check_signal, per_example_statistic
+from shared.protocol import FeatureRequest, KipStepRequest
+from shared.scattering import scattering_features
+from shared.statistic import KIP_SYNC, METHODS, clip_rows, per_example_statistic
 from shared.subspace import content_hash
 
 
@@ -44,7 +49,8 @@ class AuditConfig:
     network: NetworkSpec = field(default_factory=lambda: NetworkSpec(width=16, depth=3))
     subspace_dim: int = 32
     augmentation: str = "none"
-    signal: str = "features"  # any signal kind: all go through the same release primitive
+    signal: str = "features"  # one of METHODS: a feature request's signal kind, or a kip-sync step
+    kip_ipc: int = 1  # kip-sync: synthetic images per class in the audited message
     delta: float = 1e-5
     confidence: float = 0.95
     seed: int = 0  # public seeds (networks, augmentation, threshold split); never the sample or noise
@@ -54,9 +60,16 @@ class AuditConfig:
             raise ValueError("an audit needs at least 20 trials per world")
         if not 0 < self.confidence < 1:
             raise ValueError("confidence must be in (0, 1)")
-        check_signal(self.signal)
+        if self.signal not in METHODS:
+            raise ValueError(f"cannot audit signal {self.signal!r}; known: {', '.join(METHODS)}")
         if self.signal == "kip" and self.subspace_dim < 1:
             raise ValueError("kip signals need a projection (subspace_dim >= 1)")
+        if self.signal == KIP_SYNC and self.draws != 1:
+            raise ValueError(
+                "a kip-sync audit plays one step per message (its noisy gradient is read back from Adam's m)"
+            )
+        if self.kip_ipc < 1:
+            raise ValueError("kip_ipc must be at least 1")
 
 
 @dataclass
@@ -156,7 +169,70 @@ def _share_public_networks(*mechanisms: FeatureMechanism) -> None:
         m.network_and_subspace = network_and_subspace
 
 
-class CanaryGame:
+def most_separated(
+    candidates: dict[str, torch.Tensor], statistic: Callable[[torch.Tensor], torch.Tensor], others: torch.Tensor
+) -> str:
+    """The candidate whose clipped statistic is longest and least like the class's own records'."""
+
+    def separation(x: torch.Tensor) -> float:
+        s = statistic(x[None])[0]
+        return float(s @ s - (others @ s).abs().max())
+
+    return max(candidates, key=lambda name: separation(candidates[name]))
+
+
+def normalised(image: torch.Tensor, normalization: tuple[float, float]) -> torch.Tensor:
+    return (image.float() / 255.0 - normalization[0]) / normalization[1]
+
+
+class DistinguishingGame:
+    """What every game shares: one release per world per trial, a score, the bound and the claim.
+
+    Subclasses build the two worlds' mechanisms and the request, and set ``canary`` and
+    ``sample_rate``; ``release_score(world)`` runs the real mechanism once and scores its output.
+    """
+
+    config: AuditConfig
+    label: int
+    canary: str
+    sample_rate: float
+    class_names: tuple[str, ...]
+
+    def release_score(self, world: int) -> float:
+        raise NotImplementedError
+
+    def claimed_epsilon(self) -> float:
+        event = SampledGaussianEvent(self.config.noise_multiplier, self.sample_rate, self.config.draws)
+        return epsilon([event], self.config.delta, "prv")
+
+    def play(self, show_progress: bool = True, on_trial: Callable[[int], None] | None = None) -> AuditResult:
+        without, with_ = [], []
+        for t in tqdm(range(self.config.trials), desc="audit (trials per world)", disable=not show_progress):
+            without.append(self.release_score(0))
+            with_.append(self.release_score(1))
+            if on_trial is not None:
+                on_trial(t)
+        s0, s1 = np.array(without), np.array(with_)
+        eps, threshold, (fpr, fnr, fpr_u, fnr_u), n_eval = lower_bound(
+            s0, s1, self.config.delta, self.config.confidence, np.random.default_rng(self.config.seed)
+        )
+        return AuditResult(
+            claimed_epsilon=self.claimed_epsilon(),
+            epsilon_lower_bound=eps,
+            threshold=threshold,
+            false_positive_rate=fpr,
+            false_negative_rate=fnr,
+            false_positive_upper=fpr_u,
+            false_negative_upper=fnr_u,
+            evaluation_trials=n_eval,
+            canary=f"{self.canary} image in class {self.label} ({self.class_names[self.label]})",
+            config=asdict(self.config),
+            scores_without=s0.tolist(),
+            scores_with=s1.tolist(),
+        )
+
+
+class CanaryGame(DistinguishingGame):
     """World 0 is ``data``; world 1 adds one canary record of class ``label``."""
 
     def __init__(
@@ -169,7 +245,9 @@ class CanaryGame:
         mechanism_class: type[FeatureMechanism] = FeatureMechanism,
         aux_labels: torch.Tensor | None = None,
     ):
-        self.config, self.label = config, label
+        if config.signal == KIP_SYNC:
+            raise ValueError("kip-sync messages are audited by KipStepCanaryGame")
+        self.config, self.label, self.class_names = config, label, data.class_names
         spec = NetworkSpec(
             **(
                 asdict(config.network)
@@ -215,22 +293,20 @@ class CanaryGame:
 
     def _canary_statistics(self, image: torch.Tensor, normalization, clip_norm: float) -> list[torch.Tensor]:
         """The canary's clipped projected statistic under each draw's public network and augmentation."""
-        x = ((image.float() / 255.0 - normalization[0]) / normalization[1])[None]
+        x = normalised(image, normalization)[None]
         seeds = zip(self.request.network_seeds, self.request.augment_seeds, strict=True)
         return [self._statistic(n, a, self.request.augmentation, x, clip_norm)[0] for n, a in seeds]
 
     def _choose_canary(self, data: PrivateData, clip_norm: float) -> tuple[str, torch.Tensor]:
-        """The crafted image whose statistic is longest and least like the class's own records."""
         net_seed, aug_seed = self.request.network_seeds[0], self.request.augment_seeds[0]
-        others = self._statistic(net_seed, aug_seed, "none", data.float_images(data.by_class[self.label]), clip_norm)
 
-        def separation(image: torch.Tensor) -> float:
-            x = ((image.float() / 255.0 - data.normalization[0]) / data.normalization[1])[None]
-            s = self._statistic(net_seed, aug_seed, "none", x, clip_norm)[0]
-            return float(s @ s - (others @ s).abs().max())
+        def statistic(x: torch.Tensor) -> torch.Tensor:
+            return self._statistic(net_seed, aug_seed, "none", x, clip_norm)
 
+        others = statistic(data.float_images(data.by_class[self.label]))
         candidates = crafted_canaries(data.image_shape, self.config.seed)
-        name = max(candidates, key=lambda k: separation(candidates[k]))
+        normalised_candidates = {k: normalised(v, data.normalization) for k, v in candidates.items()}
+        name = most_separated(normalised_candidates, statistic, others)
         return name, candidates[name]
 
     def score(self, sums: np.ndarray) -> float:
@@ -238,35 +314,73 @@ class CanaryGame:
         rows = torch.from_numpy(sums[:, self.label]).double()
         return float(sum(float(rows[d] @ s) for d, s in enumerate(self.directions)))
 
-    def claimed_epsilon(self) -> float:
-        event = SampledGaussianEvent(self.config.noise_multiplier, self.sample_rate, self.config.draws)
-        return epsilon([event], self.config.delta, "prv")
+    def release_score(self, world: int) -> float:
+        return self.score((self.with_ if world else self.without).release(self.request))
 
-    def play(self, show_progress: bool = True, on_trial: Callable[[int], None] | None = None) -> AuditResult:
-        without, with_ = [], []
-        for t in tqdm(range(self.config.trials), desc="audit (trials per world)", disable=not show_progress):
-            without.append(self.score(self.without.release(self.request)))
-            with_.append(self.score(self.with_.release(self.request)))
-            if on_trial is not None:
-                on_trial(t)
-        s0, s1 = np.array(without), np.array(with_)
-        eps, threshold, (fpr, fnr, fpr_u, fnr_u), n_eval = lower_bound(
-            s0, s1, self.config.delta, self.config.confidence, np.random.default_rng(self.config.seed)
+
+class KipStepCanaryGame(DistinguishingGame):
+    """A one-step synchronised DP-KIP message in both worlds; world 1 adds a canary of class ``label``.
+
+    The request starts Adam from zero moments, so the reply's first moment is (1 - beta1) times the
+    step's noisy clipped gradient sum: the score reads that sum back and takes its inner product with
+    the canary's own clipped gradient at the (public) synthetic set of the request.
+    """
+
+    def __init__(
+        self,
+        data: PrivateData,
+        clip_norm: float,
+        config: AuditConfig,
+        label: int = 0,
+        mechanism_class: type[KipStepMechanism] = KipStepMechanism,
+    ):
+        if config.signal != KIP_SYNC:
+            raise ValueError(f"KipStepCanaryGame audits kip-sync messages, not {config.signal!r}")
+        self.config, self.label, self.class_names = config, label, data.class_names
+        num_classes = len(data.class_names)
+        shape = (config.kip_ipc * num_classes, *data.image_shape)
+        images = torch.randn(shape, generator=torch.Generator().manual_seed(config.seed))  # public
+        group = config.expected_group_size or float(max(data.class_counts) + 1)
+        zeros = np.zeros(shape, dtype=np.float32)
+        self.request = KipStepRequest(
+            request_id="audit",
+            images=images.numpy(),
+            adam_m=zeros,
+            adam_v=zeros.copy(),
+            step=0,
+            num_steps=1,
+            expected_group_size=group,
+            noise_multiplier=config.noise_multiplier,
+            lr=0.01,
+            reg=DEFAULT_REG,
         )
-        return AuditResult(
-            claimed_epsilon=self.claimed_epsilon(),
-            epsilon_lower_bound=eps,
-            threshold=threshold,
-            false_positive_rate=fpr,
-            false_negative_rate=fnr,
-            false_positive_upper=fpr_u,
-            false_negative_upper=fnr_u,
-            evaluation_trials=n_eval,
-            canary=f"{self.canary} image in class {self.label} ({self.without.data.class_names[self.label]})",
-            config=asdict(self.config),
-            scores_without=s0.tolist(),
-            scores_with=s1.tolist(),
+        self.images = images
+        self.y_s = centred_one_hot(torch.arange(num_classes).repeat_interleave(config.kip_ipc), num_classes)
+        self.clip_norm = clip_norm
+        others = self._statistic(data.float_images(data.by_class[label]))
+        candidates = crafted_canaries(data.image_shape, config.seed)
+        self.canary = most_separated(
+            {k: normalised(v, data.normalization) for k, v in candidates.items()}, self._statistic, others
         )
+        image = candidates[self.canary]
+        self.direction = self._statistic(normalised(image, data.normalization)[None])[0]
+        with_canary = with_record(data, image, label)
+        self.without = mechanism_class(data, clip_norm)
+        self.with_ = mechanism_class(with_canary, clip_norm)
+        self.sample_rate = max(max(data.sample_rates(group)), with_canary.sample_rates(group)[label])
+
+    def _statistic(self, x: torch.Tensor) -> torch.Tensor:
+        """Clipped per-example gradients [n, m*C*H*W] of class-``label`` images ``x`` at the request's set."""
+        y_t = centred_one_hot(torch.full((x.shape[0],), self.label, dtype=torch.long), len(self.class_names))
+        parts = iter_per_example_image_gradients(
+            self.images, self.y_s, scattering_features(x), y_t, self.request.reg, examples_per_pass=10
+        )
+        return torch.cat([clip_rows(g.reshape(g.shape[0], -1).double(), self.clip_norm) for g in parts])
+
+    def release_score(self, world: int) -> float:
+        _, m, _ = (self.with_ if world else self.without).run(self.request)
+        noisy_sum = torch.from_numpy(m).double().flatten() / (1 - ADAM_BETAS[0])
+        return float(noisy_sum @ self.direction)
 
 
 def format_audit(result: AuditResult) -> str:

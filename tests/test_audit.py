@@ -13,12 +13,14 @@ import pytest
 from owner_node.audit import (
     AuditConfig,
     CanaryGame,
+    KipStepCanaryGame,
     clopper_pearson_upper,
     epsilon_from_rates,
     lower_bound,
     write_audit,
 )
 from owner_node.data import PrivateData
+from owner_node.kip_mechanism import KipStepMechanism
 from owner_node.mechanism import FeatureMechanism
 from shared.datasets import to_float
 from shared.networks import NetworkSpec
@@ -31,6 +33,13 @@ CONFIG = AuditConfig(trials=60, noise_multiplier=3.0, network=NetworkSpec(width=
 
 class UnderNoisedMechanism(FeatureMechanism):
     """Test-only: the real mechanism with 1% of the noise the accountant assumes (a broken owner)."""
+
+    def noise_std(self, request) -> float:
+        return super().noise_std(request) * 0.01
+
+
+class UnderNoisedKipSteps(KipStepMechanism):
+    """Test-only: synchronised KIP steps with 1% of the noise the accountant assumes."""
 
     def noise_std(self, request) -> float:
         return super().noise_std(request) * 0.01
@@ -103,3 +112,35 @@ def test_auditing_gradients_needs_the_auxiliary_labels() -> None:
         CanaryGame(data, aux, 1.0, replace(CONFIG, signal="gradients"))
     with pytest.raises(ValueError, match="projection"):
         replace(CONFIG, signal="kip", subspace_dim=0)
+
+
+def kip_step_game(mechanism_class: type[KipStepMechanism] = KipStepMechanism) -> KipStepCanaryGame:
+    # The other records add the same clipped sum in every trial at q = 1; a few per class suffice.
+    data = PrivateData.from_image_set(random_image_set(12, seed=1), NORM)
+    return KipStepCanaryGame(data, 1.0, replace(CONFIG, signal="kip-sync"), mechanism_class=mechanism_class)
+
+
+def test_synchronised_kip_messages_stay_below_the_claim_and_a_broken_one_does_not() -> None:
+    # One step per message, Adam from zero moments: the reply's m is 0.1 x the noisy clipped sum.
+    honest = kip_step_game()
+    assert honest.request.num_steps == 1 and not honest.request.adam_m.any()
+    assert 0 < float(honest.direction.norm()) <= 1.0 + 1e-9  # the canary's gradient, clipped at C = 1
+    assert honest.with_.data.class_counts[0] == honest.without.data.class_counts[0] + 1
+    result = honest.play(show_progress=False)
+    assert result.claimed_epsilon == pytest.approx(1.28, abs=0.02)
+    assert result.consistent, (result.epsilon_lower_bound, result.claimed_epsilon)
+    broken = kip_step_game(UnderNoisedKipSteps).play(show_progress=False)
+    assert broken.epsilon_lower_bound > broken.claimed_epsilon + 0.5, broken.epsilon_lower_bound
+
+
+def test_a_kip_sync_audit_plays_one_step_and_only_in_its_own_game() -> None:
+    with pytest.raises(ValueError, match="one step"):
+        replace(CONFIG, signal="kip-sync", draws=2)
+    data = PrivateData.from_image_set(random_image_set(20, seed=1), NORM)
+    aux = random_image_set(20, seed=2)
+    with pytest.raises(ValueError, match="KipStepCanaryGame"):
+        CanaryGame(data, to_float(aux.images, NORM), 1.0, replace(CONFIG, signal="kip-sync"), aux_labels=aux.labels)
+    with pytest.raises(ValueError, match="kip-sync"):
+        KipStepCanaryGame(data, 1.0, CONFIG)
+    with pytest.raises(ValueError, match="cannot audit"):
+        replace(CONFIG, signal="pixels")

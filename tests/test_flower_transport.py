@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from deploy.flower_app.dpdistill_flower.server_app import run_settings
+from deploy.presets import PRESETS, distiller_config
 from distiller_node.client import OwnerClient, OwnerRefused, OwnerUnreachable
 from distiller_node.flower_transport import GridRouter
 from owner_node.service import OwnerService
@@ -113,3 +115,16 @@ def test_a_node_that_vanishes_mid_call_is_a_retryable_failure(owners) -> None:
     client = OwnerClient(node_leaves, "owner-a", retry_window_s=0.5, log=lambda *_: None)
     with pytest.raises(OwnerUnreachable):  # retried, then given up with a clear message
         client.budget()
+
+
+@pytest.mark.parametrize(("value", "expected"), [(-1, PRESETS["default"]["subspace_dim"]), (0, 0), (64, 64)])
+def test_the_run_config_can_ask_for_no_projection(value: int, expected: int) -> None:
+    # 0 means "no projection" over Flower as on the command line; -1 (the default) is the preset's.
+    def subspace_dim(run_config: dict) -> int:
+        *_, settings = run_settings(run_config)
+        return distiller_config(settings.pop("preset"), **settings).sampling.subspace_dim
+
+    assert subspace_dim({"preset": "default", "subspace-dim": value}) == expected
+    assert subspace_dim({"preset": "default"}) == PRESETS["default"]["subspace_dim"]
+    with pytest.raises(ValueError, match="subspace-dim must be"):
+        run_settings({"preset": "default", "subspace-dim": -2})

@@ -14,13 +14,14 @@ import torch
 
 from deploy.cli import main
 from distiller_node.client import OwnerClient
-from distiller_node.kip_sync import KIP_SYNC, run_kip_sync
+from distiller_node.kip_sync import run_kip_sync
 from distiller_node.optimisation import initial_state
 from distiller_node.sampling import SamplingConfig, make_plan
 from owner_node.kip_mechanism import adam_update
 from owner_node.ledger import Ledger
 from shared.datasets import DataNotFound, fashion_mnist_root
 from shared.protocol import ErrorReply, KipStepReply, KipStepRequest, ProtocolError, decode, encode
+from shared.statistic import KIP_SYNC
 from tests.conftest import NUM_CLASSES, kip_request
 from tests.second_accountant import check_reported
 

@@ -1,7 +1,8 @@
 """The distiller as a Flower ServerApp: the same pipeline as the in-process run, owners reached via relays.
 
 Run config keys are those in deploy/flower_app/pyproject.toml; numbers left at 0 take the preset's
-value. ``out`` should be an absolute path on the machine that runs the ServerApp (a relative one is
+value, except ``subspace-dim``, where 0 asks for no projection (as on the command line) and -1 takes
+the preset's. ``out`` should be an absolute path on the machine that runs the ServerApp (a relative one is
 taken from that process's working directory). Re-running with the same ``out`` resumes the run.
 """
 
@@ -20,10 +21,11 @@ from shared.datasets import public_split
 
 app = ServerApp()
 
+PRESET_SUBSPACE = -1  # the run-config value of subspace-dim that takes the preset's (0 means no projection)
+
 OVERRIDABLE = (
     "width",
     "draws",
-    "subspace-dim",
     "iterations",
     "lr",
     "eval-epochs",
@@ -34,7 +36,8 @@ OVERRIDABLE = (
 )
 
 
-def _settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
+def run_settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
+    """(out, owners, auxiliary images per class, data root, distiller_config arguments) of a run config."""
     preset = str(rc.get("preset", "default"))
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -43,6 +46,11 @@ def _settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
         value = rc.get(key, 0)
         if value:
             overrides[key.replace("-", "_")] = value
+    subspace_dim = int(rc.get("subspace-dim", PRESET_SUBSPACE))
+    if subspace_dim < PRESET_SUBSPACE:
+        raise ValueError(f"subspace-dim must be -1 (the preset's), 0 (no projection) or k >= 1, not {subspace_dim}")
+    if subspace_dim != PRESET_SUBSPACE:
+        overrides["subspace_dim"] = subspace_dim
     kwargs = dict(
         epsilon=float(rc.get("epsilon", 1.0)),
         delta=float(rc.get("delta", 1e-5)),
@@ -69,7 +77,7 @@ def _settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
 
 def distill_over_flower(grid: Grid, run_config: dict, run_id: int | str = "") -> dict:
     """The distiller's whole run with owners reached through ``grid`` (deployment or simulation)."""
-    out, num_owners, aux_per_class, data_root, settings = _settings(run_config)
+    out, num_owners, aux_per_class, data_root, settings = run_settings(run_config)
     cfg = distiller_config(settings.pop("preset"), **settings)
     print(f"[distiller] run {run_id}: writing to {out}; waiting for {num_owners} owner(s)", flush=True)
     router = GridRouter(grid)
