@@ -181,8 +181,21 @@ def cmd_budget(a: argparse.Namespace) -> int:
     if not config.ledger_path.exists():
         print(f"no ledger yet at {config.ledger_path}: nothing released")
     ledger = Ledger(config.ledger_path)
+    if a.cancel_plan:
+        plan = ledger.cancel_plan(a.cancel_plan)
+        print(f"cancelled plan {plan.plan_id}: {plan.used} of {plan.event.count} releases made stay spent\n")
     rows = ledger.rows()
-    print(format_budget(budget_report(config, [r.event for r in rows])))
+    print(format_budget(budget_report(config, [r.event for r in rows], ledger.outstanding())))
+    plans = ledger.plans()
+    if plans:
+        print("\nrun plans:")
+        print(f"  {'plan id':<20} {'made':>6} {'planned':>7} {'sigma':>8} {'q':>9}  state")
+        for p in plans:
+            state = "cancelled" if p.cancelled else ("open" if p.outstanding else "complete")
+            print(
+                f"  {p.plan_id:<20} {p.used:>6} {p.event.count:>7} {p.event.noise_multiplier:>8.4f} "
+                f"{p.event.sample_rate:>9.6f}  {state}"
+            )
     if rows:
         print("\nledger:")
         print(f"  {'request id':<28} {'state':<9} {'draws':>5} {'sigma':>8} {'q':>9}")
@@ -192,6 +205,18 @@ def cmd_budget(a: argparse.Namespace) -> int:
                 f"{r.event.noise_multiplier:>8.4f} {r.event.sample_rate:>9.6f}"
             )
     ledger.close()
+    return 0
+
+
+def cmd_ledger_backup(a: argparse.Namespace) -> int:
+    from owner_node.config import OwnerConfig
+    from owner_node.ledger_backup import backup_ledger
+
+    s = backup_ledger(OwnerConfig.load(a.config).ledger_path, Path(a.destination))
+    print(
+        f"backed up {s['source']} to {s['destination']}: {s['rows']} releases "
+        f"({s['released']} released, {s['reserved']} reserved), {s['bytes']} bytes, integrity ok"
+    )
     return 0
 
 
@@ -425,7 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("budget", help="print an owner's ledger and remaining budget")
     b.add_argument("--config", required=True, help="the owner's config file (TOML)")
+    b.add_argument(
+        "--cancel-plan", metavar="PLAN_ID", help="free what an abandoned run plan still holds in reserve (operator)"
+    )
     b.set_defaults(func=cmd_budget)
+
+    lb = sub.add_parser(
+        "ledger-backup", help="copy an owner's ledger consistently, even while its service runs (never overwrites)"
+    )
+    lb.add_argument("--config", required=True, help="the owner's config file (TOML)")
+    lb.add_argument("destination", help="the backup file to create (must not exist)")
+    lb.set_defaults(func=cmd_ledger_backup)
 
     o = sub.add_parser("owner-serve", help="run the owner service (gRPC) with the limits in the owner's config")
     o.add_argument("--config", required=True, help="the owner's config file (TOML)")

@@ -22,6 +22,8 @@ from shared.protocol import (
     KipStepReply,
     KipStepRequest,
     OwnerInfo,
+    PlanReply,
+    PlanRequest,
     decode,
     encode,
 )
@@ -83,6 +85,13 @@ class OwnerClient:
 
     def budget(self) -> BudgetReport:
         return self._call("Budget", BudgetRequest(), BudgetReport)
+
+    def reserve(self, request: PlanRequest) -> PlanReply:
+        """Ask the owner to accept a whole run before its first release (idempotent by plan id)."""
+        reply = self._call("Release", request, PlanReply)
+        if reply.plan_id != request.plan_id or reply.event.count != request.total_releases:
+            raise RuntimeError("owner answered with something other than the acceptance of this plan")
+        return reply
 
     def release(self, request: FeatureRequest) -> tuple[FeatureReply, bytes]:
         """The decoded reply and its exact bytes (stored as received)."""

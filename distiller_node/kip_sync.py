@@ -41,6 +41,37 @@ def public_kip_loss(images: torch.Tensor, labels: torch.Tensor, aux: tuple[torch
     return float(loss) / len(aux_y)
 
 
+def step_request(
+    plan: SamplingPlan,
+    b: int,
+    images: np.ndarray,
+    adam_m: np.ndarray,
+    adam_v: np.ndarray,
+    step: int,
+    lr: float,
+    reg: float = DEFAULT_REG,
+) -> KipStepRequest:
+    """Request ``b`` of the plan: K steps from ``step`` (the first one is also the plan's template)."""
+    total = len(plan.network_seeds)
+    return KipStepRequest(
+        request_id=f"{plan.run_id}-o0-k{b:05d}",
+        images=images,
+        adam_m=adam_m,
+        adam_v=adam_v,
+        step=step,
+        num_steps=min(plan.draws_per_request, total - step),
+        expected_group_size=plan.group_size,
+        noise_multiplier=plan.owners[0].noise_multiplier,
+        lr=lr,
+        reg=reg,
+    )
+
+
+def first_request(plan: SamplingPlan, initial: torch.Tensor, lr: float, reg: float = DEFAULT_REG) -> KipStepRequest:
+    images = initial.numpy().astype(np.float32)
+    return step_request(plan, 0, images, np.zeros_like(images), np.zeros_like(images), 0, lr, reg)
+
+
 def run_kip_sync(
     client: OwnerClient,
     plan: SamplingPlan,
@@ -67,18 +98,7 @@ def run_kip_sync(
             if not isinstance(reply, KipStepReply):
                 raise ValueError(f"{path} does not hold a KIP step reply")
         else:
-            request = KipStepRequest(
-                request_id=f"{plan.run_id}-o0-k{b:05d}",
-                images=images,
-                adam_m=adam_m,
-                adam_v=adam_v,
-                step=step,
-                num_steps=min(k, total - step),
-                expected_group_size=plan.group_size,
-                noise_multiplier=plan.owners[0].noise_multiplier,
-                lr=lr,
-                reg=reg,
-            )
+            request = step_request(plan, b, images, adam_m, adam_v, step, lr, reg)
             reply, raw = client.kip_steps(request)
             atomic_write(path, raw)
         images, adam_m, adam_v, step = reply.images, reply.adam_m, reply.adam_v, reply.step

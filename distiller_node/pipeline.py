@@ -16,7 +16,7 @@ from distiller_node.client import OwnerClient
 from distiller_node.evaluation import EvaluationConfig, evaluate, krr_accuracy
 from distiller_node.export import export_synthetic, plot_loss
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
-from distiller_node.kip_sync import run_kip_sync
+from distiller_node.kip_sync import first_request, run_kip_sync
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state, training_images
 from distiller_node.report import format_report, privacy_report, write_report
@@ -133,10 +133,11 @@ def run_distillation(
         plan = make_plan(cfg.sampling, infos, targets, cfg.delta, cfg.accountant)
         plan.save(plan_path)
     for o, share in enumerate(plan.owners):
+        note = "" if share.delta == cfg.delta else f" (the owner's delta; {cfg.delta:g} was asked for)"
         print(
             f"plan for owner '{share.owner_id}': {len(plan.network_seeds)} draws, sigma={share.noise_multiplier:.4f}, "
-            f"q={share.sample_rate:.5f}, planned epsilon={plan.planned_epsilon(o, 'prv'):.4f} (PRV) "
-            f"at delta={plan.delta:g}"
+            f"q={share.sample_rate:.5f}, planned epsilon={plan.planned_epsilon(o):.4f} "
+            f"({share.accountant.upper()}, the owner's accountant) at delta={share.delta:g}{note}"
         )
     info = infos[0]
 
@@ -145,6 +146,16 @@ def run_distillation(
     state = initial_state(
         len(info.class_names), opt_cfg.ipc, info.image_shape, opt_cfg.seed, opt_cfg.init, (aux_float, aux.labels)
     )
+    # Every owner accepts (and holds budget for) the whole run before its first release, so a run
+    # never stops half-spent for a reason known at its start; a resumed run repeats this as a no-op.
+    for o, client in enumerate(clients):
+        first = first_request(plan, state.images, opt_cfg.lr) if plan.signal == KIP_SYNC else None
+        accepted = client.reserve(plan.reservation(o, first))
+        print(
+            f"owner '{plan.owners[o].owner_id}' accepted the plan: {accepted.event.count} releases held; "
+            f"committed epsilon {accepted.epsilon_committed:.4f} ({accepted.accountant.upper()}, "
+            f"delta {accepted.delta:g})"
+        )
     projection = None
     cache_stats: dict = {}
     t0 = time.perf_counter()

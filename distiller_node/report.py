@@ -16,6 +16,14 @@ SIGNAL_WORDS = {
 }
 
 
+NOISE_SAMPLER_WORDS = {
+    "csprng": "Gaussian noise and Poisson sample from ChaCha20 keyed with 256 bits of OS entropy per request "
+    "(floating-point Gaussian sampling: the attacks on textbook float samplers are not mitigated)",
+    "exact": "Gaussian noise from OpenDP's floating-point-safe Gaussian mechanism; Poisson sample from ChaCha20 "
+    "keyed with 256 bits of OS entropy per request",
+}
+
+
 def sensitivity_statement(signal: str) -> str:
     if signal == "kip-sync":
         return (
@@ -43,6 +51,9 @@ def _owner_section(plan: SamplingPlan, o: int, budget: BudgetReport, info: Owner
         "sample_rate_q": share.sample_rate,
         "target_epsilon": share.target_epsilon,
         "planned_epsilon_prv": plan.planned_epsilon(o, "prv"),
+        "owner_accountant": budget.accountant,
+        "noise_sampler": budget.noise_sampler,
+        "noise_sampler_description": NOISE_SAMPLER_WORDS.get(budget.noise_sampler, budget.noise_sampler),
         "releases": budget.num_draws,
         "requests": budget.num_requests,
         "clip_norm": budget.clip_norm,
@@ -68,7 +79,10 @@ def privacy_report(plan: SamplingPlan, budgets: list[BudgetReport], infos: list[
         "signal": plan.signal,
         "sensitivity": sensitivity_statement(plan.signal),
         "mechanism": "Poisson-subsampled Gaussian mechanism, noise std sigma*C drawn once per release by each owner",
-        "accountants": "opacus PRV (reported, upper bound, eps_error 0.01) and RDP (cross-check)",
+        "noise_sampler": worst["noise_sampler"],
+        "noise_sampler_description": worst["noise_sampler_description"],
+        "accountants": "opacus PRV (reported, upper bound, eps_error 0.01) and RDP (cross-check); each owner "
+        "enforces its budget with its own accountant (owner_accountant)",
         "events": worst["events"],
         "treated_as_public": worst["treated_as_public"],
         "class_counts": worst["class_counts"],
@@ -100,6 +114,8 @@ def format_report(r: dict) -> str:
             f"  epsilon (PRV accountant):   {s['epsilon_prv']:.4f}",
             f"  epsilon (RDP, cross-check): {s['epsilon_rdp']:.4f}",
             f"  delta:                      {s['delta']:g}",
+            f"  budget enforced with:       {s['owner_accountant'].upper()}",
+            f"  noise sampler:              {s['noise_sampler']} ({s['noise_sampler_description']})",
             f"  noise multiplier sigma:     {s['noise_multiplier']:.4f}   (noise std sigma*C per coordinate)",
             f"  sampling rate q:            {s['sample_rate_q']:.6f}   "
             f"(expected group size {r['expected_group_size']} per class)",

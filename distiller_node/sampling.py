@@ -25,7 +25,7 @@ from distiller_node.client import OwnerClient
 from distiller_node.signal_store import Signals, SignalStore, atomic_write
 from shared.accounting import SampledGaussianEvent, epsilon, noise_for_budget
 from shared.networks import NetworkSpec
-from shared.protocol import FeatureRequest, OwnerInfo
+from shared.protocol import FeatureRequest, OwnerInfo, PlanRequest, encode
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,15 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class OwnerPlan:
-    """One owner's share of the plan: the noise its remaining budget allows at its sampling rate."""
+    """One owner's share of the plan: the noise its remaining budget allows at its sampling rate,
+    under that owner's own accountant and delta (the rules it enforces)."""
 
     owner_id: str
     noise_multiplier: float
     sample_rate: float
     target_epsilon: float
+    delta: float = 1e-5
+    accountant: str = "prv"
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,24 @@ class SamplingPlan:
             signal=self.signal,
         )
 
-    def planned_epsilon(self, owner: int, method: str) -> float:
+    def planned_epsilon(self, owner: int, method: str | None = None) -> float:
+        """Epsilon of this owner's share at its own delta, under ``method`` (default: the owner's accountant)."""
         o = self.owners[owner]
         return epsilon(
-            [SampledGaussianEvent(o.noise_multiplier, o.sample_rate, len(self.network_seeds))], self.delta, method
+            [SampledGaussianEvent(o.noise_multiplier, o.sample_rate, len(self.network_seeds))],
+            o.delta,
+            method or o.accountant,
+        )
+
+    def reservation(self, owner: int, first: FeatureRequest | None = None) -> PlanRequest:
+        """The request that asks ``owner`` to hold this whole run; ``first`` is the run's first request
+        (default: the first feature batch), which the owner validates as if it were sent."""
+        first = first if first is not None else self.batch(0, owner)
+        return PlanRequest(
+            plan_id=f"{self.run_id}-o{owner}",
+            request_prefix=f"{self.run_id}-o{owner}-",
+            total_releases=len(self.network_seeds),
+            template=encode(first),
         )
 
     def save(self, path: Path) -> None:
@@ -130,7 +147,11 @@ def make_plan(
     delta: float,
     accountant: str = "prv",
 ) -> SamplingPlan:
-    """Seeds from the distiller's run seed (public); each owner's noise calibrated to spend its target."""
+    """Seeds from the distiller's run seed (public); each owner's noise calibrated to spend its target.
+
+    Each owner's noise is planned with the accountant and delta that owner publishes and enforces;
+    ``delta`` and ``accountant`` are the distiller's own wishes, kept in the plan for its report.
+    """
     check_compatible(infos)
     g = torch.Generator().manual_seed(cfg.seed)
     seeds = torch.randint(0, 2**62, (2, cfg.draws), generator=g)
@@ -149,8 +170,12 @@ def make_plan(
             raise ValueError(
                 f"--draws-per-request {cfg.draws_per_request} exceeds owner '{info.owner_id}''s cap {max_draws}"
             )
-        sigma = noise_for_budget(target, delta, rate, cfg.draws, accountant)
-        owners.append(OwnerPlan(info.owner_id, sigma, rate, target))
+        sigma = noise_for_budget(target, info.delta, rate, cfg.draws, info.accountant)
+        floor = float(info.limits.get("min_noise_multiplier", 0.0))
+        if sigma < floor:
+            # The owner would refuse this sigma; its floor spends less than the target, never more.
+            sigma = floor
+        owners.append(OwnerPlan(info.owner_id, sigma, rate, target, info.delta, info.accountant))
     first = infos[0]
     return SamplingPlan(
         run_id=secrets.token_hex(6),

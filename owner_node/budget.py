@@ -20,7 +20,11 @@ def within_budget(config: OwnerConfig, events: list[SampledGaussianEvent]) -> bo
     return epsilon(events, config.delta, config.accountant) <= config.epsilon
 
 
-def budget_report(config: OwnerConfig, events: list[SampledGaussianEvent]) -> BudgetReport:
+def budget_report(
+    config: OwnerConfig, events: list[SampledGaussianEvent], outstanding: list[SampledGaussianEvent] = ()
+) -> BudgetReport:
+    """Spent (``events``) and committed (also what accepted run plans still hold, ``outstanding``)."""
+    outstanding = list(outstanding)
     return BudgetReport(
         owner_id=config.owner_id,
         epsilon_budget=config.epsilon,
@@ -32,6 +36,10 @@ def budget_report(config: OwnerConfig, events: list[SampledGaussianEvent]) -> Bu
         clip_norm=config.clip_norm,
         events=tuple(events),
         public=PUBLIC_FACTS,
+        accountant=config.accountant,
+        epsilon_committed=epsilon(events + outstanding, config.delta, config.accountant),
+        reserved_releases=sum(e.count for e in outstanding),
+        noise_sampler=config.noise_sampler,
     )
 
 
@@ -40,8 +48,12 @@ def format_budget(report: BudgetReport) -> str:
         f"owner:              {report.owner_id}",
         f"budget:             epsilon {report.epsilon_budget} at delta {report.delta:g}",
         f"spent (PRV):        epsilon {report.epsilon_prv:.4f}   (RDP: {report.epsilon_rdp:.4f})",
-        f"remaining (PRV):    epsilon {report.epsilon_remaining:.4f}",
+        f"committed ({report.accountant.upper()}):    epsilon {report.epsilon_committed:.4f}   "
+        f"(spent, plus {report.reserved_releases} releases that accepted run plans still hold)",
+        f"remaining ({report.accountant.upper()}):    epsilon {report.epsilon_remaining:.4f}   "
+        f"(the budget is enforced with {report.accountant.upper()})",
         f"requests / draws:   {report.num_requests} / {report.num_draws}",
+        f"noise sampler:      {report.noise_sampler}",
         f"clip norm:          {report.clip_norm}",
     ]
     return "\n".join(lines)

@@ -6,9 +6,14 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from owner_node.randomness import check_sampler
 from shared.accounting import METHODS
 from shared.datasets import FASHION_MNIST_NORMALIZATION
+from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
 from shared.rpc.channel import is_loopback
+
+# The largest reply any transport carries: the decoder's and gRPC's cap, less the header's share.
+MAX_REPLY_BYTES = MAX_MESSAGE_BYTES - MAX_HEADER_BYTES
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,23 @@ class Limits:
     # a step costs the owner n_sample x m per-example image gradients (seconds to minutes on a CPU).
     max_kip_steps_per_request: int = 50
     max_kip_images: int = 1000
+
+    def __post_init__(self) -> None:
+        # A reply between the owner's limit and a transport's cap would be reserved and recorded,
+        # then fail to send on every retry: the limit must fit every transport it may travel on.
+        if not 1 <= self.max_message_bytes <= MAX_REPLY_BYTES:
+            raise ValueError(
+                f"[limits] max_message_bytes = {self.max_message_bytes} must be in 1..{MAX_REPLY_BYTES} "
+                f"(the gRPC channel and message decoder stop at {MAX_MESSAGE_BYTES} bytes, less room for "
+                "the message header; SQLite stores at most 1e9 bytes a reply)"
+            )
+        for name in ("max_draws_per_request", "max_subspace_dim", "max_network_width", "max_network_depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"[limits] {name} must be >= 1")
+        if not 0 < self.max_sample_rate <= 1:
+            raise ValueError(f"[limits] max_sample_rate must be in (0, 1], got {self.max_sample_rate}")
+        if not self.min_noise_multiplier > 0:
+            raise ValueError(f"[limits] min_noise_multiplier must be > 0, got {self.min_noise_multiplier}")
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -69,6 +91,7 @@ class OwnerConfig:
     delta: float
     clip_norm: float = 1.0
     accountant: str = "prv"
+    noise_sampler: str = "csprng"  # [privacy] noise: "csprng" (ChaCha20) or "exact" (OpenDP)
     normalization: tuple[float, float] = FASHION_MNIST_NORMALIZATION
     limits: Limits = field(default_factory=Limits)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -80,6 +103,7 @@ class OwnerConfig:
             raise ValueError("clip_norm must be > 0")
         if self.accountant not in METHODS:
             raise ValueError(f"accountant must be one of {METHODS}")
+        check_sampler(self.noise_sampler)
         if self.data_source not in ("fashion-mnist", "image-folder", "npz"):
             raise ValueError(f"unknown data source {self.data_source!r}")
 
@@ -117,6 +141,7 @@ class OwnerConfig:
                 delta=float(privacy.get("delta", 1e-5)),
                 clip_norm=float(privacy.get("clip_norm", 1.0)),
                 accountant=privacy.get("accountant", "prv"),
+                noise_sampler=privacy.get("noise", "csprng"),
                 normalization=tuple(data.get("normalization", FASHION_MNIST_NORMALIZATION)),
                 limits=limits,
                 service=service,
@@ -155,6 +180,7 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
         f"delta = {config.delta}",
         f"clip_norm = {config.clip_norm}",
         f"accountant = {q(config.accountant)}",
+        f"noise = {q(config.noise_sampler)}",
         "",
         "[limits]",
     ]

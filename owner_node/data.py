@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from owner_node.config import OwnerConfig
+from owner_node.randomness import SecureRandom
 from shared.datasets import ImageSet, load_image_set, load_npz, to_float
 
 
@@ -41,9 +42,10 @@ class PrivateData:
         """q_c = g / n_c (capped at 1): every class contributes about ``g`` examples per draw."""
         return [min(1.0, expected_group_size / n) for n in self.class_counts]
 
-    def poisson_sample(self, rates: list[float], generator: torch.Generator) -> torch.Tensor:
-        """Each example of class c is included independently with probability rates[c]."""
-        chosen = [ix[torch.rand(len(ix), generator=generator) < q] for ix, q in zip(self.by_class, rates, strict=True)]
+    def poisson_sample(self, rates: list[float], stream: SecureRandom) -> torch.Tensor:
+        """Each example of class c is included independently with probability rates[c] (exactly, see
+        ``owner_node.randomness``), decided by the owner's secret stream."""
+        chosen = [ix[stream.bernoulli(len(ix), q)] for ix, q in zip(self.by_class, rates, strict=True)]
         return torch.cat(chosen)
 
 

@@ -1,9 +1,10 @@
 """Synchronised DP-KIP-ScatterNet at the owner: K noised Adam steps on the distiller's synthetic set.
 
-Per step (one release): Poisson-sample every class with the owner's entropy-seeded generator,
+Per step (one release): Poisson-sample every class with the owner's secret sampling stream,
 compute the scattering features of the sample, the exact per-example gradient of the KRR loss with
 respect to the synthetic images (``shared.kip``), clip each to C, sum, and add noise of std
-sigma * C drawn once for the whole request from a second entropy-seeded generator. The Adam update
+sigma * C drawn once per step from a second stream; both streams are ChaCha20 keyed with 256 bits
+of OS entropy per request (``owner_node.randomness``). The Adam update
 that follows uses only the noisy sum and the request, so the returned images and moments are
 post-processing of the K releases. Nothing private seeds the set: it arrives from the distiller.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from owner_node.data import PrivateData
-from owner_node.mechanism import entropy_generator
+from owner_node.randomness import SecureRandom, check_sampler, noisy
 from shared.kip import centred_one_hot, clipped_gradient_sum
 from shared.protocol import KipStepRequest
 from shared.scattering import scattering_features
@@ -39,18 +40,14 @@ def adam_update(
 class KipStepMechanism:
     """Answers validated, reserved KIP step requests from the private data; knows nothing of budgets."""
 
-    def __init__(self, data: PrivateData, clip_norm: float):
+    def __init__(self, data: PrivateData, clip_norm: float, noise_sampler: str = "csprng"):
+        check_sampler(noise_sampler)
+        self.noise_sampler = noise_sampler
         self.data = data
         self.clip_norm = clip_norm
 
     def noise_std(self, request: KipStepRequest) -> float:
         return request.noise_multiplier * self.clip_norm
-
-    def draw_noise(self, request: KipStepRequest) -> torch.Tensor:
-        """All of a request's noise, [num_steps, *images.shape], std sigma * C, from a fresh entropy generator."""
-        shape = (request.num_steps, *request.images.shape)
-        noise = torch.randn(shape, generator=entropy_generator(), dtype=torch.float64)
-        return noise * self.noise_std(request)
 
     def run(self, request: KipStepRequest, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         num_classes = len(self.data.class_names)
@@ -60,14 +57,15 @@ class KipStepMechanism:
         ipc = images.shape[0] // num_classes
         y_s = centred_one_hot(torch.arange(num_classes).repeat_interleave(ipc), num_classes)
         rates = self.data.sample_rates(request.expected_group_size)
-        sample_gen = entropy_generator()
-        noise = self.draw_noise(request)  # all noise for this request, drawn once; nothing draws it again
+        sample_stream, noise_stream = SecureRandom(), SecureRandom()  # fresh 256-bit OS keys, never kept
         for k in range(request.num_steps):
-            index = self.data.poisson_sample(rates, sample_gen)
+            index = self.data.poisson_sample(rates, sample_stream)
             phi_t = scattering_features(self.data.float_images(index))
             y_t = centred_one_hot(self.data.labels[index], num_classes)
             grad = clipped_gradient_sum(images.float(), y_s, phi_t, y_t, self.clip_norm, request.reg, EXAMPLES_PER_PASS)
-            images, m, v = adam_update(images, m, v, grad + noise[k], request.step + k + 1, request.lr)
+            # The step's noise is drawn here, once; nothing ever draws it again (retries read the ledger).
+            noisy_grad = noisy(grad, self.noise_std(request), self.noise_sampler, noise_stream)
+            images, m, v = adam_update(images, m, v, noisy_grad, request.step + k + 1, request.lr)
             if progress is not None:
                 progress(1)
         return images.float().numpy(), m.float().numpy(), v.float().numpy()

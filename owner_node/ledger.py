@@ -4,6 +4,11 @@ A release is reserved, budget-checked and committed in one immediate transaction
 private computation starts; the noisy answer is committed before it is returned. A crash after
 the reservation counts as spent. A retry with the same request id gets the stored answer (or, if
 the crash came before an answer was stored, the one answer computed now): never a second spend.
+
+A run plan reserves a whole run's releases before the first one (``reserve_plan``): its releases
+not yet made count against the budget of everything else, so an accepted run cannot be refused
+part-way for lack of budget. A release whose request id starts with the plan's prefix, at the
+plan's sigma and q, draws on that reservation instead of adding to the total.
 """
 
 from __future__ import annotations
@@ -28,6 +33,16 @@ CREATE TABLE IF NOT EXISTS releases (
     reserved_at REAL NOT NULL,
     released_at REAL
 );
+CREATE TABLE IF NOT EXISTS plans (
+    plan_id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    request_prefix TEXT NOT NULL UNIQUE,
+    noise_multiplier REAL NOT NULL,
+    sample_rate REAL NOT NULL,
+    releases INTEGER NOT NULL,
+    reserved_at REAL NOT NULL,
+    cancelled_at REAL
+);
 """
 
 
@@ -37,6 +52,19 @@ class LedgerConflict(ValueError):
 
 class BudgetExceeded(RuntimeError):
     """The release would take the owner past its configured budget."""
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    plan_id: str
+    request_prefix: str
+    event: SampledGaussianEvent  # the whole plan
+    used: int  # releases already made under it
+    cancelled: bool
+
+    @property
+    def outstanding(self) -> int:
+        return 0 if self.cancelled else max(0, self.event.count - self.used)
 
 
 @dataclass(frozen=True)
@@ -57,6 +85,9 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(releases)").fetchall()}
+        if "plan_id" not in columns:  # ledgers written before run plans existed
+            self._db.execute("ALTER TABLE releases ADD COLUMN plan_id TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -77,6 +108,29 @@ class Ledger:
         """Every reserved or released draw: all of them count as spent."""
         return [row.event for row in self.rows()]
 
+    def plans(self) -> list[PlanRow]:
+        cur = self._db.execute(
+            "SELECT p.plan_id, p.request_prefix, p.noise_multiplier, p.sample_rate, p.releases, p.cancelled_at, "
+            "COALESCE((SELECT SUM(r.draws) FROM releases r WHERE r.plan_id = p.plan_id), 0) "
+            "FROM plans p ORDER BY p.reserved_at"
+        )
+        return [
+            PlanRow(r[0], r[1], SampledGaussianEvent(r[2], r[3], r[4]), int(r[6]), r[5] is not None)
+            for r in cur.fetchall()
+        ]
+
+    def outstanding(self) -> list[SampledGaussianEvent]:
+        """What accepted plans still hold in reserve (releases planned, not yet made)."""
+        return [
+            SampledGaussianEvent(p.event.noise_multiplier, p.event.sample_rate, p.outstanding)
+            for p in self.plans()
+            if p.outstanding > 0
+        ]
+
+    def committed(self) -> list[SampledGaussianEvent]:
+        """Everything the budget must cover: every release made or reserved, and every plan's remainder."""
+        return self.events() + self.outstanding()
+
     def reserve(
         self,
         request_id: str,
@@ -94,17 +148,16 @@ class Ledger:
                 if row[0] != digest:
                     raise LedgerConflict(f"request id {request_id!r} was already used for a different request")
                 return bytes(row[2]) if row[1] == "released" else None
-            spent = [
-                SampledGaussianEvent(s, q, n)
-                for s, q, n in db.execute("SELECT noise_multiplier, sample_rate, draws FROM releases").fetchall()
-            ]
-            if not within_budget(spent + [event]):
+            plan_id = self._plan_for(request_id, event)
+            # A planned release turns part of its plan's reserve into a release: the total stays the same.
+            total = self.committed() if plan_id is not None else self.committed() + [event]
+            if not within_budget(total):
                 db.execute("ROLLBACK")
                 raise BudgetExceeded("release refused: it would exceed the owner's privacy budget")
             db.execute(
-                "INSERT INTO releases (request_id, digest, state, noise_multiplier, sample_rate, draws, reserved_at) "
-                "VALUES (?, ?, 'reserved', ?, ?, ?, ?)",
-                (request_id, digest, event.noise_multiplier, event.sample_rate, event.count, time.time()),
+                "INSERT INTO releases (request_id, digest, state, noise_multiplier, sample_rate, draws, reserved_at, "
+                "plan_id) VALUES (?, ?, 'reserved', ?, ?, ?, ?, ?)",
+                (request_id, digest, event.noise_multiplier, event.sample_rate, event.count, time.time(), plan_id),
             )
             db.execute("COMMIT")
             return None
@@ -114,6 +167,75 @@ class Ledger:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _plan_for(self, request_id: str, event: SampledGaussianEvent) -> str | None:
+        """The accepted plan this release belongs to, if its id, sigma and q match and the plan has room."""
+        for plan in self.plans():
+            if (
+                request_id.startswith(plan.request_prefix)
+                and plan.event.noise_multiplier == event.noise_multiplier
+                and plan.event.sample_rate == event.sample_rate
+                and plan.outstanding >= event.count
+            ):
+                return plan.plan_id
+        return None
+
+    def reserve_plan(
+        self,
+        plan_id: str,
+        digest: str,
+        request_prefix: str,
+        event: SampledGaussianEvent,
+        within_budget: Callable[[list[SampledGaussianEvent]], bool],
+    ) -> None:
+        """Hold a whole run's releases; repeating an accepted plan (a resumed run) is a no-op."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT digest FROM plans WHERE plan_id = ?", (plan_id,)).fetchone()
+            if row is not None:
+                db.execute("COMMIT")
+                if row[0] != digest:
+                    raise LedgerConflict(f"plan id {plan_id!r} was already used for a different plan")
+                return
+            for other in self.plans():
+                if other.request_prefix.startswith(request_prefix) or request_prefix.startswith(other.request_prefix):
+                    db.execute("ROLLBACK")
+                    raise LedgerConflict(
+                        f"request prefix {request_prefix!r} overlaps that of plan {other.plan_id!r}: "
+                        "each plan needs request ids of its own"
+                    )
+            taken = db.execute(
+                "SELECT COUNT(*) FROM releases WHERE substr(request_id, 1, length(?)) = ?",
+                (request_prefix, request_prefix),
+            ).fetchone()[0]
+            if taken:
+                db.execute("ROLLBACK")
+                raise LedgerConflict(f"{taken} releases already use request ids starting with {request_prefix!r}")
+            if not within_budget(self.committed() + [event]):
+                db.execute("ROLLBACK")
+                raise BudgetExceeded("plan refused: its releases would exceed the owner's privacy budget")
+            db.execute(
+                "INSERT INTO plans (plan_id, digest, request_prefix, noise_multiplier, sample_rate, releases, "
+                "reserved_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (plan_id, digest, request_prefix, event.noise_multiplier, event.sample_rate, event.count, time.time()),
+            )
+            db.execute("COMMIT")
+        except (LedgerConflict, BudgetExceeded):
+            raise
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def cancel_plan(self, plan_id: str) -> PlanRow:
+        """Free what an abandoned run still holds (an operator's decision); its releases stay spent."""
+        cur = self._db.execute(
+            "UPDATE plans SET cancelled_at = ? WHERE plan_id = ? AND cancelled_at IS NULL", (time.time(), plan_id)
+        )
+        if cur.rowcount != 1:
+            raise ValueError(f"no open plan {plan_id!r} in the ledger")
+        return next(p for p in self.plans() if p.plan_id == plan_id)
 
     def record_reply(self, request_id: str, reply: bytes) -> None:
         """Store the answer durably; only after this returns may it leave the owner."""

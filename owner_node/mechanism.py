@@ -3,27 +3,22 @@
 Per draw: rebuild the public network and its public subspace, Poisson-sample every class with the
 owner's own generator, push the sample through augment -> describe (embedding or per-example loss
 gradient) -> project -> clip, sum per class,
-and add Gaussian noise of std sigma * C exactly once. The sample and the noise come from
-generators seeded from OS entropy at each release, never from anything in the request.
+and add Gaussian noise of std sigma * C exactly once. The sample and the noise come from fresh
+ChaCha20 streams keyed with 256 bits of OS entropy at each request (``owner_node.randomness``),
+never from anything in the request.
 """
 
 from __future__ import annotations
-
-import secrets
 
 import numpy as np
 import torch
 
 from owner_node.data import PrivateData
+from owner_node.randomness import SecureRandom, check_sampler, noisy
 from shared.networks import NetworkSpec, build_network, freeze
 from shared.protocol import FeatureRequest
 from shared.statistic import EMBED_CHUNK, class_sums, per_example_statistic, public_subspace, released_dim
 from shared.subspace import Subspace
-
-
-def entropy_generator() -> torch.Generator:
-    """A generator seeded from the OS entropy pool; its seed is never stored or returned."""
-    return torch.Generator().manual_seed(secrets.randbits(63))
 
 
 def clean_class_sums(
@@ -54,8 +49,15 @@ class FeatureMechanism:
     """Answers validated release requests (either signal kind) from the private data; knows nothing of budgets."""
 
     def __init__(
-        self, data: PrivateData, aux_images: torch.Tensor, clip_norm: float, aux_labels: torch.Tensor | None = None
+        self,
+        data: PrivateData,
+        aux_images: torch.Tensor,
+        clip_norm: float,
+        aux_labels: torch.Tensor | None = None,
+        noise_sampler: str = "csprng",
     ):
+        check_sampler(noise_sampler)
+        self.noise_sampler = noise_sampler
         self.data = data
         self.aux_images = aux_images
         self.aux_labels = aux_labels
@@ -83,16 +85,11 @@ class FeatureMechanism:
         """Noisy sums [draws, classes, k] for a request that has already been validated and reserved."""
         rates = self.data.sample_rates(request.expected_group_size)
         num_classes = len(self.data.class_names)
-        sample_gen = entropy_generator()
-        noise_gen = entropy_generator()
-        # All noise for this release is drawn here, once; nothing ever draws it again.
-        dim = request.statistic_dim
-        noise = torch.randn(request.num_draws, num_classes, dim, generator=noise_gen, dtype=torch.float64)
-        noise *= self.noise_std(request)
-        out = np.empty((request.num_draws, num_classes, dim), dtype=np.float32)
+        sample_stream, noise_stream = SecureRandom(), SecureRandom()  # fresh 256-bit OS keys, never kept
+        out = np.empty((request.num_draws, num_classes, request.statistic_dim), dtype=np.float32)
         for d, (net_seed, aug_seed) in enumerate(zip(request.network_seeds, request.augment_seeds, strict=True)):
             net, subspace = self.network_and_subspace(request.network, net_seed, request.subspace_dim, request.signal)
-            index = self.data.poisson_sample(rates, sample_gen)
+            index = self.data.poisson_sample(rates, sample_stream)
             sums = clean_class_sums(
                 net,
                 subspace,
@@ -105,7 +102,8 @@ class FeatureMechanism:
                 request.signal,
             )
             del subspace  # a gradient basis can be tens of MB; never hold two
-            out[d] = (sums + noise[d]).numpy()
+            # Each draw's noise is drawn here, once; nothing ever draws it again (retries read the ledger).
+            out[d] = noisy(sums, self.noise_std(request), self.noise_sampler, noise_stream).numpy()
             if progress is not None:
                 progress(1)
         return out

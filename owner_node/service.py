@@ -20,7 +20,8 @@ from owner_node.data import PrivateData, load_auxiliary, load_private_data
 from owner_node.kip_mechanism import KipStepMechanism
 from owner_node.ledger import BudgetExceeded, Ledger, LedgerConflict
 from owner_node.mechanism import FeatureMechanism
-from shared.accounting import SampledGaussianEvent
+from owner_node.randomness import inclusion_threshold
+from shared.accounting import SampledGaussianEvent, epsilon
 from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
 from shared.protocol import (
@@ -33,6 +34,8 @@ from shared.protocol import (
     KipStepReply,
     KipStepRequest,
     OwnerInfo,
+    PlanReply,
+    PlanRequest,
     ProtocolError,
     decode,
     encode,
@@ -48,10 +51,12 @@ MAX_SEED = 2**63 - 1
 MAX_NOISE_MULTIPLIER = 1e6
 # Refusals may quote what was sent; cut so that one always fits in gRPC trailers and in a log line.
 MAX_REFUSAL_CHARS = 1000
+# Room in a reply for its JSON header and the npz entries' own headers, beyond the arrays themselves.
+REPLY_OVERHEAD_BYTES = 64 * 1024
 # Which message kinds each RPC of shared/rpc/owner.proto accepts.
 KINDS_FOR_METHOD: dict[str, tuple[type, ...]] = {
     "Describe": (DescribeRequest,),
-    "Release": (FeatureRequest, KipStepRequest),
+    "Release": (FeatureRequest, KipStepRequest, PlanRequest),
     "Budget": (BudgetRequest,),
 }
 
@@ -78,9 +83,9 @@ class OwnerService:
             )
         self.aux_hash = content_hash(aux.images)
         self.mechanism = FeatureMechanism(
-            self.data, to_float(aux.images, config.normalization), config.clip_norm, aux.labels
+            self.data, to_float(aux.images, config.normalization), config.clip_norm, aux.labels, config.noise_sampler
         )
-        self.kip = KipStepMechanism(self.data, config.clip_norm)
+        self.kip = KipStepMechanism(self.data, config.clip_norm, config.noise_sampler)
         self.num_aux = len(aux)
         self.ledger = Ledger(config.ledger_path)
         self._lock = threading.Lock()
@@ -125,6 +130,8 @@ class OwnerService:
                 return self.release(request, progress)
             if isinstance(request, KipStepRequest):
                 return self.kip_steps(request, progress)
+            if isinstance(request, PlanRequest):
+                return encode(self.plan(request))
             raise RequestRefused("unsupported", f"the owner does not answer {request.kind} messages")
         except RequestRefused:
             raise
@@ -144,10 +151,72 @@ class OwnerService:
             aux_hash=self.aux_hash,
             clip_norm=self.config.clip_norm,
             limits=self.config.limits.to_dict() | {"epsilon": self.config.epsilon, "delta": self.config.delta},
+            epsilon_budget=self.config.epsilon,
+            delta=self.config.delta,
+            accountant=self.config.accountant,
+            noise_sampler=self.config.noise_sampler,
         )
 
     def budget(self) -> BudgetReport:
-        return budget_report(self.config, self.ledger.events())
+        return budget_report(self.config, self.ledger.events(), self.ledger.outstanding())
+
+    def plan(self, request: PlanRequest) -> PlanReply:
+        """Accept or refuse a whole run before its first release, and hold its budget in the ledger.
+
+        The template is validated exactly as the run's first request will be, so a run refused for
+        a limit or for the budget is refused here, having spent nothing.
+        """
+        for name, value in (("plan_id", request.plan_id), ("request_prefix", request.request_prefix)):
+            if not REQUEST_ID.fullmatch(value):
+                raise RequestRefused(
+                    "invalid_request", f"{name} must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+                )
+        if len(request.request_prefix) < 8:
+            raise RequestRefused("invalid_request", "request_prefix must be at least 8 characters (one run's own ids)")
+        try:
+            template = decode(request.template, max_bytes=self.config.limits.max_message_bytes)
+        except ProtocolError as exc:
+            raise RequestRefused("bad_message", f"the plan's template request: {exc}") from exc
+        if isinstance(template, FeatureRequest):
+            event = self.validate(template)
+        elif isinstance(template, KipStepRequest):
+            event = self.validate_kip(template)
+        else:
+            raise RequestRefused("invalid_request", f"a plan's template must be a release request, not {template.kind}")
+        if not template.request_id.startswith(request.request_prefix):
+            raise RequestRefused("invalid_request", "the template's request_id must start with the plan's prefix")
+        if not 1 <= request.total_releases <= 10**7:
+            raise RequestRefused("invalid_request", f"total_releases must be in 1..1e7, got {request.total_releases}")
+        whole = SampledGaussianEvent(event.noise_multiplier, event.sample_rate, request.total_releases)
+        digest = hashlib.sha256(encode(request)).hexdigest()
+        with self._lock:
+            try:
+                self.ledger.reserve_plan(
+                    request.plan_id,
+                    digest,
+                    request.request_prefix,
+                    whole,
+                    lambda events: within_budget(self.config, events),
+                )
+            except LedgerConflict as exc:
+                raise RequestRefused("id_conflict", str(exc)) from exc
+            except BudgetExceeded as exc:
+                raise self._over_budget(exc, whole, "releases") from exc
+            committed = epsilon(self.ledger.committed(), self.config.delta, self.config.accountant)
+        log.info("accepted plan %s: %d releases at sigma=%.4f, q=%.6f", request.plan_id, whole.count,
+                 whole.noise_multiplier, whole.sample_rate)
+        return PlanReply(request.plan_id, whole, committed, self.config.accountant, self.config.delta)
+
+    def _over_budget(self, exc: Exception, event: SampledGaussianEvent, unit: str) -> RequestRefused:
+        report = self.budget()
+        spent = report.epsilon_rdp if self.config.accountant == "rdp" else report.epsilon_prv
+        return RequestRefused(
+            "budget_exceeded",
+            f"{exc} (budget epsilon={self.config.epsilon} at delta={self.config.delta}, enforced with "
+            f"{self.config.accountant.upper()}; spent {spent:.4f}; committed {report.epsilon_committed:.4f} with the "
+            f"{report.reserved_releases} releases that accepted run plans hold; this asks for {event.count} {unit} "
+            f"at sigma={event.noise_multiplier:.4f}, q={event.sample_rate:.6f})",
+        )
 
     def release(self, request: FeatureRequest, progress=None) -> bytes:
         """Validate, reserve in the ledger, compute, record, and only then return the reply bytes."""
@@ -202,14 +271,8 @@ class OwnerService:
             except LedgerConflict as exc:
                 raise RequestRefused("id_conflict", str(exc)) from exc
             except BudgetExceeded as exc:
-                report = self.budget()
                 unit = "draws" if isinstance(request, FeatureRequest) else "KIP steps (releases)"
-                raise RequestRefused(
-                    "budget_exceeded",
-                    f"{exc} (budget epsilon={self.config.epsilon} at delta={self.config.delta}; "
-                    f"spent {report.epsilon_prv:.4f}; this request asks for {event.count} {unit} at "
-                    f"sigma={event.noise_multiplier:.4f}, q={event.sample_rate:.6f})",
-                ) from exc
+                raise self._over_budget(exc, event, unit) from exc
             if stored is not None:
                 return stored
             reply = compute()
@@ -234,12 +297,27 @@ class OwnerService:
             raise RequestRefused(
                 "sample_rate_too_high", f"sampling rate {q:.5f} exceeds the owner's cap {lim.max_sample_rate}"
             )
+        for rate in self.data.sample_rates(expected_group_size):
+            try:
+                inclusion_threshold(rate)  # the exact sampler must represent every class's rate
+            except ValueError as exc:
+                raise RequestRefused("invalid_request", f"expected_group_size {expected_group_size:g}: {exc}") from exc
         if not (np.isfinite(noise_multiplier) and noise_multiplier >= lim.min_noise_multiplier):
             raise RequestRefused("noise_too_low", f"noise_multiplier must be >= {lim.min_noise_multiplier}")
         if noise_multiplier > MAX_NOISE_MULTIPLIER:
             reason = f"noise_multiplier must be at most {MAX_NOISE_MULTIPLIER:g}, got {noise_multiplier:g}"
             raise RequestRefused("invalid_request", reason)
         return float(q)
+
+    def _check_reply_size(self, array_bytes: int, advice: str) -> None:
+        """Refuse, before anything is reserved, a reply too large to leave (it would be spent, never sent)."""
+        limit = self.config.limits.max_message_bytes
+        if array_bytes + REPLY_OVERHEAD_BYTES > limit:
+            raise RequestRefused(
+                "too_large",
+                f"the reply would hold about {array_bytes + REPLY_OVERHEAD_BYTES} bytes, above the owner's limit "
+                f"of {limit}: {advice}",
+            )
 
     def validate_kip(self, r: KipStepRequest) -> SampledGaussianEvent:
         """Check a KIP step request against the owner's own limits; return the privacy event it would cost."""
@@ -257,6 +335,7 @@ class OwnerService:
             )
         if m > lim.max_kip_images:
             raise RequestRefused("too_large", f"at most {lim.max_kip_images} synthetic images per request, got {m}")
+        self._check_reply_size(3 * r.images.size * 4, "ask for fewer synthetic images")
         if self.data.image_shape[1] % 4 or self.data.image_shape[2] % 4:
             raise RequestRefused("invalid_request", "scattering (J = 2) needs image sides divisible by 4")
         if not 1 <= r.num_steps <= lim.max_kip_steps_per_request:
@@ -320,13 +399,11 @@ class OwnerService:
                 f"the owner allows {lim.max_basis_mb} MB: use a smaller network or subspace",
                 "too_large",
             )
-        reply_bytes = r.num_draws * len(self.data.class_names) * r.statistic_dim * 4
-        if reply_bytes > lim.max_message_bytes:
-            raise refuse(
-                f"the reply would hold {reply_bytes} bytes, above the owner's limit of {lim.max_message_bytes}: "
-                "ask for fewer draws per request or a projection",
-                "too_large",
-            )
+        # Noisy sums plus one basis fingerprint per draw (at most a class sum's length).
+        self._check_reply_size(
+            r.num_draws * (len(self.data.class_names) + 1) * r.statistic_dim * 4,
+            "ask for fewer draws per request or a projection",
+        )
         if r.aux_hash != self.aux_hash:
             raise refuse("auxiliary set hash does not match the owner's public auxiliary set", "unknown_aux")
         q = self._check_common(r.request_id, r.expected_group_size, r.noise_multiplier)

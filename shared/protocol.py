@@ -119,6 +119,12 @@ class OwnerInfo:
     aux_hash: str
     clip_norm: float
     limits: dict
+    # The rules the owner enforces, which a distiller must plan with (its own delta or accountant
+    # would make a plan the owner refuses part-way).
+    epsilon_budget: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "prv"
+    noise_sampler: str = "csprng"
 
     def to_wire(self) -> tuple[dict, dict]:
         return {
@@ -130,6 +136,10 @@ class OwnerInfo:
             "aux_hash": self.aux_hash,
             "clip_norm": self.clip_norm,
             "limits": self.limits,
+            "epsilon_budget": self.epsilon_budget,
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "noise_sampler": self.noise_sampler,
         }, {}
 
     @classmethod
@@ -146,6 +156,10 @@ class OwnerInfo:
             aux_hash=_get(h, "aux_hash", str),
             clip_norm=_get(h, "clip_norm", float),
             limits=_get(h, "limits", dict),
+            epsilon_budget=_get(h, "epsilon_budget", float),
+            delta=_get(h, "delta", float),
+            accountant=_get(h, "accountant", str),
+            noise_sampler=_get(h, "noise_sampler", str),
         )
 
 
@@ -223,13 +237,17 @@ class FeatureReply:
     """Noisy sums [draws, classes, k] and what the distiller needs to read them."""
 
     kind: ClassVar[str] = "feature_reply"
-    array_names: ClassVar[tuple[str, ...]] = ("noisy_sums",)
+    array_names: ClassVar[tuple[str, ...]] = ("basis_fingerprints", "noisy_sums")
+    optional_arrays: ClassVar[tuple[str, ...]] = ("basis_fingerprints",)  # replies stored before they existed
     request_id: str
     noisy_sums: np.ndarray
     expected_counts: tuple[float, ...]
     noise_multiplier: float
     clip_norm: float
     events: tuple[SampledGaussianEvent, ...]
+    # [draws, f]: a public fingerprint of each draw's basis as the owner built it (shared.subspace),
+    # so the distiller can refuse to match against a basis that differs from its own; f = 0 without one.
+    basis_fingerprints: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
     def to_wire(self) -> tuple[dict, dict]:
         return {
@@ -238,7 +256,10 @@ class FeatureReply:
             "noise_multiplier": self.noise_multiplier,
             "clip_norm": self.clip_norm,
             "events": [e.to_dict() for e in self.events],
-        }, {"noisy_sums": np.ascontiguousarray(self.noisy_sums, dtype=np.float32)}
+        }, {
+            "noisy_sums": np.ascontiguousarray(self.noisy_sums, dtype=np.float32),
+            "basis_fingerprints": np.ascontiguousarray(self.basis_fingerprints, dtype=np.float32),
+        }
 
     @classmethod
     def from_wire(cls, h: dict, a: dict) -> FeatureReply:
@@ -248,6 +269,9 @@ class FeatureReply:
         sums = _array(a, "noisy_sums", 3)
         if sums.shape[1] != len(counts):
             raise ProtocolError("noisy_sums and expected_counts disagree on the number of classes")
+        prints = _array(a, "basis_fingerprints", 2) if "basis_fingerprints" in a else np.zeros((0, 0), np.float32)
+        if prints.shape[0] not in (0, sums.shape[0]):
+            raise ProtocolError("basis_fingerprints must hold one row per draw")
         return cls(
             request_id=_get(h, "request_id", str),
             noisy_sums=sums,
@@ -255,6 +279,7 @@ class FeatureReply:
             noise_multiplier=_get(h, "noise_multiplier", float),
             clip_norm=_get(h, "clip_norm", float),
             events=_events_from(h, "events"),
+            basis_fingerprints=prints.astype(np.float32, copy=False),
         )
 
 
@@ -362,6 +387,75 @@ class KipStepReply:
 
 
 @dataclass(frozen=True)
+class PlanRequest:
+    """Reserve a whole run before its first release, so that it never stops half-spent.
+
+    ``template`` is the encoded first request of the run (a ``FeatureRequest`` or
+    ``KipStepRequest``): the owner validates it against every limit as if it were sent, then
+    reserves ``total_releases`` releases at its sigma and q in the ledger. Later requests whose id
+    starts with ``request_prefix`` and whose sigma and q match draw on that reservation.
+    """
+
+    kind: ClassVar[str] = "plan_request"
+    array_names: ClassVar[tuple[str, ...]] = ("template",)
+    plan_id: str
+    request_prefix: str
+    total_releases: int
+    template: bytes
+
+    def to_wire(self) -> tuple[dict, dict]:
+        return {
+            "plan_id": self.plan_id,
+            "request_prefix": self.request_prefix,
+            "total_releases": self.total_releases,
+        }, {"template": np.frombuffer(self.template, dtype=np.uint8)}
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> PlanRequest:
+        template = _array(a, "template", 1)
+        if template.dtype != np.uint8:
+            raise ProtocolError("array 'template' must be bytes (uint8)")
+        return cls(
+            plan_id=_get(h, "plan_id", str),
+            request_prefix=_get(h, "request_prefix", str),
+            total_releases=_get(h, "total_releases", int),
+            template=template.tobytes(),
+        )
+
+
+@dataclass(frozen=True)
+class PlanReply:
+    """The owner's acceptance: the reservation it holds and the epsilon committed with it."""
+
+    kind: ClassVar[str] = "plan_reply"
+    plan_id: str
+    event: SampledGaussianEvent
+    epsilon_committed: float
+    accountant: str
+    delta: float
+
+    def to_wire(self) -> tuple[dict, dict]:
+        return {
+            "plan_id": self.plan_id,
+            "event": self.event.to_dict(),
+            "epsilon_committed": self.epsilon_committed,
+            "accountant": self.accountant,
+            "delta": self.delta,
+        }, {}
+
+    @classmethod
+    def from_wire(cls, h: dict, a: dict) -> PlanReply:
+        (event,) = _events_from({"e": [_get(h, "event", dict)]}, "e")
+        return cls(
+            plan_id=_get(h, "plan_id", str),
+            event=event,
+            epsilon_committed=_get(h, "epsilon_committed", float),
+            accountant=_get(h, "accountant", str),
+            delta=_get(h, "delta", float),
+        )
+
+
+@dataclass(frozen=True)
 class BudgetRequest:
     kind: ClassVar[str] = "budget_request"
 
@@ -388,10 +482,17 @@ class BudgetReport:
     clip_norm: float
     events: tuple[SampledGaussianEvent, ...]
     public: tuple[str, ...] = field(default=())
+    accountant: str = "prv"  # the one the owner enforces its budget with
+    # Spent plus what accepted run plans still hold in reserve, under ``accountant``: the budget
+    # a new run can have is what is left after this.
+    epsilon_committed: float = 0.0
+    reserved_releases: int = 0
+    noise_sampler: str = "csprng"
 
     @property
     def epsilon_remaining(self) -> float:
-        return max(0.0, self.epsilon_budget - self.epsilon_prv)
+        spent = self.epsilon_rdp if self.accountant == "rdp" else self.epsilon_prv
+        return max(0.0, self.epsilon_budget - max(spent, self.epsilon_committed))
 
     def to_wire(self) -> tuple[dict, dict]:
         return {
@@ -405,6 +506,10 @@ class BudgetReport:
             "clip_norm": self.clip_norm,
             "events": [e.to_dict() for e in self.events],
             "public": list(self.public),
+            "accountant": self.accountant,
+            "epsilon_committed": self.epsilon_committed,
+            "reserved_releases": self.reserved_releases,
+            "noise_sampler": self.noise_sampler,
         }, {}
 
     @classmethod
@@ -420,6 +525,10 @@ class BudgetReport:
             clip_norm=_get(h, "clip_norm", float),
             events=_events_from(h, "events"),
             public=tuple(str(p) for p in _get(h, "public", list)),
+            accountant=_get(h, "accountant", str),
+            epsilon_committed=_get(h, "epsilon_committed", float),
+            reserved_releases=_get(h, "reserved_releases", int),
+            noise_sampler=_get(h, "noise_sampler", str),
         )
 
 
@@ -448,6 +557,8 @@ MESSAGES = {
         FeatureReply,
         KipStepRequest,
         KipStepReply,
+        PlanRequest,
+        PlanReply,
         BudgetRequest,
         BudgetReport,
         ErrorReply,
@@ -498,7 +609,9 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         raise ProtocolError(f"unknown message kind {kind!r}")
     names = _get(head, "arrays", list)
     expected = sorted(getattr(MESSAGES[kind], "array_names", ()))
-    if names != expected:  # checked before any array is read, so nothing unasked-for is ever loaded
+    optional = set(getattr(MESSAGES[kind], "optional_arrays", ()))
+    allowed = (expected, sorted(set(expected) - optional))
+    if names not in allowed:  # checked before any array is read, so nothing unasked-for is ever loaded
         raise ProtocolError(
             f"{kind} messages carry the arrays {expected}" if expected else f"{kind} messages carry no arrays"
         )

@@ -6,6 +6,7 @@ torch, numpy or any access to the data.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,51 @@ from shared.rpc.errors import OwnerCallError, error_from_rpc
 
 METHODS = ("Describe", "Release", "Budget")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def _valid_port(port: str) -> bool:
+    return port.isascii() and port.isdigit() and int(port) <= 65535
+
+
+def _split_host(address: str) -> tuple[str, bool] | None:
+    """``(host, is_bracketed)`` of ``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 literal."""
+    if address.startswith("["):
+        end = address.find("]")
+        if end < 0:
+            return None
+        rest = address[end + 1 :]
+        if rest and not (rest.startswith(":") and _valid_port(rest[1:])):
+            return None
+        return address[1:end], True
+    if address.count(":") == 1:
+        host, port = address.split(":")
+        return (host, False) if _valid_port(port) else None
+    return address, False  # no port, or a bare IPv6 literal such as ``::1``
 
 
 def is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0] if ":" in address else address
-    return host in LOOPBACK_HOSTS or host.startswith("127.") or address.startswith("unix:")
+    """Whether ``address`` can only reach this machine, so plaintext is acceptable there.
+
+    Only literals count: an IPv4 address in 127.0.0.0/8, ::1 (or an IPv4-mapped 127/8), the name
+    ``localhost``, or a ``unix:`` socket. Any other host name (``127.evil.example``) is resolved by DNS
+    and could point anywhere, and a malformed literal (``127.1``, ``127.0.0.256``) is refused: such
+    addresses need TLS.
+    """
+    if address.startswith("unix:"):
+        return True
+    split = _split_host(address)
+    if split is None:
+        return False
+    host, bracketed = split
+    if not bracketed and host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.IPv6Address(host) if bracketed else ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 def _read(path: str | Path | None) -> bytes | None:
