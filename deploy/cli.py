@@ -138,6 +138,14 @@ def cmd_bench_kip(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_randomness(a: argparse.Namespace) -> int:
+    from deploy.benchmark import write
+    from deploy.randomness_benchmark import randomness_costs
+
+    write(a.json, randomness_costs())
+    return 0
+
+
 def cmd_bench_signals(a: argparse.Namespace) -> int:
     from deploy.signal_benchmark import compare_signals
 
@@ -430,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--eval-runs", type=int, default=3)
     bs.add_argument("--only", nargs="+", help="run only these configurations (names as in signals.json)")
     bs.set_defaults(func=cmd_bench_signals)
+
+    br = sub.add_parser(
+        "bench-randomness", help="benchmark: cost of the owner's noise and Poisson sampling per request (JSON)"
+    )
+    br.add_argument("--json", default="runs/bench/randomness.json")
+    br.set_defaults(func=cmd_bench_randomness)
 
     bm = sub.add_parser(
         "bench-owner-memory",

@@ -1,0 +1,91 @@
+"""Benchmark: what the owner's privacy-critical randomness costs per request (JSON).
+
+Times, for one request of a given shape, the Poisson sample of every private record and the noise
+of every released coordinate: with the owner's ChaCha20 streams (``csprng``), with OpenDP's exact
+Gaussian (``exact``, on a subset of coordinates, then per coordinate), and with the PyTorch
+Mersenne Twister the owner used before (for comparison only: its 32-bit seed voided the guarantee).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from distiller_node.pipeline import peak_rss_mb
+from owner_node.randomness import SecureRandom, noisy
+from shared.moments import moment_dim
+
+# Request shapes of the presets (Fashion-MNIST: 10 classes of 6,000 records, group size 50).
+SHAPES = {
+    "default (features, 25 draws x 10 classes x k=100)": (25, 10, 100),
+    "kip-decoupled (25 draws x 10 classes x packed k=128)": (25, 10, moment_dim(128)),
+}
+CLASS_SIZES = [6000] * 10
+RATE = 50 / 6000
+EXACT_COORDINATES = 20_000
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _time(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def randomness_costs() -> dict:
+    results: dict = {"cpu_model": cpu_model(), "threads": torch.get_num_threads(), "requests": {}}
+    for name, (draws, classes, dim) in SHAPES.items():
+        coords = draws * classes * dim
+
+        def csprng_noise() -> None:
+            stream = SecureRandom()
+            for _ in range(draws):
+                noisy(torch.zeros(classes, dim, dtype=torch.float64), 1.0, "csprng", stream)
+
+        def csprng_sample() -> None:
+            stream = SecureRandom()
+            for _ in range(draws):
+                for n in CLASS_SIZES:
+                    stream.bernoulli(n, RATE)
+
+        def mt_noise() -> None:
+            torch.randn(draws, classes, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+        def mt_sample() -> None:
+            g = torch.Generator().manual_seed(2)
+            for _ in range(draws):
+                for n in CLASS_SIZES:
+                    torch.rand(n, generator=g) < RATE
+
+        results["requests"][name] = {
+            "coordinates": coords,
+            "records_sampled_per_draw": sum(CLASS_SIZES),
+            "csprng_noise_s": _time(csprng_noise),
+            "csprng_sample_s": _time(csprng_sample),
+            "mersenne_twister_noise_s (old, insecure)": _time(mt_noise),
+            "mersenne_twister_sample_s (old, insecure)": _time(mt_sample),
+        }
+    values = torch.zeros(EXACT_COORDINATES, dtype=torch.float64)
+    exact_s = _time(lambda: noisy(values, 1.0, "exact", SecureRandom()), repeat=1)
+    per = exact_s / EXACT_COORDINATES
+    results["exact_s_per_coordinate"] = per
+    for name, r in results["requests"].items():
+        r["exact_noise_s (extrapolated)"] = per * r["coordinates"]
+    results["exact_default_run_200k_coordinates_s (extrapolated)"] = per * 200_000
+    results["peak_rss_mb"] = peak_rss_mb()
+    return results
