@@ -295,14 +295,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_audit(a: argparse.Namespace) -> int:
     from owner_node.audit import AuditConfig, CanaryGame, KipStepCanaryGame, audit_subset, format_audit, write_audit
     from owner_node.config import OwnerConfig
-    from owner_node.data import PrivateData, load_auxiliary
-    from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, load_image_set, public_split, to_float
+    from owner_node.data import PrivateData, load_auxiliary, load_private_images, normalization_for
+    from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, public_split, to_float
     from shared.networks import NetworkSpec
 
     if a.config:
         owner = OwnerConfig.load(a.config)
-        data = load_image_set(owner.data_source, owner.data_path, train=True)
-        aux, norm, clip_norm, delta = load_auxiliary(owner), owner.normalization, owner.clip_norm, owner.delta
+        data = load_private_images(owner, progress=not a.no_progress)
+        aux, clip_norm, delta = load_auxiliary(owner), owner.clip_norm, owner.delta
+        norm = normalization_for(owner, aux)
     else:
         data = load_fashion_mnist(train=True, root=a.data_root)
         aux, _ = public_split(a.aux_per_class, a.data_root)

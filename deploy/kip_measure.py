@@ -64,7 +64,7 @@ def measure(phi_images: int, ipc: int, batch: int, passes: list[int], probe_batc
         "note": "phi of the private batch excluded (see phi); one step = one sampled Gaussian release",
     }
 
-    projection = kip_projection(phi[: max(k, phi_images // 2)], k)
+    projection = kip_projection(phi[: max(k + 1, phi_images // 2)], k)  # k + 1 vectors: k directions after centring
     z = projection.project(phi)
     release_labels = labels_t.repeat(phi_images // batch + 1)[:phi_images]
     seconds, vec = _timed(lambda: class_sums(clip_rows(pack_moments(z), 1.0), release_labels, classes))

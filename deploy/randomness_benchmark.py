@@ -47,44 +47,46 @@ def _time(fn, repeat: int = 3) -> float:
     return best
 
 
+def _csprng_noise(draws: int, classes: int, dim: int) -> None:
+    stream = SecureRandom()
+    for _ in range(draws):
+        noisy(torch.zeros(classes, dim, dtype=torch.float64), 1.0, "csprng", stream)
+
+
+def _csprng_sample(draws: int) -> None:
+    stream = SecureRandom()
+    for _ in range(draws):
+        for n in CLASS_SIZES:
+            stream.bernoulli(n, RATE)
+
+
+def _mt_noise(draws: int, classes: int, dim: int) -> None:
+    torch.randn(draws, classes, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def _mt_sample(draws: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    for _ in range(draws):
+        for n in CLASS_SIZES:
+            _ = torch.rand(n, generator=g) < RATE
+
+
 def randomness_costs() -> dict:
     results: dict = {"cpu_model": cpu_model(), "threads": torch.get_num_threads(), "requests": {}}
     for name, (draws, classes, dim) in SHAPES.items():
-        coords = draws * classes * dim
-
-        def csprng_noise() -> None:
-            stream = SecureRandom()
-            for _ in range(draws):
-                noisy(torch.zeros(classes, dim, dtype=torch.float64), 1.0, "csprng", stream)
-
-        def csprng_sample() -> None:
-            stream = SecureRandom()
-            for _ in range(draws):
-                for n in CLASS_SIZES:
-                    stream.bernoulli(n, RATE)
-
-        def mt_noise() -> None:
-            torch.randn(draws, classes, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-
-        def mt_sample() -> None:
-            g = torch.Generator().manual_seed(2)
-            for _ in range(draws):
-                for n in CLASS_SIZES:
-                    torch.rand(n, generator=g) < RATE
-
         results["requests"][name] = {
-            "coordinates": coords,
+            "coordinates": draws * classes * dim,
             "records_sampled_per_draw": sum(CLASS_SIZES),
-            "csprng_noise_s": _time(csprng_noise),
-            "csprng_sample_s": _time(csprng_sample),
-            "mersenne_twister_noise_s (old, insecure)": _time(mt_noise),
-            "mersenne_twister_sample_s (old, insecure)": _time(mt_sample),
+            "csprng_noise_s": _time(lambda d=draws, c=classes, k=dim: _csprng_noise(d, c, k)),
+            "csprng_sample_s": _time(lambda d=draws: _csprng_sample(d)),
+            "mersenne_twister_noise_s (old, insecure)": _time(lambda d=draws, c=classes, k=dim: _mt_noise(d, c, k)),
+            "mersenne_twister_sample_s (old, insecure)": _time(lambda d=draws: _mt_sample(d)),
         }
     values = torch.zeros(EXACT_COORDINATES, dtype=torch.float64)
     exact_s = _time(lambda: noisy(values, 1.0, "exact", SecureRandom()), repeat=1)
     per = exact_s / EXACT_COORDINATES
     results["exact_s_per_coordinate"] = per
-    for name, r in results["requests"].items():
+    for r in results["requests"].values():
         r["exact_noise_s (extrapolated)"] = per * r["coordinates"]
     results["exact_default_run_200k_coordinates_s (extrapolated)"] = per * 200_000
     results["peak_rss_mb"] = peak_rss_mb()

@@ -16,7 +16,7 @@ from distiller_node.client import OwnerClient
 from distiller_node.pipeline import DistillerConfig, run_distillation
 from owner_node.config import Limits, OwnerConfig, ServiceConfig, write_config
 from owner_node.service import OwnerService
-from shared.datasets import ImageSet, load_fashion_mnist, public_split, save_npz
+from shared.datasets import FASHION_MNIST_NORMALIZATION, ImageSet, load_fashion_mnist, public_split, save_npz
 
 
 def owner_dirs(out: Path, num_owners: int) -> list[Path]:
@@ -66,6 +66,7 @@ def prepare_owners(
             ledger_path=Path("ledger.sqlite"),
             epsilon=epsilon,
             delta=delta,
+            normalization=FASHION_MNIST_NORMALIZATION,
             limits=limits or Limits(),
             service=services[i] if services else ServiceConfig(),
         )

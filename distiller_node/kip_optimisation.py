@@ -18,10 +18,11 @@ import torch
 from tqdm import tqdm
 
 from distiller_node.optimisation import OptimisationConfig, SyntheticState
+from distiller_node.signal_store import Signals
 from shared.kip import DEFAULT_REG, centred_one_hot, decoupled_krr_loss, psd_part
 from shared.moments import moment_k, unpack_moments
 from shared.scattering import scattering_features
-from shared.subspace import Subspace
+from shared.subspace import FINGERPRINT_TOL, Subspace, basis_fingerprint
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,35 @@ class MomentEstimate:
         return cls(psd_part(second), sums, energy)
 
 
+def check_kip_projection(signals: Signals, projection: Subspace, tol: float = FINGERPRINT_TOL) -> None:
+    """Refuse releases whose owner projected them with another projection than ``projection``.
+
+    One public projection serves every kip draw, so its fingerprint is computed once and compared
+    with every stored draw's, before the releases are summed into one moment estimate.
+    """
+    own = basis_fingerprint(projection)
+    for draw in range(signals.noisy_sums.shape[0]):
+        signals.check_basis(draw, own, tol)
+
+
 class KipDistiller:
     def __init__(
-        self, estimate: MomentEstimate, projection: Subspace, cfg: OptimisationConfig, reg: float = DEFAULT_REG
+        self,
+        estimate: MomentEstimate,
+        projection: Subspace,
+        cfg: OptimisationConfig,
+        reg: float = DEFAULT_REG,
+        signals: Signals | None = None,
+        fingerprint_tol: float = FINGERPRINT_TOL,
     ):
+        """``signals``: the stored releases ``estimate`` was made from; given, their owners' projection
+        fingerprints are checked against ``projection`` before anything is optimised."""
         if projection.dim != estimate.class_sums.shape[1]:
             raise ValueError(
                 f"the projection has {projection.dim} dimensions, the releases {estimate.class_sums.shape[1]}"
             )
+        if signals is not None:
+            check_kip_projection(signals, projection, fingerprint_tol)
         self.estimate = estimate
         self.projection = projection
         self.cfg = cfg

@@ -12,7 +12,7 @@ import torch
 
 from shared.networks import ConvNet, NetworkSpec, build_network, freeze
 from shared.statistic import public_subspace
-from shared.subspace import Subspace
+from shared.subspace import Subspace, basis_fingerprint
 
 
 class NetworkCache:
@@ -31,17 +31,27 @@ class NetworkCache:
         self.signal = signal
         self.subspace_dim = subspace_dim
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[int, tuple[ConvNet, Subspace | None, int]] = OrderedDict()
+        # seed -> (network, basis, the basis's fingerprint, bytes held)
+        self._entries: OrderedDict[int, tuple[ConvNet, Subspace | None, torch.Tensor | None, int]] = OrderedDict()
         self._bytes = 0
         self.hits = 0
         self.misses = 0
 
     def get(self, seed: int) -> tuple[ConvNet, Subspace | None]:
+        net, sub, _ = self.get_with_fingerprint(seed)
+        return net, sub
+
+    def get_with_fingerprint(self, seed: int) -> tuple[ConvNet, Subspace | None, torch.Tensor | None]:
+        """The network, its basis and ``basis_fingerprint`` of that basis (None without projection).
+
+        The fingerprint is computed once per build (k numbers, kept with the basis), so checking a
+        draw against the owner's costs nothing on a cache hit and one basis-sized product on a miss.
+        """
         if seed in self._entries:
             self._entries.move_to_end(seed)
             self.hits += 1
-            net, sub, _ = self._entries[seed]
-            return net, sub
+            net, sub, fingerprint, _ = self._entries[seed]
+            return net, sub, fingerprint
         self.misses += 1
         net = freeze(build_network(self.spec, seed))
         sub = (
@@ -49,13 +59,15 @@ class NetworkCache:
             if self.subspace_dim
             else None
         )
+        fingerprint = basis_fingerprint(sub) if sub is not None else None
         size = sum(p.numel() * p.element_size() for p in net.parameters()) + (sub.nbytes() if sub else 0)
-        self._entries[seed] = (net, sub, size)
+        size += fingerprint.numel() * fingerprint.element_size() if fingerprint is not None else 0
+        self._entries[seed] = (net, sub, fingerprint, size)
         self._bytes += size
         while self._bytes > self.max_bytes and len(self._entries) > 1:
-            _, (_, _, old) = self._entries.popitem(last=False)
+            _, (_, _, _, old) = self._entries.popitem(last=False)
             self._bytes -= old
-        return net, sub
+        return net, sub, fingerprint
 
     @property
     def nbytes(self) -> int:

@@ -1,7 +1,8 @@
 """Optimisation stage (DOS): fit synthetic images to the stored noisy releases.
 
 Pure post-processing of released signals, so any number of iterations costs no privacy. Each
-iteration picks a stored draw, rebuilds its network and subspace from the seed, pushes the
+iteration picks a stored draw, rebuilds its network and subspace from the seed (refusing the draw
+if the owner's fingerprint of its basis differs from this one's, ``Signals.check_basis``), pushes the
 synthetic images of every class through the same augmentation, embedding, projection and
 clipping, rescales each class's synthetic sum to the expected group size g_c, and minimises the
 squared distance to the released noisy sum: sum_c || g_c * mean_c(syn) - noisy_sum_c ||^2. (Matching
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from distiller_node.network_cache import NetworkCache
 from distiller_node.signal_store import Signals
 from shared.statistic import class_sums, per_example_statistic
+from shared.subspace import FINGERPRINT_TOL
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class Distiller:
         augmentation: str,
         clip_norm: float,
         cfg: OptimisationConfig,
+        fingerprint_tol: float = FINGERPRINT_TOL,
     ):
         self.signals = signals
         self.cache = cache
@@ -118,11 +121,14 @@ class Distiller:
         self.augmentation = augmentation
         self.clip_norm = clip_norm
         self.cfg = cfg
+        self.fingerprint_tol = fingerprint_tol
         self.group_sizes = signals.expected_counts.view(-1, 1)
         self.targets = signals.noisy_sums.double()
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, draw: int) -> torch.Tensor:
-        net, subspace = self.cache.get(self.signals.network_seeds[draw])
+        net, subspace, fingerprint = self.cache.get_with_fingerprint(self.signals.network_seeds[draw])
+        # Before any use of the draw: its owners' bases must be this one (k numbers compared per step).
+        self.signals.check_basis(draw, fingerprint, self.fingerprint_tol)
         train_x, train_y = training_images(images, labels, self.cfg.pea)
         stats = per_example_statistic(
             net,

@@ -275,6 +275,11 @@ class CanaryGame(DistinguishingGame):
         )
         if config.signal == "gradients" and aux_labels is None:
             raise ValueError("auditing gradient signals needs the auxiliary set's labels (for its subspace)")
+        if config.subspace_dim > len(aux_images) - 1:  # as the owner service refuses it (shared.subspace.fit_subspace)
+            raise ValueError(
+                f"subspace_dim {config.subspace_dim} needs at least {config.subspace_dim + 1} auxiliary images, "
+                f"there are {len(aux_images)} (n images centred on their mean span n - 1 directions)"
+            )
         self.without = mechanism_class(data, aux_images, clip_norm, aux_labels)
         self.canary, image = self._choose_canary(data, clip_norm)
         self.with_ = mechanism_class(with_record(data, image, label), aux_images, clip_norm, aux_labels)
@@ -315,7 +320,7 @@ class CanaryGame(DistinguishingGame):
         return float(sum(float(rows[d] @ s) for d, s in enumerate(self.directions)))
 
     def release_score(self, world: int) -> float:
-        return self.score((self.with_ if world else self.without).release(self.request))
+        return self.score((self.with_ if world else self.without).release(self.request).noisy_sums)
 
 
 class KipStepCanaryGame(DistinguishingGame):

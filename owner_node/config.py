@@ -8,7 +8,7 @@ from pathlib import Path
 
 from owner_node.randomness import check_sampler
 from shared.accounting import METHODS
-from shared.datasets import FASHION_MNIST_NORMALIZATION
+from shared.images.source import ImageSource
 from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
 from shared.rpc.channel import is_loopback
 
@@ -80,10 +80,13 @@ class ServiceConfig:
             raise ValueError("[service] max_workers must be >= 1")
 
 
+DATA_KEYS = ("source", "path", "name", "split", "image_size", "channels", "resize", "classes", "cache", "normalization")
+
+
 @dataclass(frozen=True)
 class OwnerConfig:
     owner_id: str
-    data_source: str  # fashion-mnist | image-folder | npz
+    data_source: str  # one of shared.images.SOURCE_KINDS: image-folder | csv | npz | medmnist | torchvision | ...
     data_path: Path | None
     aux_path: Path
     ledger_path: Path
@@ -92,9 +95,36 @@ class OwnerConfig:
     clip_norm: float = 1.0
     accountant: str = "prv"
     noise_sampler: str = "csprng"  # [privacy] noise: "csprng" (ChaCha20) or "exact" (OpenDP)
-    normalization: tuple[float, float] = FASHION_MNIST_NORMALIZATION
+    # Public pixel scaling (mean, std). None: taken from the *public* auxiliary set's pixels, never
+    # from the private ones (Describe publishes it, so it must not depend on private data).
+    normalization: tuple[float, float] | None = None
     limits: Limits = field(default_factory=Limits)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    # How the private images are read ([data]); image_size and channels are public (Describe).
+    image_size: int | None = None
+    channels: int | None = None
+    resize: str = "crop"  # shorter side to image_size then centre crop, or "pad" (letterbox)
+    classes: tuple[str, ...] | None = None  # explicit class order; default: natural sort of the names
+    data_split: str = "train"  # array kinds (medmnist, torchvision, fashion-mnist)
+    dataset_name: str | None = None  # torchvision kind: MNIST, FashionMNIST, CIFAR10, CIFAR100, SVHN
+    image_cache: Path | None = None  # decoded private images (uint8); default beside the ledger
+
+    def image_source(self) -> ImageSource:
+        """The private set as ``shared.images`` loads it."""
+        return ImageSource(
+            kind=self.data_source,
+            path=self.data_path,
+            image_size=self.image_size,
+            channels=self.channels,
+            resize=self.resize,
+            classes=self.classes,
+            split=self.data_split,
+            name=self.dataset_name,
+        )
+
+    @property
+    def image_cache_dir(self) -> Path:
+        return self.image_cache if self.image_cache is not None else Path(self.ledger_path).parent / "image_cache"
 
     def __post_init__(self) -> None:
         if not (self.epsilon > 0 and 0 < self.delta < 1):
@@ -104,8 +134,14 @@ class OwnerConfig:
         if self.accountant not in METHODS:
             raise ValueError(f"accountant must be one of {METHODS}")
         check_sampler(self.noise_sampler)
-        if self.data_source not in ("fashion-mnist", "image-folder", "npz"):
-            raise ValueError(f"unknown data source {self.data_source!r}")
+        try:
+            self.image_source()
+        except ValueError as exc:
+            raise ValueError(f"[data] {exc}") from exc
+        if self.normalization is not None:
+            mean, std = (float(v) for v in self.normalization)
+            if not (std > 0 and mean == mean):
+                raise ValueError(f"[data] normalization must be [mean, std] with std > 0, got {self.normalization}")
 
     @classmethod
     def load(cls, path: str | Path) -> OwnerConfig:
@@ -126,6 +162,10 @@ class OwnerConfig:
 
         try:
             data, privacy = raw.get("data", {}), raw["privacy"]
+            unknown = sorted(set(data) - set(DATA_KEYS))
+            if unknown:
+                raise ValueError(f"owner config {path}: unknown [data] keys {unknown}; known: {', '.join(DATA_KEYS)}")
+            norm = data.get("normalization")
             limits = Limits(**raw.get("limits", {}))
             svc = dict(raw.get("service", {}))
             for key in ("tls_cert", "tls_key", "client_ca"):
@@ -142,9 +182,16 @@ class OwnerConfig:
                 clip_norm=float(privacy.get("clip_norm", 1.0)),
                 accountant=privacy.get("accountant", "prv"),
                 noise_sampler=privacy.get("noise", "csprng"),
-                normalization=tuple(data.get("normalization", FASHION_MNIST_NORMALIZATION)),
+                normalization=tuple(norm) if norm is not None else None,
                 limits=limits,
                 service=service,
+                image_size=data.get("image_size"),
+                channels=data.get("channels"),
+                resize=data.get("resize", "crop"),
+                classes=tuple(data["classes"]) if "classes" in data else None,
+                data_split=data.get("split", "train"),
+                dataset_name=data.get("name"),
+                image_cache=resolve(data.get("cache")),
             )
         except KeyError as exc:
             raise ValueError(f"owner config {path} lacks required key {exc}") from exc
@@ -166,8 +213,20 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
     ]
     if config.data_path is not None:
         lines.append(f"path = {q(config.data_path)}")
+    for key, value in (
+        ("name", config.dataset_name),
+        ("image_size", config.image_size),
+        ("channels", config.channels),
+        ("cache", config.image_cache),
+    ):
+        if value is not None:
+            lines.append(f"{key} = {value}" if isinstance(value, int) else f"{key} = {q(value)}")
+    lines += [f"split = {q(config.data_split)}", f"resize = {q(config.resize)}"]
+    if config.classes is not None:
+        lines.append("classes = [" + ", ".join(q(c) for c in config.classes) + "]")
+    if config.normalization is not None:
+        lines.append(f"normalization = [{config.normalization[0]}, {config.normalization[1]}]")
     lines += [
-        f"normalization = [{config.normalization[0]}, {config.normalization[1]}]",
         "",
         "[auxiliary]",
         f"path = {q(config.aux_path)}",

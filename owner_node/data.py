@@ -8,7 +8,8 @@ import torch
 
 from owner_node.config import OwnerConfig
 from owner_node.randomness import SecureRandom
-from shared.datasets import ImageSet, load_image_set, load_npz, to_float
+from shared.datasets import ImageSet, load_npz, to_float
+from shared.images.source import load_source
 
 
 @dataclass
@@ -49,9 +50,32 @@ class PrivateData:
         return torch.cat(chosen)
 
 
-def load_private_data(config: OwnerConfig) -> PrivateData:
-    data = load_image_set(config.data_source, config.data_path, train=True)
-    return PrivateData.from_image_set(data, config.normalization)
+def load_private_images(config: OwnerConfig, progress: bool = True) -> ImageSet:
+    """The owner's images as its ``[data]`` section describes them (any ``shared.images`` source kind).
+
+    Decoded images are cached as uint8 in ``config.image_cache_dir`` (beside the ledger by default,
+    so private pixels stay in the owner's own storage), which makes a restart take seconds.
+    """
+    result = load_source(config.image_source(), progress=progress, cache_dir=config.image_cache_dir)
+    return result.data
+
+
+def public_normalization(aux: ImageSet) -> tuple[float, float]:
+    """Pixel mean and std of the *public* auxiliary set: the default scaling (never private pixels)."""
+    pixels = aux.images.to(torch.float64) / 255.0
+    std = float(pixels.std())
+    return float(pixels.mean()), std if std > 0 else 1.0
+
+
+def normalization_for(config: OwnerConfig, aux: ImageSet) -> tuple[float, float]:
+    """The owner's configured constants, or else the public auxiliary set's (Describe publishes them)."""
+    if config.normalization is not None:
+        return (float(config.normalization[0]), float(config.normalization[1]))
+    return public_normalization(aux)
+
+
+def load_private_data(config: OwnerConfig, normalization: tuple[float, float], progress: bool = True) -> PrivateData:
+    return PrivateData.from_image_set(load_private_images(config, progress), normalization)
 
 
 def load_auxiliary(config: OwnerConfig) -> ImageSet:

@@ -10,6 +10,8 @@ never from anything in the request.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -18,7 +20,7 @@ from owner_node.randomness import SecureRandom, check_sampler, noisy
 from shared.networks import NetworkSpec, build_network, freeze
 from shared.protocol import FeatureRequest
 from shared.statistic import EMBED_CHUNK, class_sums, per_example_statistic, public_subspace, released_dim
-from shared.subspace import Subspace
+from shared.subspace import Subspace, basis_fingerprint
 
 
 def clean_class_sums(
@@ -43,6 +45,14 @@ def clean_class_sums(
             )
             total += class_sums(stats, labels[part], num_classes)
     return total
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one request releases: the noisy sums, and public fingerprints of the bases they were projected on."""
+
+    noisy_sums: np.ndarray  # float32 [draws, classes, statistic_dim]
+    basis_fingerprints: np.ndarray  # float32 [draws, k] (shared.subspace.basis_fingerprint); k = 0: no projection
 
 
 class FeatureMechanism:
@@ -81,14 +91,21 @@ class FeatureMechanism:
         """sigma * C per coordinate: the scale the accountant assumes (the audit's power test lowers it)."""
         return request.noise_multiplier * self.clip_norm
 
-    def release(self, request: FeatureRequest, progress=None) -> np.ndarray:
-        """Noisy sums [draws, classes, k] for a request that has already been validated and reserved."""
+    def release(self, request: FeatureRequest, progress=None) -> Release:
+        """Noisy sums [draws, classes, k] for a request that has already been validated and reserved,
+        with the fingerprint of each draw's basis as built here (public: it depends on no private data)."""
         rates = self.data.sample_rates(request.expected_group_size)
         num_classes = len(self.data.class_names)
         sample_stream, noise_stream = SecureRandom(), SecureRandom()  # fresh 256-bit OS keys, never kept
         out = np.empty((request.num_draws, num_classes, request.statistic_dim), dtype=np.float32)
+        prints = np.empty((request.num_draws, request.subspace_dim), dtype=np.float32)
+        kip_print = None  # kip: one projection serves every draw, fingerprinted once
         for d, (net_seed, aug_seed) in enumerate(zip(request.network_seeds, request.augment_seeds, strict=True)):
             net, subspace = self.network_and_subspace(request.network, net_seed, request.subspace_dim, request.signal)
+            if subspace is not None:
+                if request.signal != "kip" or kip_print is None:
+                    kip_print = basis_fingerprint(subspace).numpy()
+                prints[d] = kip_print
             index = self.data.poisson_sample(rates, sample_stream)
             sums = clean_class_sums(
                 net,
@@ -106,4 +123,4 @@ class FeatureMechanism:
             out[d] = noisy(sums, self.noise_std(request), self.noise_sampler, noise_stream).numpy()
             if progress is not None:
                 progress(1)
-        return out
+        return Release(out, prints)

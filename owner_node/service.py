@@ -16,7 +16,7 @@ import numpy as np
 
 from owner_node.budget import budget_report, within_budget
 from owner_node.config import OwnerConfig
-from owner_node.data import PrivateData, load_auxiliary, load_private_data
+from owner_node.data import PrivateData, load_auxiliary, load_private_data, normalization_for
 from owner_node.kip_mechanism import KipStepMechanism
 from owner_node.ledger import BudgetExceeded, Ledger, LedgerConflict
 from owner_node.mechanism import FeatureMechanism
@@ -24,6 +24,7 @@ from owner_node.randomness import inclusion_threshold
 from shared.accounting import SampledGaussianEvent, epsilon
 from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
+from shared.images.classes import check_same_classes
 from shared.protocol import (
     BudgetReport,
     BudgetRequest,
@@ -75,15 +76,20 @@ class RequestRefused(ValueError):
 class OwnerService:
     def __init__(self, config: OwnerConfig, data: PrivateData | None = None, aux: ImageSet | None = None):
         self.config = config
-        self.data = data if data is not None else load_private_data(config)
         aux = aux if aux is not None else load_auxiliary(config)
+        self.normalization = data.normalization if data is not None else normalization_for(config, aux)
+        self.data = data if data is not None else load_private_data(config, self.normalization)
         if tuple(aux.images.shape[1:]) != self.data.image_shape:
             raise ValueError(
-                f"auxiliary images {tuple(aux.images.shape[1:])} differ from private {self.data.image_shape}"
+                f"auxiliary images {tuple(aux.images.shape[1:])} differ from private {self.data.image_shape}: "
+                "both must have the configured image_size and channels"
             )
+        # Labels are indices into the class names: a public set whose names differ (or come in
+        # another order) would silently permute every label.
+        check_same_classes(self.data.class_names, aux.class_names, names=("private set", "auxiliary set"))
         self.aux_hash = content_hash(aux.images)
         self.mechanism = FeatureMechanism(
-            self.data, to_float(aux.images, config.normalization), config.clip_norm, aux.labels, config.noise_sampler
+            self.data, to_float(aux.images, self.normalization), config.clip_norm, aux.labels, config.noise_sampler
         )
         self.kip = KipStepMechanism(self.data, config.clip_norm, config.noise_sampler)
         self.num_aux = len(aux)
@@ -147,7 +153,7 @@ class OwnerService:
             class_names=self.data.class_names,
             class_counts=tuple(self.data.class_counts),
             image_shape=self.data.image_shape,
-            normalization=tuple(self.config.normalization),
+            normalization=tuple(self.normalization),
             aux_hash=self.aux_hash,
             clip_norm=self.config.clip_norm,
             limits=self.config.limits.to_dict() | {"epsilon": self.config.epsilon, "delta": self.config.delta},
@@ -223,12 +229,13 @@ class OwnerService:
         event = self.validate(request)
 
         def compute() -> bytes:
-            sums = self.mechanism.release(request, progress)
+            released = self.mechanism.release(request, progress)
             rates = self.data.sample_rates(request.expected_group_size)
             return encode(
                 FeatureReply(
                     request_id=request.request_id,
-                    noisy_sums=sums,
+                    noisy_sums=released.noisy_sums,
+                    basis_fingerprints=released.basis_fingerprints,
                     expected_counts=tuple(q * n for q, n in zip(rates, self.data.class_counts, strict=True)),
                     noise_multiplier=request.noise_multiplier,
                     clip_norm=self.config.clip_norm,
@@ -382,7 +389,7 @@ class OwnerService:
         except ValueError as exc:
             raise refuse(str(exc)) from exc
         raw_dim = signal_dim(r.network, r.signal)
-        max_k = min(lim.max_subspace_dim, self.num_aux, raw_dim)
+        max_k = min(lim.max_subspace_dim, self.num_aux - 1, raw_dim)  # n centred vectors span n - 1 directions
         if not 0 <= r.subspace_dim <= max_k:
             raise refuse(f"subspace_dim must be in 0..{max_k} (0: no projection), got {r.subspace_dim}")
         if r.signal == "kip":

@@ -161,28 +161,23 @@ def load_fashion_mnist(train: bool, root: str | Path | None = None, download: bo
 # ---------------------------------------------------------------- other formats
 
 
-def load_image_folder(path: str | Path, image_size: int = 28, channels: int = 1) -> ImageSet:
-    """A torchvision ``ImageFolder`` (one sub-folder per class), resized to ``image_size``."""
-    from torchvision import transforms
-    from torchvision.datasets import ImageFolder
+def load_image_folder(
+    path: str | Path,
+    image_size: int = 28,
+    channels: int = 1,
+    resize: str = "crop",
+    classes: tuple[str, ...] | None = None,
+) -> ImageSet:
+    """Class folders (``path/<class>/...``) at ``image_size`` px and ``channels`` (1 or 3).
 
-    if not Path(path).is_dir():
-        raise DataNotFound(f"image folder {path} does not exist")
-    tf = transforms.Compose(
-        [
-            transforms.Grayscale(num_output_channels=channels)
-            if channels == 1
-            else transforms.Lambda(lambda im: im.convert("RGB")),
-            transforms.Resize((image_size, image_size)),
-            transforms.PILToTensor(),
-        ]
-    )
-    ds = ImageFolder(str(path), transform=tf)
-    if len(ds) == 0:
-        raise DataNotFound(f"image folder {path} holds no images")
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
-    labels = torch.tensor(ds.targets, dtype=torch.long)
-    return ImageSet(images.to(torch.uint8), labels, tuple(ds.classes))
+    Delegates to ``shared.images.folder`` (layout rules, decoding, resize policy ``crop``/``pad``);
+    no cache and no progress bar here: ``shared.images.load_source`` offers both.
+    """
+    from shared.images.folder import load_folder
+    from shared.images.resize import TargetFormat
+
+    target = TargetFormat(image_size, channels, resize)
+    return load_folder(path, target, classes=classes, progress=False).data
 
 
 def load_npz(path: str | Path) -> ImageSet:
@@ -213,12 +208,21 @@ def save_npz(path: str | Path, data: ImageSet) -> None:
     )
 
 
-def load_image_set(kind: str, path: str | Path | None = None, train: bool = True, download: bool = False) -> ImageSet:
-    """Dispatch on a data-source kind: ``fashion-mnist``, ``image-folder`` or ``npz``."""
+def load_image_set(
+    kind: str,
+    path: str | Path | None = None,
+    train: bool = True,
+    download: bool = False,
+    *,
+    image_size: int = 28,
+    channels: int = 1,
+) -> ImageSet:
+    """Dispatch on a data-source kind: ``fashion-mnist``, ``image-folder`` (at ``image_size`` px and
+    ``channels``) or ``npz``. More kinds (CSV, MedMNIST, torchvision): ``shared.images.load_source``."""
     if kind == "fashion-mnist":
         return load_fashion_mnist(train=train, root=path, download=download)
     if kind == "image-folder":
-        return load_image_folder(path)
+        return load_image_folder(path, image_size=image_size, channels=channels)
     if kind == "npz":
         return load_npz(path)
     raise ValueError(f"unknown data source {kind!r}; use fashion-mnist, image-folder or npz")

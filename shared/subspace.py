@@ -3,11 +3,15 @@
 A subspace depends only on public auxiliary data and a public network seed, so it costs no
 privacy. Both parties compute it with the same code from the same inputs, and the result is made
 deterministic: float64 SVD, then each component's sign fixed so its largest entry is positive.
+That cannot make two machines agree when their float32 statistics differ near a tie, so the owner
+also sends a fingerprint of each basis it used (``basis_fingerprint``) and the distiller refuses to
+match a draw whose fingerprint differs from that of its own basis.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +51,15 @@ def fit_subspace(vectors: torch.Tensor, k: int, chunk: int = SUBSPACE_CHUNK) -> 
     d x k basis, never a float64 copy of the whole input.
     """
     n, d = vectors.shape
-    if not 1 <= k <= min(n, d):
-        raise ValueError(f"subspace dimension {k} must be in 1..min(n={n}, d={d})")
+    if not 1 <= k <= min(n - 1, d):
+        # Centred on their mean, n vectors span at most n - 1 directions: a k-th beyond that is
+        # rounding noise, which two machines (or thread counts) would not compute alike.
+        why = (
+            f"{n} auxiliary vectors centred on their mean span at most {n - 1} directions"
+            if n - 1 < d
+            else f"the vectors have {d} entries"
+        )
+        raise ValueError(f"subspace dimension {k} must be in 1..{min(n - 1, d)}: {why}")
     v = vectors.detach()
     mean = v.to(torch.float64).mean(dim=0) if d <= chunk else _column_mean(v, chunk)
 
@@ -87,6 +98,74 @@ def canonical_signs(basis: torch.Tensor) -> torch.Tensor:
     signs = torch.sign(basis[idx, torch.arange(basis.shape[1])])
     signs[signs == 0] = 1.0
     return basis * signs
+
+
+# ---------------------------------------------------------------- agreement between the two parties
+#
+# Each party builds every basis itself, and float32 statistics computed with other thread counts,
+# BLAS kernels or devices can flip a component's sign, swap or rotate near-equal components, or
+# (at k = n) pick a different rounding-noise direction. The owner sends a fingerprint of each basis
+# it used; the distiller compares it with its own before matching against that draw.
+
+# Public and fixed: the probes are part of the protocol (changing them invalidates stored fingerprints).
+FINGERPRINT_SEED = 0x5E12_F1A6
+# Largest accepted discrepancy (max |a - b| over the larger RMS of the two). Measured on 500 auxiliary
+# images (width-32 ConvNet; features d = 288, gradients d = 21,898; k up to n - 1 = 499): 1 vs 2 torch
+# threads <= 1e-8; statistics perturbed at float32 rounding (2^-23 relative) <= 2e-5, but 0.1 at k = n;
+# one component's sign flipped >= 0.06; two components rotated by theta: 0.3 to 2.5 theta, so every
+# rotation above 4e-3 rad is caught. Float32 fingerprint entries add at most 6e-8.
+FINGERPRINT_TOL = 1e-3
+_FINGERPRINT_BLOCK = 1 << 20  # basis entries converted to float64 at a time
+
+
+class SubspaceMismatch(RuntimeError):
+    """The owner's basis for a draw is not the one this side built: matching it would fit the wrong statistic."""
+
+
+def basis_fingerprint(subspace: Subspace) -> torch.Tensor:
+    """``k`` float32 numbers pinning the map ``(v - mean) @ basis / scale`` itself; public, no data involved.
+
+    Two fixed probes u, w in {-1, +1}^d (a seeded generator's integer draws, so no floating-point
+    sampling differs between machines) go through the subspace's own projection in float64, giving
+    a = project(u) and b = project(w), whose entries are O(1) (u . b_i has variance ||b_i||^2 = 1).
+    Entry i is (a_i + b_(i+1 mod k)) / sqrt(2): every component enters two entries with independent
+    coefficients, so a sign flip, a swap or a rotation of components changes the fingerprint
+    (unlike a sum over components, and unlike one coefficient per component, which can be near 0),
+    and so do a different mean or scale. The length is k, at most one class sum's.
+    """
+    d, k = subspace.basis.shape
+    g = torch.Generator().manual_seed(FINGERPRINT_SEED)
+    probes = torch.randint(0, 2, (2, d), generator=g, dtype=torch.int8).to(torch.float64).mul_(2).sub_(1)
+    probes -= subspace.mean.detach().to(torch.float64)
+    projected = torch.zeros(2, k, dtype=torch.float64)
+    rows = max(1, _FINGERPRINT_BLOCK // max(k, 1))  # never a float64 copy of a whole (gradient) basis
+    for lo in range(0, d, rows):
+        projected += probes[:, lo : lo + rows] @ subspace.basis[lo : lo + rows].detach().to(torch.float64)
+    projected /= subspace.scale
+    return ((projected[0] + projected[1].roll(-1)) / math.sqrt(2)).to(torch.float32)
+
+
+def fingerprint_discrepancy(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """max |a - b| relative to the larger RMS of the two (so units and the kip scale do not matter).
+
+    ``inf`` when the lengths differ (different subspace dimensions) or either holds a non-finite value.
+    """
+    x = torch.as_tensor(np.asarray(a), dtype=torch.float64).flatten()
+    y = torch.as_tensor(np.asarray(b), dtype=torch.float64).flatten()
+    if x.shape != y.shape or not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        return math.inf
+    if x.numel() == 0:
+        return 0.0
+    gap = float((x - y).abs().max())
+    rms = max(float(x.square().mean().sqrt()), float(y.square().mean().sqrt()))
+    if rms == 0.0:
+        return 0.0 if gap == 0.0 else math.inf
+    return gap / rms
+
+
+def fingerprints_agree(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, tol: float = FINGERPRINT_TOL) -> bool:
+    """True when two fingerprints describe the same projection up to float32 rounding."""
+    return fingerprint_discrepancy(a, b) <= tol
 
 
 def content_hash(images: torch.Tensor | np.ndarray) -> str:

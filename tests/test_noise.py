@@ -19,7 +19,7 @@ def test_released_noise_has_std_sigma_c(owner, signal: str) -> None:
     request = feature_request(
         owner, draws=40, expected_group_size=1e9, noise_multiplier=sigma, subspace_dim=10, signal=signal
     )
-    noisy = owner.mechanism.release(request)
+    noisy = owner.mechanism.release(request).noisy_sums
     data = owner.mechanism.data
     residuals = []
     for d, (ns, ags) in enumerate(zip(request.network_seeds, request.augment_seeds, strict=True)):

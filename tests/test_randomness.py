@@ -49,8 +49,8 @@ def test_releases_whose_keys_differ_above_bit_32_get_different_noise(owner, monk
     monkeypatch.setattr(secrets, "randbits", keys)
     # Every record sampled (q = 1), so the clean sums are equal and only the noise can differ.
     request = feature_request(owner, expected_group_size=1e9, subspace_dim=4, signal=signal, augmentation="none")
-    first = owner.mechanism.release(request)
-    second = owner.mechanism.release(request)
+    first = owner.mechanism.release(request).noisy_sums
+    second = owner.mechanism.release(request).noisy_sums
     assert keys.calls, "the mechanism drew no key from the OS"
     assert not np.array_equal(first, second)
 

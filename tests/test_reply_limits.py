@@ -34,7 +34,9 @@ def test_config_file_with_a_limit_above_the_transports_is_refused_at_load(tmp_pa
         OwnerConfig.load(path)
 
 
-@pytest.mark.parametrize("field, value", [("max_sample_rate", 0.0), ("max_sample_rate", 1.5), ("min_noise_multiplier", 0)])
+@pytest.mark.parametrize(
+    "field, value", [("max_sample_rate", 0.0), ("max_sample_rate", 1.5), ("min_noise_multiplier", 0)]
+)
 def test_other_limits_out_of_range_are_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         Limits(**{field: value})

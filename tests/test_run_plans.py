@@ -128,7 +128,8 @@ def test_a_plan_that_breaks_a_limit_is_refused_and_holds_nothing(tmp_path: Path)
     try:
         client = OwnerClient(owner.call, retry_window_s=0)
         # A distiller that ignores the published cap (make_plan itself would refuse it).
-        too_many = replace(make_plan(replace(SAMPLING, draws=120), [client.describe()], [1.0], 1e-5), draws_per_request=60)
+        planned = make_plan(replace(SAMPLING, draws=120), [client.describe()], [1.0], 1e-5)
+        too_many = replace(planned, draws_per_request=60)
         reply = decode(owner.handle(encode(too_many.reservation(0))))
         assert isinstance(reply, ErrorReply) and reply.code == "too_many_draws"
         plan = make_plan(SAMPLING, [client.describe()], [1.0], 1e-5)

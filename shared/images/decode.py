@@ -1,0 +1,164 @@
+"""Decode one image file faithfully into an 8-bit PIL image of mode ``L`` or ``RGB``.
+
+Rules (each is the documented behaviour the tests pin):
+
+* EXIF orientation is applied (``ImageOps.exif_transpose``), so a phone photo comes out upright.
+* Alpha (``LA``, ``RGBA``, ``PA``, a palette with a transparent index) is composited on black:
+  ``colour * alpha / 255``. Black matches the zero padding of the ``pad`` resize policy, and
+  transparent pixels carry no defined colour to keep.
+* Palette (``P``) images become RGB; ``1`` becomes 0/255 gray; ``CMYK``, ``YCbCr`` and other colour
+  modes are converted to RGB by Pillow (no ICC colour management).
+* 16-bit (``I;16``, ``I;16B``, ...), 32-bit integer (``I``) and float (``F``) images are stretched
+  to 0..255 by their own minimum and maximum (per image), never clipped: a 12-bit X-ray stored
+  in 16 bits uses the full 8-bit range instead of coming out black. A constant image becomes 0.
+  Float images with NaN or infinity are refused. (Pillow itself reads 16-bit-per-channel RGB PNGs
+  as 8-bit RGB by keeping the high byte: a fixed rule that does not clip either.)
+* A multi-page TIFF (a stack or volume) is refused; other multi-frame files give their first frame.
+* Decompression bombs: a file whose header declares more than ``MAX_IMAGE_PIXELS`` pixels is
+  refused before its pixel data is read; Pillow's own ``DecompressionBombWarning`` and
+  ``DecompressionBombError`` become ``ImageDecodeError`` too. Pillow's global settings
+  (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``) are not changed; the warning is
+  caught with ``warnings.catch_warnings``, which is not thread-safe, so decode from one thread.
+* A truncated, corrupt or unidentifiable file raises ``ImageDecodeError`` naming the file.
+
+DICOM files (``.dcm``/``.dicom``, or the ``DICM`` magic at byte 128) go to ``shared.images.dicom``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from shared.images.errors import ImageDecodeError
+
+# Pillow's own default warning threshold (about 0.25 GiB of 24-bit pixels): far above any image a
+# distillation needs, low enough that a hostile header cannot make the owner allocate gigabytes.
+MAX_IMAGE_PIXELS = 89_478_485
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+_HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+
+def is_dicom(path: str | Path) -> bool:
+    """A DICOM file by extension or by the ``DICM`` magic at offset 128 (files exported without one)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in DICOM_EXTENSIONS:
+        return True
+    if suffix in IMAGE_EXTENSIONS:  # no need to open it twice
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def is_image_file(path: str | Path) -> bool:
+    """A file this layer can decode: a known image extension (any case) or a DICOM file."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS or is_dicom(path)
+
+
+def check_pixel_count(path: str | Path, width: int, height: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            path,
+            f"declares {width} x {height} = {width * height:,} pixels, above the limit of {max_pixels:,} "
+            "(decompression-bomb guard)",
+        )
+
+
+def stretch_to_uint8(values: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+    """Map an image's own value range linearly onto 0..255 (min -> 0, max -> 255); constant -> 0."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ImageDecodeError(path, f"holds {int((~np.isfinite(values)).sum())} NaN or infinite values")
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.rint((values - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+
+
+def composite_on_black(image: Image.Image) -> Image.Image:
+    """``LA``/``RGBA`` to ``L``/``RGB``: each colour multiplied by alpha / 255 (rounded)."""
+    arr = np.asarray(image)
+    colour = arr[..., :-1].astype(np.uint32)
+    alpha = arr[..., -1:].astype(np.uint32)
+    out = ((colour * alpha + 127) // 255).astype(np.uint8)
+    return Image.fromarray(out[..., 0] if out.shape[-1] == 1 else out)
+
+
+def to_8bit(image: Image.Image, path: str | Path = "<image>") -> Image.Image:
+    """Any Pillow mode to 8-bit ``L`` or ``RGB`` following the module's rules."""
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode in _HIGH_DEPTH_MODES:
+        return Image.fromarray(stretch_to_uint8(np.asarray(image), path))
+    if mode == "1":
+        return image.convert("L")
+    if mode in ("P", "PA"):
+        transparent = mode == "PA" or "transparency" in image.info
+        image = image.convert("RGBA" if transparent else "RGB")
+        return composite_on_black(image) if transparent else image
+    if mode in ("LA", "RGBA"):
+        return composite_on_black(image)
+    if "A" in image.getbands():
+        return composite_on_black(image.convert("RGBA"))
+    return image.convert("RGB")  # CMYK, YCbCr, RGBX, LAB, HSV ...
+
+
+def convert_channels(image: Image.Image, channels: int) -> Image.Image:
+    """``L``/``RGB`` to the requested channel count: gray repeated to RGB, RGB to ITU-R 601-2 luma."""
+    if channels == 1:
+        return image if image.mode == "L" else image.convert("L")
+    if channels == 3:
+        return image if image.mode == "RGB" else image.convert("RGB")
+    raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
+def _decode_with_pillow(path: Path, draft_size: int | None, max_pixels: int) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            check_pixel_count(path, im.width, im.height, max_pixels)
+            if im.format == "TIFF" and getattr(im, "n_frames", 1) > 1:
+                raise ImageDecodeError(path, f"is a multi-page TIFF ({im.n_frames} pages); store one image per file")
+            if draft_size and im.format == "JPEG":
+                # libjpeg's DCT scaling: decode at the smallest 1/2, 1/4 or 1/8 scale still at least
+                # draft_size on both sides (a 4000 px photo for a 64 px target decodes 8x faster).
+                im.draft(im.mode, (draft_size, draft_size))
+            im.load()
+            upright = ImageOps.exif_transpose(im)
+        return to_8bit(upright, path)
+
+
+def decode_file(
+    path: str | Path, channels: int | None = None, *, draft_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS
+) -> Image.Image:
+    """One file as an 8-bit ``L`` or ``RGB`` image (``channels`` 1 or 3 to convert, None to keep).
+
+    ``draft_size`` lets JPEGs decode at a reduced scale that stays at least that large on both
+    sides (used when the caller will shrink to that size anyway). Raises ``ImageDecodeError``.
+    """
+    path = Path(path)
+    if is_dicom(path):
+        from shared.images.dicom import decode_dicom
+
+        image = decode_dicom(path, max_pixels=max_pixels)
+    else:
+        try:
+            image = _decode_with_pillow(path, draft_size, max_pixels)
+        except ImageDecodeError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageDecodeError(path, f"refused as a decompression bomb ({exc})") from exc
+        except FileNotFoundError as exc:
+            raise ImageDecodeError(path, "file does not exist") from exc
+        except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error ...
+            raise ImageDecodeError(path, f"cannot be decoded as an image ({type(exc).__name__}: {exc})") from exc
+    return convert_channels(image, channels) if channels is not None else image

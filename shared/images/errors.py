@@ -1,0 +1,27 @@
+"""Errors of the image-loading layer: each message names the file, row or class folder at fault.
+
+All are ``ValueError``s (bad input, not a bug), so callers that already turn ``ValueError`` into a
+user-facing refusal keep working. A missing root folder or file raises ``shared.datasets.DataNotFound``
+instead, like the other readers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ImageDecodeError(ValueError):
+    """One file could not be decoded faithfully (corrupt, truncated, too large, unsupported)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class ImageSourceError(ValueError):
+    """A collection's layout or manifest is wrong (empty class folder, bad CSV row, unknown class...)."""
+
+
+class ClassMismatchError(ValueError):
+    """Two image sets disagree on their class names or their order (a silent label permutation)."""
