@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from shared.augmentation import DEFAULT_STRATEGY, augment
 from shared.kip import DEFAULT_REG, centred_one_hot, krr_predict
-from shared.networks import NetworkSpec, build_network
+from shared.networks import NetworkSpec, build_network, depth_for_image_size
 from shared.scattering import scattering_features
 from shared.subspace import Subspace
 
@@ -28,7 +28,7 @@ class EvaluationConfig:
     runs: int = 3
     epochs: int = 300
     width: int = 128
-    depth: int = 3
+    depth: int | None = None  # None: by image size (shared.networks.depth_for_image_size)
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -96,8 +96,9 @@ def evaluate(
     cfg: EvaluationConfig,
     show_progress: bool = True,
 ) -> EvaluationResult:
+    depth = cfg.depth if cfg.depth is not None else depth_for_image_size(images.shape[2])
     spec = NetworkSpec(
-        width=cfg.width, depth=cfg.depth, channels=images.shape[1], image_size=images.shape[2], num_classes=num_classes
+        width=cfg.width, depth=depth, channels=images.shape[1], image_size=images.shape[2], num_classes=num_classes
     )
     accs = []
     images = images.detach()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from distiller_node.client import OwnerClient
 from distiller_node.signal_store import Signals, SignalStore, atomic_write
 from shared.accounting import SampledGaussianEvent, epsilon, noise_for_budget
-from shared.networks import NetworkSpec
+from shared.networks import NetworkSpec, depth_for_image_size
 from shared.protocol import FeatureRequest, OwnerInfo, PlanRequest, encode
 
 
@@ -35,7 +35,7 @@ class SamplingConfig:
     group_size: float = 50.0
     subspace_dim: int = 200
     width: int = 128
-    depth: int = 3
+    depth: int | None = None  # None: by image size (shared.networks.depth_for_image_size)
     augmentation: str = "color_crop_cutout_flip_scale_rotate"
     seed: int = 0
     signal: str = "features"  # or "gradients": per-example loss gradients of each draw's network
@@ -181,7 +181,7 @@ def make_plan(
         run_id=secrets.token_hex(6),
         network=NetworkSpec(
             width=cfg.width,
-            depth=cfg.depth,
+            depth=cfg.depth if cfg.depth is not None else depth_for_image_size(first.image_shape[1]),
             channels=first.image_shape[0],
             image_size=first.image_shape[1],
             num_classes=len(first.class_names),

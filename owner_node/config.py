@@ -24,7 +24,7 @@ class Limits:
     max_sample_rate: float = 0.05
     max_subspace_dim: int = 2048
     max_network_width: int = 256
-    max_network_depth: int = 4
+    max_network_depth: int = 6  # a 224 or 256 px image needs 6 (shared.networks.depth_for_image_size)
     min_noise_multiplier: float = 0.3
     max_message_bytes: int = 64 * 1024 * 1024
     # Bounds one draw's basis work (auxiliary vectors in float32 plus the basis): this is what keeps

@@ -16,6 +16,14 @@ from torch import nn
 ARCHITECTURES = ("convnet",)
 
 
+def depth_for_image_size(image_size: int) -> int:
+    """The field's convention: pool until the feature map is about 4x4 (28 or 32 px: 3, 64: 4,
+    128: 5, 224 or 256: 6), so the embedding stays a few thousand numbers at any resolution."""
+    if image_size < 2:
+        raise ValueError(f"image size {image_size} is too small for a ConvNet")
+    return max(1, round(math.log2(image_size / 4)))
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """Public description of a ConvNet; with a seed it fixes every weight."""

@@ -163,7 +163,9 @@ def fingerprint_discrepancy(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.n
     return gap / rms
 
 
-def fingerprints_agree(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, tol: float = FINGERPRINT_TOL) -> bool:
+def fingerprints_agree(
+    a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, tol: float = FINGERPRINT_TOL
+) -> bool:
     """True when two fingerprints describe the same projection up to float32 rounding."""
     return fingerprint_discrepancy(a, b) <= tol
 
