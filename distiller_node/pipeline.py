@@ -175,7 +175,9 @@ def run_distillation(
         # Decoupled DP-KIP: one public projection for every draw; the releases are summed once.
         projection = public_subspace(None, aux_float, plan.subspace_dim, "kip")
         estimate = MomentEstimate.from_releases(signals.noisy_sums, signals.expected_counts)
-        state = KipDistiller(estimate, projection, opt_cfg).run(state, out / "checkpoint.pt", show_progress)
+        state = KipDistiller(estimate, projection, opt_cfg, signals=signals).run(
+            state, out / "checkpoint.pt", show_progress
+        )
     elif plan.signal != KIP_SYNC:
         cache = NetworkCache(
             plan.network, aux_float, plan.subspace_dim, opt_cfg.cache_mb * 2**20, plan.signal, aux.labels

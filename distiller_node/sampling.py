@@ -238,4 +238,5 @@ def run_sampling(
             with ThreadPoolExecutor(max_workers=len(plan.owners), thread_name_prefix="sampling") as pool:
                 for future in [pool.submit(fetch_all, o) for o in todo]:
                     future.result()
-    return store.load(len(plan.owners), plan.num_batches, plan.network_seeds, plan.augment_seeds)
+    owner_names = [o.owner_id for o in plan.owners]
+    return store.load(len(plan.owners), plan.num_batches, plan.network_seeds, plan.augment_seeds, owner_names)

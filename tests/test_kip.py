@@ -171,8 +171,10 @@ def test_decoupled_release_sensitivity(kind):
 
     diff = release(with_record, with_labels) - release(private, labels)
     assert torch.isfinite(diff).all()
-    assert float(torch.linalg.vector_norm(diff)) <= C * (1 + 1e-9)
-    assert torch.count_nonzero(diff.abs().sum(1)) <= 1  # only the record's own class row moves
+    # Other rows move only by float32 rounding of batch-size-dependent kernels (about 1e-7 on AVX-512).
+    rows = torch.linalg.vector_norm(diff, dim=1)
+    assert float(rows[1]) <= C + 1e-5
+    assert float(rows[torch.arange(CLASSES) != 1].max()) < 1e-5  # only the record's own class row moves
 
 
 def test_decoupled_loss_from_exact_sums_equals_direct_loss():

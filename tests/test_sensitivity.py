@@ -34,13 +34,20 @@ def _neighbour_difference(
     return added - base
 
 
+# float32 rounding of the *other* records' statistics: on CPUs with AVX-512 (AMD Zen 4 measured here)
+# oneDNN picks a different convolution kernel for a batch one image larger, which moves other
+# examples' embeddings by about 1e-7 (1.4e-7 measured for a class sum). A statistic that truly
+# depended on the other records (e.g. per-batch augmentation indexed by position) moves by O(0.1).
+FLOAT_TOL = 1e-5
+
+
 def _assert_bounded(diff: torch.Tensor, label: int) -> None:
     norms = torch.linalg.vector_norm(diff, dim=1)
     assert torch.isfinite(diff).all()
     for c in range(diff.shape[0]):
         if c != label:
-            assert norms[c] < 1e-9, f"class {c} changed by {norms[c]} although the record is in class {label}"
-    assert norms[label] <= C * (1 + 1e-9)
+            assert norms[c] < FLOAT_TOL, f"class {c} changed by {norms[c]} although the record is in class {label}"
+    assert norms[label] <= C + FLOAT_TOL
 
 
 WORST_CASE_RECORDS = {
