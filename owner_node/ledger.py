@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,12 +140,9 @@ class Ledger:
         within_budget: Callable[[list[SampledGaussianEvent]], bool],
     ) -> bytes | None:
         """Reserve budget for a request; return its stored reply if it was already released."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._immediate() as db:
             row = db.execute("SELECT digest, state, reply FROM releases WHERE request_id = ?", (request_id,)).fetchone()
             if row is not None:
-                db.execute("COMMIT")
                 if row[0] != digest:
                     raise LedgerConflict(f"request id {request_id!r} was already used for a different request")
                 return bytes(row[2]) if row[1] == "released" else None
@@ -152,21 +150,27 @@ class Ledger:
             # A planned release turns part of its plan's reserve into a release: the total stays the same.
             total = self.committed() if plan_id is not None else self.committed() + [event]
             if not within_budget(total):
-                db.execute("ROLLBACK")
                 raise BudgetExceeded("release refused: it would exceed the owner's privacy budget")
             db.execute(
                 "INSERT INTO releases (request_id, digest, state, noise_multiplier, sample_rate, draws, reserved_at, "
                 "plan_id) VALUES (?, ?, 'reserved', ?, ?, ?, ?, ?)",
                 (request_id, digest, event.noise_multiplier, event.sample_rate, event.count, time.time(), plan_id),
             )
-            db.execute("COMMIT")
             return None
-        except (LedgerConflict, BudgetExceeded):
-            raise
+
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken before anything is read: committed on return, rolled back on
+        any exception (a refusal included, which writes nothing)."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        db.execute("COMMIT")
 
     def _plan_for(self, request_id: str, event: SampledGaussianEvent) -> str | None:
         """The accepted plan this release belongs to, if its id, sigma and q match and the plan has room."""
@@ -189,18 +193,14 @@ class Ledger:
         within_budget: Callable[[list[SampledGaussianEvent]], bool],
     ) -> None:
         """Hold a whole run's releases; repeating an accepted plan (a resumed run) is a no-op."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._immediate() as db:
             row = db.execute("SELECT digest FROM plans WHERE plan_id = ?", (plan_id,)).fetchone()
             if row is not None:
-                db.execute("COMMIT")
                 if row[0] != digest:
                     raise LedgerConflict(f"plan id {plan_id!r} was already used for a different plan")
                 return
             for other in self.plans():
                 if other.request_prefix.startswith(request_prefix) or request_prefix.startswith(other.request_prefix):
-                    db.execute("ROLLBACK")
                     raise LedgerConflict(
                         f"request prefix {request_prefix!r} overlaps that of plan {other.plan_id!r}: "
                         "each plan needs request ids of its own"
@@ -210,23 +210,14 @@ class Ledger:
                 (request_prefix, request_prefix),
             ).fetchone()[0]
             if taken:
-                db.execute("ROLLBACK")
                 raise LedgerConflict(f"{taken} releases already use request ids starting with {request_prefix!r}")
             if not within_budget(self.committed() + [event]):
-                db.execute("ROLLBACK")
                 raise BudgetExceeded("plan refused: its releases would exceed the owner's privacy budget")
             db.execute(
                 "INSERT INTO plans (plan_id, digest, request_prefix, noise_multiplier, sample_rate, releases, "
                 "reserved_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (plan_id, digest, request_prefix, event.noise_multiplier, event.sample_rate, event.count, time.time()),
             )
-            db.execute("COMMIT")
-        except (LedgerConflict, BudgetExceeded):
-            raise
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     def cancel_plan(self, plan_id: str) -> PlanRow:
         """Free what an abandoned run still holds (an operator's decision); its releases stay spent."""
