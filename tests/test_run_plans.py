@@ -138,6 +138,12 @@ def test_a_plan_that_breaks_a_limit_is_refused_and_holds_nothing(tmp_path: Path)
         assert isinstance(reply, ErrorReply) and "prefix" in reply.message
         garbage = replace(plan.reservation(0), template=b"not a message")
         assert decode(owner.handle(encode(garbage))).code == "bad_message"
+        nested = replace(plan.reservation(0), template=encode(plan.reservation(0)))  # a plan inside a plan
+        assert "release request" in decode(owner.handle(encode(nested))).message
+        assert "release request" in decode(owner.handle(encode(replace(nested, template=encode_describe())))).message
+        for total in (0, -3, 10**8):
+            reply = decode(owner.handle(encode(replace(plan.reservation(0), total_releases=total))))
+            assert isinstance(reply, ErrorReply) and "total_releases" in reply.message
         assert owner.ledger.plans() == [] and owner.ledger.events() == []
     finally:
         owner.close()
