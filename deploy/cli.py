@@ -71,7 +71,10 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
     cfg = _distiller_config(a)
     aux_per_class = a.aux_per_class or PRESETS[a.preset]["aux_per_class"]
+    user = _user_sets(a)
     t0 = time.perf_counter()
+    if user is not None and a.transport == "flower":
+        raise ValueError("--data runs in-process only for now (the Flower ServerApp reads Fashion-MNIST's split)")
     if a.transport == "flower":
         from deploy.flower_simulation import simulate_flower
 
@@ -79,7 +82,15 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         results = simulate_flower(Path(a.out), rc, a.data_root, a.private_subset)
     else:
         results = simulate(
-            Path(a.out), cfg, aux_per_class, a.data_root, a.private_subset, not a.no_progress, a.download, a.owners
+            Path(a.out),
+            cfg,
+            aux_per_class,
+            a.data_root,
+            a.private_subset,
+            not a.no_progress,
+            a.download,
+            a.owners,
+            user=user,
         )
     print(f"\nall artefacts are in {Path(a.out) / 'distiller'}")
     if a.benchmark_json:
@@ -87,8 +98,8 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             "benchmark": "run",
             "preset": a.preset,
             "wall_s": time.perf_counter() - t0,
-            "test_accuracy_mean": results["test_accuracy"]["mean"],
-            "test_accuracy_std": results["test_accuracy"]["std"],
+            "test_accuracy_mean": (results["test_accuracy"] or {}).get("mean"),
+            "test_accuracy_std": (results["test_accuracy"] or {}).get("std"),
             "krr_accuracy": results.get("krr_accuracy"),
             "epsilon_prv": results["epsilon_prv"],
             "epsilon_rdp": results["epsilon_rdp"],
@@ -102,6 +113,27 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         }
         write(a.benchmark_json, bench)
     return 0
+
+
+def _user_sets(a: argparse.Namespace):
+    """The user's own sets (``--data``, ``--aux``, ``--test``), or None for Fashion-MNIST."""
+    from deploy.simulation import UserSets
+    from shared.images.source import source_for_path
+
+    if a.data is None:
+        if a.aux or a.test:
+            raise ValueError("--aux and --test go with --data (the owner's private set)")
+        return None
+    if a.aux is None:
+        raise ValueError(
+            "--data needs --aux: a public auxiliary set with the same classes (SER subspaces are built from it)"
+        )
+    size, channels = a.image_size, a.channels
+
+    def source(path: str, split: str):
+        return source_for_path(path, size, channels, a.resize, split)
+
+    return UserSets(source(a.data, "train"), source(a.aux, "val"), source(a.test, "test") if a.test else None)
 
 
 def cmd_speed(a: argparse.Namespace) -> int:
@@ -362,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser(
-        "simulate", help="run owner and distiller in one process on Fashion-MNIST (DOS+SER, or decoupled DP-KIP)"
+        "simulate",
+        help="run owner and distiller in one process on Fashion-MNIST or your own images (--data, --aux, --test)",
     )
     s.add_argument("--out", default="runs/default", help="output folder (an existing run there is resumed)")
     s.add_argument("--preset", choices=sorted(PRESETS), default="default")
@@ -403,6 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--private-subset", type=int, help="use only this many private training images (for quick tries)")
     s.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: Debian package or cache)")
     s.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")
+    s.add_argument(
+        "--data", help="the simulated owner's own images: a folder of class folders, a CSV manifest or an npz"
+    )
+    s.add_argument("--aux", help="with --data: the public auxiliary set (same classes; folder, CSV or npz)")
+    s.add_argument("--test", help="with --data: a public test set (same classes); without it evaluation is skipped")
+    s.add_argument("--image-size", type=int, help="with --data: image side in pixels (public)")
+    s.add_argument("--channels", type=int, choices=(1, 3), help="with --data: 1 (gray) or 3 (RGB) (public)")
+    s.add_argument("--resize", choices=("crop", "pad"), default="crop", help="with --data: resize policy")
     s.add_argument("--seed", type=int, default=0, help="public seed for networks and augmentations")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--benchmark-json", help="also write wall time, accuracy, epsilon and peak RSS to this JSON file")

@@ -7,7 +7,7 @@ outside both. ``prepare_owners`` also sets up the owners of the deployment-mode 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,6 +17,27 @@ from distiller_node.pipeline import DistillerConfig, run_distillation
 from owner_node.config import Limits, OwnerConfig, ServiceConfig, write_config
 from owner_node.service import OwnerService
 from shared.datasets import FASHION_MNIST_NORMALIZATION, ImageSet, load_fashion_mnist, public_split, save_npz
+from shared.images.classes import check_same_classes
+from shared.images.source import ImageSource, load_source
+
+
+@dataclass(frozen=True)
+class UserSets:
+    """A user's own sets for a simulation: the owner's private set, the distiller's public auxiliary
+    set (for SER subspaces and, with ``--init aux``, the start) and an optional public test set."""
+
+    private: ImageSource
+    aux: ImageSource
+    test: ImageSource | None = None
+
+    def load_public(self, show_progress: bool) -> tuple[ImageSet, ImageSet | None]:
+        """The distiller's two public sets; class names must equal, in order, or labels would be permuted."""
+        aux = load_source(self.aux, progress=show_progress, cache=False).data
+        if self.test is None:
+            return aux, None
+        test = load_source(self.test, progress=show_progress, cache=False).data
+        check_same_classes(aux, test, names=("auxiliary set", "test set"))
+        return aux, test
 
 
 def owner_dirs(out: Path, num_owners: int) -> list[Path]:
@@ -34,6 +55,7 @@ def prepare_owners(
     seed: int = 0,
     services: list[ServiceConfig] | None = None,
     limits: Limits | None = None,
+    private: ImageSource | None = None,
 ) -> list[Path]:
     """Write each simulated owner's files (config, auxiliary set, its private share); existing ones are kept.
 
@@ -58,6 +80,23 @@ def prepare_owners(
         if shares[0] is not None:
             save_npz(owner_dir / "private.npz", shares[i])
             source, path = "npz", Path("private.npz")
+        if private is not None:  # the user's own images, read by the owner as its owner.toml says
+            config = OwnerConfig(
+                owner_id="simulated-owner",
+                data_source=private.kind,
+                data_path=Path(private.path).resolve(),
+                aux_path=Path("aux.npz"),
+                ledger_path=Path("ledger.sqlite"),
+                epsilon=epsilon,
+                delta=delta,
+                limits=limits or Limits(),
+                image_size=private.image_size,
+                channels=private.channels,
+                resize=private.resize,
+                data_split=private.split,
+            )
+            write_config(config_path, config)
+            continue
         config = OwnerConfig(
             owner_id="simulated-owner" if num_owners == 1 else f"owner-{i + 1}",
             data_source=source,
@@ -84,11 +123,33 @@ def simulate(
     download: bool = False,
     num_owners: int = 1,
     limits: Limits | None = None,
+    user: UserSets | None = None,
 ) -> dict:
+    """``user``: the user's own private, auxiliary and test sets instead of Fashion-MNIST (one owner)."""
     out = Path(out)
-    aux, held_out = public_split(aux_per_class, data_root, download)
+    if user is not None:
+        if num_owners != 1 or private_subset:
+            raise ValueError("--data runs one simulated owner on the whole set (no --owners, no --private-subset)")
+        aux, held_out = user.load_public(show_progress)
+        if cfg.sampling.subspace_dim > len(aux) - 1:
+            raise ValueError(
+                f"subspace dimension {cfg.sampling.subspace_dim} needs at least {cfg.sampling.subspace_dim + 1} "
+                f"auxiliary images, the auxiliary set has {len(aux)}: give a larger --aux or a smaller --subspace-dim"
+            )
+    else:
+        aux, held_out = public_split(aux_per_class, data_root, download)
+    private = user.private if user is not None else None
     paths = prepare_owners(
-        out, aux, cfg.epsilon, cfg.delta, data_root, private_subset, num_owners, cfg.sampling.seed, limits=limits
+        out,
+        aux,
+        cfg.epsilon,
+        cfg.delta,
+        data_root,
+        private_subset,
+        num_owners,
+        cfg.sampling.seed,
+        limits=limits,
+        private=private,
     )
     configs = [OwnerConfig.load(p) for p in paths]
     if configs[0].epsilon != cfg.epsilon or configs[0].delta != cfg.delta:

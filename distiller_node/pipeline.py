@@ -94,10 +94,11 @@ def run_distillation(
     cfg: DistillerConfig,
     out: Path,
     aux: ImageSet,
-    test: ImageSet,
+    test: ImageSet | None,
     show_progress: bool = True,
 ) -> dict:
-    """``cfg.epsilon`` is what each owner is asked to spend (at most its remaining budget)."""
+    """``cfg.epsilon`` is what each owner is asked to spend (at most its remaining budget); with no
+    public ``test`` set the evaluation is skipped (the synthetic set is still written)."""
     clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
     if cfg.sampling.signal in ("kip", KIP_SYNC) and parse_strategy(cfg.sampling.augmentation):
         raise ValueError("KIP is matched without augmentation: set the sampling augmentation to 'none'")
@@ -191,17 +192,19 @@ def run_distillation(
 
     t0 = time.perf_counter()
     train_x, train_y = training_images(state.ema, state.labels, cfg.optimisation.pea)
-    result = evaluate(
-        train_x,
-        train_y,
-        to_float(test.images, info.normalization),
-        test.labels,
-        len(info.class_names),
-        cfg.evaluation,
-        show_progress,
-    )
+    result = None
+    if test is not None:
+        result = evaluate(
+            train_x,
+            train_y,
+            to_float(test.images, info.normalization),
+            test.labels,
+            len(info.class_names),
+            cfg.evaluation,
+            show_progress,
+        )
     krr = None
-    if plan.signal in ("kip", KIP_SYNC):
+    if plan.signal in ("kip", KIP_SYNC) and test is not None:
         # The KIP method's own protocol: KRR on scattering features, full and (decoupled) as optimised.
         test_x = to_float(test.images, info.normalization)
         classes = len(info.class_names)
@@ -236,7 +239,7 @@ def run_distillation(
     plot_loss(out / "loss_curve.png", state.losses, ylabel=ylabel)
     artefacts |= {"loss_curve": "loss_curve.png", "privacy_report": "privacy_report.json"}
     results = {
-        "test_accuracy": result.to_dict(),
+        "test_accuracy": result.to_dict() if result is not None else None,
         "krr_accuracy": krr,
         "epsilon_prv": report["epsilon_prv"],
         "epsilon_rdp": report["epsilon_rdp"],
@@ -247,18 +250,21 @@ def run_distillation(
         "peak_rss_mb_by_stage": rss,
         "cache": cache_stats,
         "artefacts": artefacts,
-        "test_images": len(test),
+        "test_images": len(test) if test is not None else 0,
         "config": cfg.to_dict(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print()
     print(format_report(report))
     print()
-    print(
-        f"test accuracy (ConvNet trained on the synthetic set, {len(result.accuracies)} runs, "
-        f"{len(test)} test images): "
-        f"{100 * result.mean:.2f}% +- {100 * result.std:.2f}"
-    )
+    if result is None:
+        print("no public test set was given: evaluation skipped (the synthetic set is in the run folder)")
+    else:
+        print(
+            f"test accuracy (ConvNet trained on the synthetic set, {len(result.accuracies)} runs, "
+            f"{len(test)} test images): "
+            f"{100 * result.mean:.2f}% +- {100 * result.std:.2f}"
+        )
     if krr is not None:
         projected = f", {100 * krr['projected']:.2f}% (projected, k={plan.subspace_dim})" if "projected" in krr else ""
         print(

@@ -163,3 +163,23 @@ def load_sources_matching(
             results[0].data, result.data, names=(f"{sources[0].describe()} set", f"{source.describe()} set")
         )
     return results
+
+
+def source_for_path(
+    path: str | Path, image_size: int | None, channels: int | None, resize: str = "crop", split: str = "train"
+) -> ImageSource:
+    """The source a user means by a path: a folder of class folders, a CSV manifest, or an npz file
+    (MedMNIST's layout when it holds ``train_images``, this project's otherwise)."""
+    path = Path(path)
+    if path.is_dir():
+        return ImageSource("image-folder", path, image_size, channels, resize)
+    if not path.is_file():
+        raise DataNotFound(f"{path} does not exist")
+    if path.suffix.lower() == ".csv":
+        return ImageSource("csv", path, image_size, channels, resize)
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            medmnist = "train_images" in npz.files
+        kind = "medmnist" if medmnist else "npz"
+        return ImageSource(kind, path, image_size, channels, resize, split=split if medmnist else "train")
+    raise ValueError(f"{path}: give a folder of class folders, a .csv manifest or an .npz file")
