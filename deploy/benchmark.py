@@ -14,15 +14,18 @@ from pathlib import Path
 
 import torch
 
+from deploy.public_sets import PublicSets
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
 from distiller_node.pipeline import peak_rss_mb
 from distiller_node.signal_store import Signals
-from owner_node.data import PrivateData
+from owner_node.data import PrivateData, public_normalization
 from owner_node.mechanism import FeatureMechanism
 from shared.augmentation import DEFAULT_STRATEGY
-from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, split_auxiliary, to_float
-from shared.networks import NetworkSpec
+from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, to_float
+from shared.images.classes import check_same_classes
+from shared.images.source import ImageSource, load_source
+from shared.networks import NetworkSpec, depth_for_image_size
 from shared.protocol import FeatureRequest
 
 
@@ -35,13 +38,28 @@ def speed(
     draws: int = 10,
     iterations: int = 50,
     data_root: str | None = None,
+    public: PublicSets | None = None,
+    private: ImageSource | None = None,
 ) -> dict:
-    train = load_fashion_mnist(train=True, root=data_root)
-    aux, _ = split_auxiliary(load_fashion_mnist(train=False, root=data_root), aux_per_class)
-    aux_f = to_float(aux.images, FASHION_MNIST_NORMALIZATION)
-    data = PrivateData.from_image_set(train, FASHION_MNIST_NORMALIZATION)
+    """``public``/``private``: the user's own sets instead of Fashion-MNIST's (any size and channels)."""
+    public = public or PublicSets(aux_per_class=aux_per_class, data_root=data_root)
+    aux, _ = public.load(show_progress=False)
+    if private is None:
+        train, norm = load_fashion_mnist(train=True, root=data_root), FASHION_MNIST_NORMALIZATION
+    else:
+        train, norm = load_source(private, progress=False).data, public_normalization(aux)
+    check_same_classes(train, aux, names=("private set", "auxiliary set"))
+    aux_f = to_float(aux.images, norm)
+    data = PrivateData.from_image_set(train, norm)
     mechanism = FeatureMechanism(data, aux_f, clip_norm=1.0)
-    spec = NetworkSpec(width=width)
+    channels, size = data.image_shape[0], data.image_shape[1]
+    spec = NetworkSpec(
+        width=width,
+        depth=depth_for_image_size(size),
+        channels=channels,
+        image_size=size,
+        num_classes=train.num_classes,
+    )
     request = FeatureRequest(
         "bench", spec, tuple(range(draws)), tuple(range(draws)), DEFAULT_STRATEGY, subspace_dim, "-", group_size, 1.0
     )
@@ -54,7 +72,7 @@ def speed(
     # cached one (the steady state once each stored draw has been seen).
     signals = Signals(
         torch.from_numpy(released.noisy_sums),
-        torch.full((10,), group_size, dtype=torch.float64),
+        torch.full((train.num_classes,), group_size, dtype=torch.float64),
         list(range(draws)),
         list(range(draws)),
         basis_fingerprints=(released.basis_fingerprints,),  # checked as in a real run (cost included)
@@ -66,7 +84,7 @@ def speed(
             cache.get(seed)
         cfg = OptimisationConfig(ipc=ipc, iterations=iterations if cache_mb else max(5, iterations // 10))
         distiller = Distiller(signals, cache, DEFAULT_STRATEGY, 1.0, cfg)
-        state = initial_state(10, ipc, (1, 28, 28), 0)
+        state = initial_state(train.num_classes, ipc, data.image_shape, 0)
         t0 = time.perf_counter()
         distiller.run(state, show_progress=False)
         timings[label] = (time.perf_counter() - t0) / cfg.iterations
@@ -74,6 +92,8 @@ def speed(
         "benchmark": "speed",
         "settings": {
             "width": width,
+            "image_shape": list(data.image_shape),
+            "private_images": len(train),
             "aux_images": len(aux),
             "subspace_dim": subspace_dim,
             "group_size": group_size,
@@ -88,8 +108,19 @@ def speed(
         "reference_s_per_iteration": 0.365,
         "peak_rss_mb": peak_rss_mb(),
         "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name: benchmark wall times compare only within one machine kind."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write(path: str | Path, result: dict) -> None:

@@ -30,7 +30,7 @@ def _distiller_config(a: argparse.Namespace) -> DistillerConfig:
     )
 
 
-def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
+def _run_config(a: argparse.Namespace, out: Path, public) -> dict:
     """The CLI options as a Flower run config (keys of deploy/flower_app/pyproject.toml)."""
     rc = {
         "out": str(out.resolve()),
@@ -40,10 +40,9 @@ def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
         "ipc": a.ipc,
         "draws-per-request": a.draws_per_request or 0,
         "group-size": a.group_size or 0.0,
-        "aux-per-class": aux_per_class,
         "eval-runs": a.eval_runs,
         "seed": a.seed,
-        "data-root": a.data_root or "",
+        **public.run_config(),
     }
     for key in (
         "width",
@@ -66,32 +65,19 @@ def _run_config(a: argparse.Namespace, out: Path, aux_per_class: int) -> dict:
 def cmd_simulate(a: argparse.Namespace) -> int:
     import time
 
-    from deploy.benchmark import write
+    from deploy.benchmark import cpu_model, write
     from deploy.simulation import simulate
 
     cfg = _distiller_config(a)
-    aux_per_class = a.aux_per_class or PRESETS[a.preset]["aux_per_class"]
-    user = _user_sets(a)
+    public, private = _user_sets(a)
     t0 = time.perf_counter()
-    if user is not None and a.transport == "flower":
-        raise ValueError("--data runs in-process only for now (the Flower ServerApp reads Fashion-MNIST's split)")
     if a.transport == "flower":
         from deploy.flower_simulation import simulate_flower
 
-        rc = _run_config(a, Path(a.out), aux_per_class)
-        results = simulate_flower(Path(a.out), rc, a.data_root, a.private_subset)
+        rc = _run_config(a, Path(a.out), public)
+        results = simulate_flower(Path(a.out), rc, a.private_subset, private)
     else:
-        results = simulate(
-            Path(a.out),
-            cfg,
-            aux_per_class,
-            a.data_root,
-            a.private_subset,
-            not a.no_progress,
-            a.download,
-            a.owners,
-            user=user,
-        )
+        results = simulate(Path(a.out), cfg, public, private, a.private_subset, not a.no_progress, a.owners)
     print(f"\nall artefacts are in {Path(a.out) / 'distiller'}")
     if a.benchmark_json:
         bench = {
@@ -109,36 +95,61 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             "peak_rss_mb_by_stage": results["peak_rss_mb_by_stage"],
             "config": results["config"],
             "epsilon_by_owner": results["epsilon_by_owner"],
-            "aux_per_class": aux_per_class,
+            "public_sets": public.run_config(),
+            "private": a.data or "fashion-mnist",
+            "cpu": cpu_model(),
         }
         write(a.benchmark_json, bench)
     return 0
 
 
 def _user_sets(a: argparse.Namespace):
-    """The user's own sets (``--data``, ``--aux``, ``--test``), or None for Fashion-MNIST."""
-    from deploy.simulation import UserSets
+    """(PublicSets, the owner's own ImageSource or None) from ``--data``, ``--aux``, ``--test``."""
+    from deploy.public_sets import PublicSets
     from shared.images.source import source_for_path
 
-    if a.data is None:
-        if a.aux or a.test:
-            raise ValueError("--aux and --test go with --data (the owner's private set)")
-        return None
-    if a.aux is None:
+    aux_per_class = getattr(a, "aux_per_class", None) or PRESETS[a.preset]["aux_per_class"]
+    data, aux, test = getattr(a, "data", None), getattr(a, "aux", None), getattr(a, "test", None)
+    if data is not None and aux is None:
         raise ValueError(
             "--data needs --aux: a public auxiliary set with the same classes (SER subspaces are built from it)"
         )
-    size, channels = a.image_size, a.channels
+    if test is not None and aux is None:
+        raise ValueError("--test goes with --aux (the public auxiliary set it is compared with)")
 
-    def source(path: str, split: str):
-        return source_for_path(path, size, channels, a.resize, split)
+    def absolute(path: str | None) -> str | None:  # run configs travel to other processes
+        return str(Path(path).resolve()) if path is not None else None
 
-    return UserSets(source(a.data, "train"), source(a.aux, "val"), source(a.test, "test") if a.test else None)
+    public = PublicSets(
+        aux=absolute(aux),
+        test=absolute(test),
+        image_size=a.image_size,
+        channels=a.channels,
+        resize=a.resize,
+        aux_per_class=aux_per_class,
+        data_root=a.data_root,
+        download=getattr(a, "download", False),
+    )
+    private = source_for_path(data, a.image_size, a.channels, a.resize, "train") if data is not None else None
+    return public, private
+
+
+def cmd_example_images(a: argparse.Namespace) -> int:
+    from deploy.example_images import write_example
+
+    summary = write_example(
+        a.kind, Path(a.out), a.image_size, a.channels, a.aux_per_class, a.data_root, show_progress=not a.no_progress
+    )
+    counts = ", ".join(f"{split} {n}" for split, n in summary["images"].items())
+    print(f"{a.kind} at {a.image_size}px, {a.channels} channel(s) in {a.out}: {counts} images")
+    print(f"folders {a.out}/<split>/<class>/ and manifests {a.out}/<split>.csv (path,label,patient_id)")
+    return 0
 
 
 def cmd_speed(a: argparse.Namespace) -> int:
     from deploy.benchmark import speed, write
 
+    public, private = _user_sets(a)
     write(
         a.json,
         speed(
@@ -148,6 +159,8 @@ def cmd_speed(a: argparse.Namespace) -> int:
             draws=a.draws,
             iterations=a.iterations,
             data_root=a.data_root,
+            public=public,
+            private=private,
         ),
     )
     return 0
@@ -283,19 +296,20 @@ def cmd_flower_run(a: argparse.Namespace) -> int:
 def cmd_deploy_local(a: argparse.Namespace) -> int:
     from deploy.local_deployment import LocalDeployment
 
+    public, private = _user_sets(a)
     d = LocalDeployment(
         Path(a.out),
         num_owners=a.owners,
         epsilon=a.epsilon,
-        aux_per_class=a.aux_per_class or PRESETS[a.preset]["aux_per_class"],
-        data_root=a.data_root,
+        public=public,
+        private=private,
         private_subset=a.private_subset,
         max_draws_per_request=max(a.draws_per_request or 100, 1),
     )
     try:
         print(f"starting {a.owners} owner service(s), a SuperLink and {a.owners} SuperNode(s); logs in {d.logs}")
         d.start()
-        run_id = d.submit(_run_config(a, d.root, d.aux_per_class))
+        run_id = d.submit(_run_config(a, d.root, public))
         print(f"run {run_id} submitted; FLWR_HOME={d.root / 'flwr-cli'} flwr log {run_id} shows the distiller's log")
         d.wait(run_id)
         print(f"all artefacts are in {d.root / 'distiller'}")
@@ -307,13 +321,26 @@ def cmd_deploy_local(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from distiller_node.evaluation import evaluate
     from shared.datasets import load_fashion_mnist, split_auxiliary, to_float
+    from shared.images.classes import check_same_classes
+    from shared.images.source import load_source, source_for_path
 
     blob = torch.load(a.synthetic, weights_only=True)
-    test = load_fashion_mnist(train=False, root=a.data_root, download=a.download)
-    _, held_out = split_auxiliary(test, a.aux_per_class)
+    images = blob["images"]
+    if a.test is None:
+        test = load_fashion_mnist(train=False, root=a.data_root, download=a.download)
+        _, held_out = split_auxiliary(test, a.aux_per_class)
+    else:  # the synthetic set's own size and channels unless told otherwise
+        size, channels = a.image_size or images.shape[-1], a.channels or images.shape[1]
+        held_out = load_source(source_for_path(a.test, size, channels, a.resize, "test"), cache=False).data
+    if tuple(held_out.images.shape[1:]) != tuple(images.shape[1:]):
+        raise ValueError(
+            f"test images are {tuple(held_out.images.shape[1:])}, the synthetic ones {tuple(images.shape[1:])}: "
+            "give --image-size and --channels matching the synthetic set"
+        )
+    check_same_classes(tuple(blob["class_names"]), held_out, names=("synthetic set", "test set"))
     cfg = EvaluationConfig(runs=a.eval_runs, epochs=a.eval_epochs, width=a.eval_width)
     result = evaluate(
-        blob["images"],
+        images,
         blob["labels"],
         to_float(held_out.images, tuple(blob["normalization"])),
         held_out.labels,
@@ -327,25 +354,44 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_audit(a: argparse.Namespace) -> int:
     from owner_node.audit import AuditConfig, CanaryGame, KipStepCanaryGame, audit_subset, format_audit, write_audit
     from owner_node.config import OwnerConfig
-    from owner_node.data import PrivateData, load_auxiliary, load_private_images, normalization_for
-    from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, public_split, to_float
-    from shared.networks import NetworkSpec
+    from owner_node.data import (
+        PrivateData,
+        load_auxiliary,
+        load_private_images,
+        normalization_for,
+        public_normalization,
+    )
+    from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, to_float
+    from shared.images.source import load_source
+    from shared.networks import NetworkSpec, depth_for_image_size
 
     if a.config:
+        if a.data or a.aux:
+            raise ValueError("--config names the owner's data and auxiliary set; --data and --aux go without it")
         owner = OwnerConfig.load(a.config)
         data = load_private_images(owner, progress=not a.no_progress)
         aux, clip_norm, delta = load_auxiliary(owner), owner.clip_norm, owner.delta
         norm = normalization_for(owner, aux)
     else:
-        data = load_fashion_mnist(train=True, root=a.data_root)
-        aux, _ = public_split(a.aux_per_class, a.data_root)
-        norm, clip_norm, delta = FASHION_MNIST_NORMALIZATION, 1.0, a.delta
+        public, private = _user_sets(a)
+        aux, _ = public.load(show_progress=not a.no_progress)
+        clip_norm, delta = 1.0, a.delta
+        if private is None:
+            data, norm = load_fashion_mnist(train=True, root=a.data_root), FASHION_MNIST_NORMALIZATION
+        else:
+            data, norm = load_source(private, progress=not a.no_progress).data, public_normalization(aux)
     config = AuditConfig(
         trials=a.trials,
         draws=a.draws,
         noise_multiplier=a.sigma,
         expected_group_size=a.group_size,
-        network=NetworkSpec(width=a.width, depth=a.depth),
+        network=NetworkSpec(
+            width=a.width,
+            depth=a.depth or depth_for_image_size(data.images.shape[-1]),
+            channels=data.images.shape[1],
+            image_size=data.images.shape[-1],
+            num_classes=data.num_classes,
+        ),
         subspace_dim=a.subspace_dim,
         augmentation=a.augmentation,
         signal=a.signal,
@@ -369,6 +415,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
 def cmd_membership(a: argparse.Namespace) -> int:
     from deploy.membership import format_membership, membership_benchmark
 
+    public, private = _user_sets(a)
     results = membership_benchmark(
         Path(a.out),
         members=a.members,
@@ -378,13 +425,28 @@ def cmd_membership(a: argparse.Namespace) -> int:
         draws=a.draws,
         eval_epochs=a.eval_epochs,
         eval_width=a.eval_width,
-        data_root=a.data_root,
         seed=a.seed,
         show_progress=not a.no_progress,
+        public=public,
+        private=private,
     )
     print(format_membership(results))
     print(f"\nwritten: {Path(a.out) / 'membership.json'}, {Path(a.out) / 'membership.png'}")
     return 0
+
+
+def _own_image_options(p: argparse.ArgumentParser, data_help: str, test: bool = True) -> None:
+    """--data (private), --aux and --test (public) and their pixel format: any labelled image collection."""
+    kinds = "a folder of class folders, a CSV manifest (path,label,...) or an npz"
+    p.add_argument("--data", help=f"{data_help}: {kinds}")
+    p.add_argument(
+        "--aux", help="the public auxiliary set (same classes; folder, CSV or npz); default: Fashion-MNIST's"
+    )
+    if test:
+        p.add_argument("--test", help="a public test set (same classes); with --aux and without it, no evaluation")
+    p.add_argument("--image-size", type=int, help="image side in pixels (public; needed for folders and CSV)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 (gray) or 3 (RGB) (public; folders and CSV)")
+    p.add_argument("--resize", choices=("crop", "pad"), default="crop", help="shorter side + centre crop, or pad")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,18 +498,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--private-subset", type=int, help="use only this many private training images (for quick tries)")
     s.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: Debian package or cache)")
     s.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")
-    s.add_argument(
-        "--data", help="the simulated owner's own images: a folder of class folders, a CSV manifest or an npz"
-    )
-    s.add_argument("--aux", help="with --data: the public auxiliary set (same classes; folder, CSV or npz)")
-    s.add_argument("--test", help="with --data: a public test set (same classes); without it evaluation is skipped")
-    s.add_argument("--image-size", type=int, help="with --data: image side in pixels (public)")
-    s.add_argument("--channels", type=int, choices=(1, 3), help="with --data: 1 (gray) or 3 (RGB) (public)")
-    s.add_argument("--resize", choices=("crop", "pad"), default="crop", help="with --data: resize policy")
+    _own_image_options(s, "the simulated owner's own images")
     s.add_argument("--seed", type=int, default=0, help="public seed for networks and augmentations")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--benchmark-json", help="also write wall time, accuracy, epsilon and peak RSS to this JSON file")
     s.set_defaults(func=cmd_simulate)
+
+    ex = sub.add_parser(
+        "example-images",
+        help="write an example collection as PNG class folders and CSV manifests (train, aux, test) to try --data on",
+    )
+    ex.add_argument("kind", choices=("fashion-mnist", "digits"))
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--image-size", type=int, default=64)
+    ex.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    ex.add_argument("--aux-per-class", type=int, default=50, help="public auxiliary images per class")
+    ex.add_argument("--data-root", help="fashion-mnist: folder with the IDX files (default: Debian package)")
+    ex.add_argument("--no-progress", action="store_true")
+    ex.set_defaults(func=cmd_example_images)
 
     sp = sub.add_parser("speed", help="benchmark: seconds per draw and per optimisation iteration (JSON)")
     sp.add_argument("--json", default="runs/bench/speed.json")
@@ -457,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--draws", type=int, default=10)
     sp.add_argument("--iterations", type=int, default=50)
     sp.add_argument("--data-root")
+    _own_image_options(sp, "time on these images instead of Fashion-MNIST's", test=False)
     sp.set_defaults(func=cmd_speed)
 
     bk = sub.add_parser("bench-kip", help="benchmark: DP-KIP, both variants, at several epsilons and IPCs (JSON, PNG)")
@@ -547,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--aux-per-class", type=int)
     d.add_argument("--private-subset", type=int)
     d.add_argument("--data-root")
+    _own_image_options(d, "the owners' own images (split among --owners)")
     d.set_defaults(func=cmd_deploy_local)
 
     au = sub.add_parser(
@@ -555,14 +625,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     au.add_argument("--out", default="runs/audit")
     au.add_argument("--config", help="audit this owner's data, auxiliary set and clip norm (default: Fashion-MNIST)")
+    _own_image_options(au, "without --config: the private set audited", test=False)
     au.add_argument("--private-per-class", type=int, default=20, help="private records per class in the game")
-    au.add_argument("--aux-per-class", type=int, default=10, help="public auxiliary images per class (no --config)")
+    au.add_argument(
+        "--aux-per-class", type=int, default=10, help="Fashion-MNIST: public auxiliary images per class (no --config)"
+    )
     au.add_argument("--trials", type=int, default=1000, help="releases per world (with and without the canary)")
     au.add_argument("--sigma", type=float, default=1.0, help="noise multiplier of the audited release")
     au.add_argument("--draws", type=int, default=1, help="draws per audited release")
     au.add_argument("--group-size", type=float, help="expected Poisson sample per class (default: all, q = 1)")
     au.add_argument("--width", type=int, default=16)
-    au.add_argument("--depth", type=int, default=3)
+    au.add_argument("--depth", type=int, help="default: by image size (28-32 px: 3, 64: 4, 128: 5, 224: 6)")
     au.add_argument("--subspace-dim", type=int, default=32)
     au.add_argument("--augmentation", default="none")
     au.add_argument(
@@ -593,11 +666,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--eval-width", type=int, default=64)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--data-root")
+    m.add_argument("--aux-per-class", type=int, default=20, help="Fashion-MNIST: auxiliary images per class")
+    _own_image_options(m, "the members are drawn from these images")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=cmd_membership)
 
     e = sub.add_parser("evaluate", help="train ConvNets on an exported synthetic.pt and test them")
     e.add_argument("synthetic")
+    e.add_argument("--test", help="a labelled test set (folder, CSV manifest or npz); default: Fashion-MNIST's")
+    e.add_argument("--image-size", type=int, help="with --test: image side (default: the synthetic images')")
+    e.add_argument("--channels", type=int, choices=(1, 3), help="with --test: default: the synthetic images'")
+    e.add_argument("--resize", choices=("crop", "pad"), default="crop", help="with --test: resize policy")
     e.add_argument("--data-root")
     e.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")
     e.add_argument(

@@ -21,33 +21,37 @@ from ray._common.utils import get_default_ray_temp_dir
 
 from deploy.flower_app.dpdistill_flower.client_app import SIMULATED_OWNERS_ENV
 from deploy.flower_app.dpdistill_flower.client_app import app as relay_app
-from deploy.flower_app.dpdistill_flower.server_app import distill_over_flower
-from deploy.presets import PRESETS
-from deploy.simulation import prepare_owners
+from deploy.flower_app.dpdistill_flower.server_app import distill_over_flower, run_settings
+from deploy.presets import distiller_config
+from deploy.simulation import check_subspace_fits, prepare_owners
 from owner_node.config import OwnerConfig, ServiceConfig
 from owner_node.grpc_server import start_server
 from owner_node.service import OwnerService
-from shared.datasets import public_split
+from shared.images.source import ImageSource
 
 
 def simulate_flower(
-    out: Path, run_config: dict, data_root: str | None = None, private_subset: int | None = None
+    out: Path, run_config: dict, private_subset: int | None = None, private: ImageSource | None = None
 ) -> dict:
-    """``run_config`` has the keys of deploy/flower_app/pyproject.toml; ``out`` overrides its ``out``."""
+    """``run_config`` has the keys of deploy/flower_app/pyproject.toml; ``out`` overrides its ``out``.
+
+    ``private``: the simulated owner's own images (one owner); the public sets are the run config's.
+    """
     out = Path(out).resolve()
-    num_owners = int(run_config.get("owners", 1))
-    preset = str(run_config.get("preset", "default"))
-    aux_per_class = int(run_config.get("aux-per-class", 0)) or PRESETS[preset]["aux_per_class"]
-    aux, _ = public_split(aux_per_class, data_root)
+    run_config = {**run_config, "out": str(out)}
+    _, num_owners, public, settings = run_settings(run_config)
+    aux, _ = public.load(show_progress=False)
+    check_subspace_fits(distiller_config(settings.pop("preset"), **settings), aux)
     paths = prepare_owners(
         out,
         aux,
         float(run_config.get("epsilon", 1.0)),
         float(run_config.get("delta", 1e-5)),
-        data_root,
+        public.data_root,
         private_subset,
         num_owners,
         int(run_config.get("seed", 0)),
+        private=private,
     )
     services, servers, addresses = [], [], []
     for path in paths:
@@ -63,7 +67,7 @@ def simulate_flower(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        results.update(distill_over_flower(grid, {**run_config, "out": str(out), "data-root": data_root or ""}))
+        results.update(distill_over_flower(grid, run_config))
 
     os.environ[SIMULATED_OWNERS_ENV] = json.dumps(addresses)
     init_args = {"num_cpus": 2, "include_dashboard": False}

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from deploy import flower_runs
 from deploy.certs import make_certs
+from deploy.public_sets import PublicSets
 from deploy.simulation import prepare_owners
 from owner_node.config import Limits, ServiceConfig
-from shared.datasets import public_split
+from shared.images.source import ImageSource
 from shared.rpc.channel import OwnerChannel, OwnerEndpoint
 from shared.rpc.errors import OwnerCallError
 
@@ -81,8 +82,8 @@ class LocalDeployment:
     num_owners: int = 1
     epsilon: float = 1.0
     delta: float = 1e-5
-    aux_per_class: int = 50
-    data_root: str | None = None
+    public: PublicSets = field(default_factory=PublicSets)
+    private: ImageSource | None = None  # one owner's own images (default: Fashion-MNIST's training set)
     private_subset: int | None = None
     max_draws_per_request: int = 1000
     seed: int = 0
@@ -106,7 +107,7 @@ class LocalDeployment:
     def prepare(self) -> None:
         if not (self.certs / "ca.pem").exists():
             make_certs(self.certs, ["127.0.0.1", "localhost"], self.names)
-        aux, _ = public_split(self.aux_per_class, self.data_root)
+        aux, _ = self.public.load(show_progress=False)
         services = [
             ServiceConfig(
                 listen=f"127.0.0.1:{port}",
@@ -121,12 +122,13 @@ class LocalDeployment:
             aux,
             self.epsilon,
             self.delta,
-            self.data_root,
+            self.public.data_root,
             self.private_subset,
             self.num_owners,
             self.seed,
             services=services,
             limits=Limits(max_draws_per_request=self.max_draws_per_request),
+            private=self.private,
         )
         if os.geteuid() == 0:
             # The relays run as root without capabilities: a folder owned by another uid, mode 0700,

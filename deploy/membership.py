@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from deploy.presets import distiller_config
+from deploy.public_sets import PublicSets
 from deploy.simulation import owner_dirs, simulate
 from distiller_node.evaluation import EvaluationConfig, accuracy, train_once
-from shared.datasets import FASHION_MNIST_NORMALIZATION, load_npz, public_split, to_float
-from shared.networks import NetworkSpec
+from shared.datasets import load_npz, to_float
+from shared.images.source import ImageSource
+from shared.networks import NetworkSpec, depth_for_image_size
 
 NEAR_NON_PRIVATE_EPSILON = 1e4  # the planner's noise floor (sigma 0.3) is reached long before this
 
@@ -100,34 +102,44 @@ def membership_benchmark(
     draws: int | None = None,
     eval_epochs: int = 100,
     eval_width: int = 64,
-    data_root: str | None = None,
     seed: int = 0,
     show_progress: bool = True,
+    public: PublicSets | None = None,
+    private: ImageSource | None = None,
 ) -> dict:
-    """Distil at ``epsilon`` and near-non-privately from the same members; attack a model of each."""
+    """Distil at ``epsilon`` and near-non-privately from the same members; attack a model of each.
+
+    Members are ``members`` records drawn (public seed) from ``private`` (default: Fashion-MNIST's
+    training set); non-members come from the public test set, which must then be given.
+    """
+    public = public or PublicSets(aux_per_class=20)
     out = Path(out)
     t0 = time.perf_counter()
     eval_cfg = EvaluationConfig(runs=1, epochs=eval_epochs, width=eval_width, seed=seed + 1000)
     runs = {"private": epsilon, "near_non_private": NEAR_NON_PRIVATE_EPSILON}
     results: dict = {"members": members, "preset": preset, "group_size": group_size, "runs": {}}
-    _, held_out = public_split(20, data_root)
+    _, held_out = public.load(show_progress)
+    if held_out is None:
+        raise ValueError("the attack needs non-members: give a public test set (--test) with --aux")
     non_member_set = held_out.subset(torch.arange(min(members, len(held_out))))
-    norm = FASHION_MNIST_NORMALIZATION
-    non_members = (to_float(non_member_set.images, norm), non_member_set.labels)
-    member_x = member_y = None
+    member_x = member_y = non_members = None
     for name, eps in runs.items():
         cfg = distiller_config(preset, epsilon=eps, group_size=group_size, seed=seed, eval_runs=1, draws=draws)
         cfg = replace(cfg, evaluation=replace(cfg.evaluation, epochs=eval_epochs, width=eval_width))
-        summary = simulate(out / name, cfg, data_root=data_root, private_subset=members, show_progress=show_progress)
+        summary = simulate(out / name, cfg, public, private, private_subset=members, show_progress=show_progress)
         member_set = load_npz(owner_dirs(out / name, 1)[0] / "private.npz")
-        member_x, member_y = to_float(member_set.images, norm), member_set.labels
         blob = torch.load(out / name / "distiller" / "synthetic.pt", weights_only=True)
-        spec = _spec(blob["images"], eval_width)
+        norm = tuple(blob["normalization"])  # the owner's published constants
+        member_x, member_y = to_float(member_set.images, norm), member_set.labels
+        non_members = (to_float(non_member_set.images, norm), non_member_set.labels)
+        spec = _spec(blob["images"], eval_width, len(blob["class_names"]))
         net = train_once(blob["images"], blob["labels"], spec, eval_cfg, eval_cfg.seed)
         result = attack(net, (member_x, member_y), non_members)
         results["runs"][name] = result.__dict__ | {"epsilon": summary.get("epsilon_prv")}
     # The attack's power when the model has seen the members themselves.
-    net = train_once(member_x, member_y, _spec(member_x, eval_width), eval_cfg, eval_cfg.seed)
+    net = train_once(
+        member_x, member_y, _spec(member_x, eval_width, len(held_out.class_names)), eval_cfg, eval_cfg.seed
+    )
     results["runs"]["trained_on_members"] = attack(net, (member_x, member_y), non_members).__dict__ | {"epsilon": None}
     results["wall_s"] = time.perf_counter() - t0
     (out / "membership.json").write_text(json.dumps(results, indent=2))
@@ -135,8 +147,15 @@ def membership_benchmark(
     return results
 
 
-def _spec(images: torch.Tensor, width: int) -> NetworkSpec:
-    return NetworkSpec(width=width, channels=images.shape[1], image_size=images.shape[2], num_classes=10)
+def _spec(images: torch.Tensor, width: int, num_classes: int) -> NetworkSpec:
+    size = images.shape[2]
+    return NetworkSpec(
+        width=width,
+        depth=depth_for_image_size(size),
+        channels=images.shape[1],
+        image_size=size,
+        num_classes=num_classes,
+    )
 
 
 def _plot(results: dict, path: Path) -> None:

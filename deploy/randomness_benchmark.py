@@ -8,12 +8,11 @@ Mersenne Twister the owner used before (for comparison only: its 32-bit seed voi
 
 from __future__ import annotations
 
-import platform
 import time
-from pathlib import Path
 
 import torch
 
+from deploy.benchmark import cpu_model
 from distiller_node.pipeline import peak_rss_mb
 from owner_node.randomness import SecureRandom, noisy
 from shared.moments import moment_dim
@@ -26,16 +25,6 @@ SHAPES = {
 CLASS_SIZES = [6000] * 10
 RATE = 50 / 6000
 EXACT_COORDINATES = 20_000
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time(fn, repeat: int = 3) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deploy.local_deployment import LocalDeployment, descendants
 from deploy.presets import PRESETS, distiller_config
+from deploy.public_sets import PublicSets
 from deploy.simulation import simulate
 from owner_node.config import Limits
 
@@ -77,12 +78,11 @@ def transport_overhead(
 
     t0 = time.perf_counter()
     limits = Limits(max_draws_per_request=draws_per_request)
-    local = simulate(out / "in-process", cfg, aux_per_class, data_root, show_progress=False, limits=limits)
+    public = PublicSets(aux_per_class=aux_per_class, data_root=data_root)
+    local = simulate(out / "in-process", cfg, public, show_progress=False, limits=limits)
     local_wall = time.perf_counter() - t0
 
-    d = LocalDeployment(
-        out / "deployment", aux_per_class=aux_per_class, data_root=data_root, max_draws_per_request=draws_per_request
-    )
+    d = LocalDeployment(out / "deployment", public=public, max_draws_per_request=draws_per_request)
     rc = {
         "out": str(d.root),
         "preset": preset,
@@ -91,8 +91,7 @@ def transport_overhead(
         "eval-epochs": 1,
         "eval-runs": 1,
         "draws-per-request": draws_per_request,
-        "aux-per-class": aux_per_class,
-        "data-root": data_root or "",
+        **public.run_config(),
     }
     try:
         t0 = time.perf_counter()

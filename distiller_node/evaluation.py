@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from shared.augmentation import DEFAULT_STRATEGY, augment
 from shared.kip import DEFAULT_REG, centred_one_hot, krr_predict
-from shared.networks import NetworkSpec, build_network, depth_for_image_size
+from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, depth_for_image_size, image_chunk
 from shared.scattering import scattering_features
 from shared.subspace import Subspace
 
@@ -35,6 +35,9 @@ class EvaluationConfig:
     batch_size: int = 256
     augmentation: str = DEFAULT_STRATEGY
     seed: int = 1000
+    # Activation memory of one pass: larger batches are split into micro-batches whose gradients add
+    # up to the batch's (exact: the network has no batch statistics).
+    activation_budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,11 @@ class EvaluationResult:
         return {"mean": self.mean, "std": self.std, "runs": self.accuracies}
 
 
-def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 100) -> float:
+def accuracy(
+    net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB
+) -> float:
     net.eval()
+    chunk = image_chunk(net.spec, budget_mb, most=256)
     correct = 0
     with torch.inference_mode():
         for i in range(0, images.shape[0], chunk):
@@ -71,15 +77,18 @@ def train_once(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.epochs // 2], gamma=0.1)
     g = torch.Generator().manual_seed(seed)
     n = images.shape[0]
+    micro = image_chunk(spec, cfg.activation_budget_mb, most=cfg.batch_size)
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=g)
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             aug_seed = int(torch.randint(2**62, (1,), generator=g))
             x = augment(images[idx], aug_seed, cfg.augmentation, per_example=True)
-            loss = F.cross_entropy(net(x), labels[idx])
+            y = labels[idx]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for j in range(0, len(idx), micro):  # the batch's mean loss, one micro-batch at a time
+                loss = F.cross_entropy(net(x[j : j + micro]), y[j : j + micro], reduction="sum") / len(idx)
+                loss.backward()
             opt.step()
         sched.step()
         if bar is not None:
@@ -107,7 +116,7 @@ def evaluate(
     ) as bar:
         for r in range(cfg.runs):
             net = train_once(images, labels, spec, cfg, cfg.seed + r, bar)
-            accs.append(accuracy(net, test_images, test_labels))
+            accs.append(accuracy(net, test_images, test_labels, cfg.activation_budget_mb))
             bar.set_postfix(acc=f"{statistics.fmean(accs):.4f}")
     return EvaluationResult(accs)
 

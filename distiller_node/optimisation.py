@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from distiller_node.network_cache import NetworkCache
 from distiller_node.signal_store import Signals
+from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, image_chunk
 from shared.statistic import class_sums, per_example_statistic
 from shared.subspace import FINGERPRINT_TOL
 
@@ -43,6 +44,9 @@ class OptimisationConfig:
     # Where the synthetic images start: "noise" (N(0, 1)) or "aux" (the first ipc public auxiliary
     # images of each class). Never from private images.
     init: str = "noise"
+    # Activation memory of one pass: a synthetic set whose pass would need more is pushed through in
+    # chunks, with the exact gradient of the whole-set loss (two passes; see ``Distiller.step``).
+    activation_budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB
 
 
 def decode_pea(images: torch.Tensor) -> torch.Tensor:
@@ -125,10 +129,13 @@ class Distiller:
         self.group_sizes = signals.expected_counts.view(-1, 1)
         self.targets = signals.noisy_sums.double()
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor, draw: int) -> torch.Tensor:
+    def _draw(self, draw: int):
         net, subspace, fingerprint = self.cache.get_with_fingerprint(self.signals.network_seeds[draw])
         # Before any use of the draw: its owners' bases must be this one (k numbers compared per step).
         self.signals.check_basis(draw, fingerprint, self.fingerprint_tol)
+        return net, subspace
+
+    def _statistics(self, net, subspace, images: torch.Tensor, labels: torch.Tensor, draw: int):
         train_x, train_y = training_images(images, labels, self.cfg.pea)
         stats = per_example_statistic(
             net,
@@ -140,10 +147,51 @@ class Distiller:
             train_y,
             self.signal,
         )
+        return stats, train_y
+
+    def _rescale(self, labels: torch.Tensor) -> torch.Tensor:
+        """g_c / (synthetic examples of class c): what turns a synthetic class sum into a group's."""
         num_classes = self.targets.shape[1]
+        train_y = labels.repeat_interleave(4) if self.cfg.pea else labels
         counts = torch.bincount(train_y, minlength=num_classes).clamp_min(1).double().view(-1, 1)
-        rescaled = class_sums(stats, train_y, num_classes) * (self.group_sizes / counts)
+        return self.group_sizes / counts
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, draw: int) -> torch.Tensor:
+        net, subspace = self._draw(draw)
+        stats, train_y = self._statistics(net, subspace, images, labels, draw)
+        rescaled = class_sums(stats, train_y, self.targets.shape[1]) * self._rescale(labels)
         return (rescaled - self.targets[draw]).square().sum()
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, draw: int) -> float:
+        """The loss, with its gradient accumulated into ``images.grad``.
+
+        When one pass over the whole synthetic set would exceed the activation budget, the set goes
+        through in chunks: a first pass without a graph gives the class sums and so dL/d(sums); a
+        second pass backpropagates each chunk's sums against that. The gradient is the same as one
+        pass's (the loss depends on the images only through the class sums).
+        """
+        net, subspace = self._draw(draw)
+        per_stored = 4 if self.cfg.pea else 1
+        chunk = max(
+            1, image_chunk(net.spec, self.cfg.activation_budget_mb, most=images.shape[0] * per_stored) // per_stored
+        )
+        if chunk >= images.shape[0]:
+            loss = self.loss(images, labels, draw)
+            loss.backward()
+            return loss.item()
+        parts = [slice(i, i + chunk) for i in range(0, images.shape[0], chunk)]
+        num_classes = self.targets.shape[1]
+        rescale = self._rescale(labels)
+        with torch.no_grad():
+            sums = sum(
+                class_sums(*self._statistics(net, subspace, images[p], labels[p], draw), num_classes) for p in parts
+            )
+        residual = sums * rescale - self.targets[draw]
+        weights = 2 * residual * rescale  # dL/d(class sums)
+        for p in parts:
+            stats, train_y = self._statistics(net, subspace, images[p], labels[p], draw)
+            (stats * weights[train_y]).sum().backward()
+        return float(residual.square().sum())
 
     def run(self, state: SyntheticState, checkpoint: Path | None = None, show_progress: bool = True) -> SyntheticState:
         cfg = self.cfg
@@ -169,12 +217,11 @@ class Distiller:
             if it % max(1, cfg.steps_per_draw) == 0:
                 draw = int(torch.randint(num_draws, (1,), generator=picker))
             opt.zero_grad(set_to_none=True)
-            loss = self.loss(images, state.labels, draw)
-            loss.backward()
+            loss = self.step(images, state.labels, draw)
             opt.step()
             with torch.no_grad():
                 ema.mul_(cfg.ema_decay).add_(images.detach(), alpha=1 - cfg.ema_decay)
-            losses.append(loss.item())
+            losses.append(loss)
             bar.update(1)
             if it % 20 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", cache=len(self.cache))

@@ -30,6 +30,10 @@ class Limits:
     # Bounds one draw's basis work (auxiliary vectors in float32 plus the basis): this is what keeps
     # the owner's peak memory in check for gradient signals, whose vectors have one entry per parameter.
     max_basis_mb: int = 1024
+    # Bounds the activations of one pass through a network: the owner works through each sample in
+    # chunks this size allows (high-resolution images go a few at a time) and refuses a network whose
+    # single image would need more (shared.networks.NetworkSpec.activation_bytes).
+    max_activation_mb: float = 512
     # Synchronised DP-KIP: steps per request (each is a release) and synthetic images per request;
     # a step costs the owner n_sample x m per-example image gradients (seconds to minutes on a CPU).
     max_kip_steps_per_request: int = 50
@@ -44,9 +48,17 @@ class Limits:
                 f"(the gRPC channel and message decoder stop at {MAX_MESSAGE_BYTES} bytes, less room for "
                 "the message header; SQLite stores at most 1e9 bytes a reply)"
             )
-        for name in ("max_draws_per_request", "max_subspace_dim", "max_network_width", "max_network_depth"):
+        for name in (
+            "max_draws_per_request",
+            "max_subspace_dim",
+            "max_network_width",
+            "max_network_depth",
+            "max_basis_mb",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"[limits] {name} must be >= 1")
+        if not self.max_activation_mb > 0:
+            raise ValueError(f"[limits] max_activation_mb must be > 0, got {self.max_activation_mb}")
         if not 0 < self.max_sample_rate <= 1:
             raise ValueError(f"[limits] max_sample_rate must be in (0, 1], got {self.max_sample_rate}")
         if not self.min_noise_multiplier > 0:

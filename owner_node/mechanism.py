@@ -17,9 +17,10 @@ import torch
 
 from owner_node.data import PrivateData
 from owner_node.randomness import SecureRandom, check_sampler, noisy
-from shared.networks import NetworkSpec, build_network, freeze
+from shared.datasets import to_float
+from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, freeze, image_chunk
 from shared.protocol import FeatureRequest
-from shared.statistic import EMBED_CHUNK, class_sums, per_example_statistic, public_subspace, released_dim
+from shared.statistic import class_sums, per_example_statistic, public_subspace, released_dim
 from shared.subspace import Subspace, basis_fingerprint
 
 
@@ -33,16 +34,25 @@ def clean_class_sums(
     clip_norm: float,
     num_classes: int,
     signal: str = "features",
+    normalization: tuple[float, float] | None = None,
+    budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
 ) -> torch.Tensor:
-    """Per-class sums of clipped statistics, float64 [num_classes, k]; the noise-free core."""
+    """Per-class sums of clipped statistics, float64 [num_classes, k]; the noise-free core.
+
+    ``images`` are normalised floats, or uint8 with their ``normalization``: then each chunk is
+    converted on its own, so a large sample of large images never exists in float32 at once.
+    Chunks keep one pass's activations within ``budget_mb`` (``shared.networks.image_chunk``).
+    """
+    if images.dtype == torch.uint8 and normalization is None:
+        raise ValueError("uint8 images need their normalization")
     k = released_dim(net.spec, signal, subspace.dim if subspace is not None else 0)
     total = torch.zeros(num_classes, k, dtype=torch.float64)
+    chunk = image_chunk(net.spec, budget_mb)
     with torch.inference_mode():
-        for i in range(0, images.shape[0], EMBED_CHUNK):
-            part = slice(i, i + EMBED_CHUNK)
-            stats = per_example_statistic(
-                net, subspace, images[part], augment_seed, strategy, clip_norm, labels[part], signal
-            )
+        for i in range(0, images.shape[0], chunk):
+            part = slice(i, i + chunk)
+            x = to_float(images[part], normalization) if images.dtype == torch.uint8 else images[part]
+            stats = per_example_statistic(net, subspace, x, augment_seed, strategy, clip_norm, labels[part], signal)
             total += class_sums(stats, labels[part], num_classes)
     return total
 
@@ -65,8 +75,10 @@ class FeatureMechanism:
         clip_norm: float,
         aux_labels: torch.Tensor | None = None,
         noise_sampler: str = "csprng",
+        activation_budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
     ):
         check_sampler(noise_sampler)
+        self.activation_budget_mb = activation_budget_mb
         self.noise_sampler = noise_sampler
         self.data = data
         self.aux_images = aux_images
@@ -110,13 +122,15 @@ class FeatureMechanism:
             sums = clean_class_sums(
                 net,
                 subspace,
-                self.data.float_images(index),
+                self.data.images[index],
                 self.data.labels[index],
                 aug_seed,
                 request.augmentation,
                 self.clip_norm,
                 num_classes,
                 request.signal,
+                self.data.normalization,
+                self.activation_budget_mb,
             )
             del subspace  # a gradient basis can be tens of MB; never hold two
             # Each draw's noise is drawn here, once; nothing ever draws it again (retries read the ledger).

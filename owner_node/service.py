@@ -89,7 +89,12 @@ class OwnerService:
         check_same_classes(self.data.class_names, aux.class_names, names=("private set", "auxiliary set"))
         self.aux_hash = content_hash(aux.images)
         self.mechanism = FeatureMechanism(
-            self.data, to_float(aux.images, self.normalization), config.clip_norm, aux.labels, config.noise_sampler
+            self.data,
+            to_float(aux.images, self.normalization),
+            config.clip_norm,
+            aux.labels,
+            config.noise_sampler,
+            config.limits.max_activation_mb,
         )
         self.kip = KipStepMechanism(self.data, config.clip_norm, config.noise_sampler)
         self.num_aux = len(aux)
@@ -404,6 +409,14 @@ class OwnerService:
                 f"a {r.signal} subspace for this network needs about {basis_mb:.0f} MB "
                 f"({self.num_aux} auxiliary vectors of length {raw_dim}, k={r.subspace_dim}); "
                 f"the owner allows {lim.max_basis_mb} MB: use a smaller network or subspace",
+                "too_large",
+            )
+        image_mb = r.network.activation_bytes / 2**20
+        if r.signal != "kip" and image_mb > lim.max_activation_mb:
+            raise refuse(
+                f"one {r.network.image_size}px image through a width-{r.network.width} network needs about "
+                f"{image_mb:.0f} MB of activations; the owner allows {lim.max_activation_mb} MB a pass: "
+                "use a narrower network",
                 "too_large",
             )
         # Noisy sums plus one basis fingerprint per draw (at most a class sum's length).

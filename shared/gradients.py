@@ -30,8 +30,10 @@ def num_parameters(spec: NetworkSpec) -> int:
 
 
 def gradient_chunk(spec: NetworkSpec) -> int:
-    """How many examples' gradients to compute in one vectorised pass for this network."""
-    return max(1, min(MAX_GRADIENT_CHUNK, GRADIENT_CHUNK_BYTES // (4 * num_parameters(spec))))
+    """How many examples' gradients to compute in one vectorised pass for this network: each holds its
+    gradient and its activations, the latter growing with the image side squared."""
+    per_example = 4 * num_parameters(spec) + spec.activation_bytes
+    return max(1, min(MAX_GRADIENT_CHUNK, GRADIENT_CHUNK_BYTES // per_example))
 
 
 def per_example_gradients(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,11 @@ import torch
 from torch import nn
 
 ARCHITECTURES = ("convnet",)
+# Working memory for a forward and backward pass: the full-resolution layer's conv, norm and pool
+# tensors plus what autograd keeps of the smaller layers come to about four full-resolution maps.
+ACTIVATION_MAPS = 4
+# How much activation memory one chunk of images may take where the caller sets no budget.
+DEFAULT_ACTIVATION_BUDGET_MB = 256
 
 
 def depth_for_image_size(image_size: int) -> int:
@@ -52,8 +57,23 @@ class NetworkSpec:
         side = self.image_size >> self.depth
         return self.width * side * side
 
+    @property
+    def activation_bytes(self) -> int:
+        """Working memory of one image's pass through the network (float32, ``ACTIVATION_MAPS`` maps);
+        it grows with the square of the image side, which is what bounds chunk sizes at high resolution."""
+        return ACTIVATION_MAPS * 4 * max(self.width, self.channels) * self.image_size**2
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def image_chunk(spec: NetworkSpec, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB, most: int = 128) -> int:
+    """Images per pass so that one pass's activations stay within ``budget_mb`` (at least 1, at most ``most``).
+
+    Every ConvNet pass over many images (owner's releases, subspaces, the distiller's loss, evaluation)
+    goes through chunks of this size: GroupNorm has no batch statistics, so chunking changes no result.
+    """
+    return max(1, min(most, int(budget_mb * 2**20) // spec.activation_bytes))
 
 
 class ConvNet(nn.Module):

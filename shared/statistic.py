@@ -19,11 +19,10 @@ from torch import nn
 from shared.augmentation import augment
 from shared.gradients import gradients_in_chunks, num_parameters, per_example_gradients
 from shared.moments import moment_dim, pack_moments
-from shared.networks import NetworkSpec
+from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, image_chunk
 from shared.scattering import feature_dim, scattering_features
 from shared.subspace import Subspace, fit_subspace
 
-EMBED_CHUNK = 128
 SIGNALS = ("features", "gradients", "kip")  # what a FeatureRequest can ask to be released
 # Synchronised DP-KIP is a method, not a signal kind: the owner sees KipStepRequests, not FeatureRequests.
 KIP_SYNC = "kip-sync"
@@ -70,8 +69,9 @@ def describe(net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, 
     raise ValueError(f"unknown signal kind {signal!r}; known: {', '.join(SIGNALS)}")
 
 
-def embed_images(net: nn.Module, images: torch.Tensor, chunk: int = EMBED_CHUNK) -> torch.Tensor:
-    """Embeddings of a public or private image set, without gradients, in fixed-size chunks."""
+def embed_images(net: nn.Module, images: torch.Tensor, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB) -> torch.Tensor:
+    """Embeddings of a public or private image set, without gradients, in chunks within ``budget_mb``."""
+    chunk = image_chunk(net.spec, budget_mb)
     with torch.inference_mode():
         parts = [net.embed(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
     if not parts:

@@ -206,3 +206,20 @@ def test_gradient_basis_memory_is_capped_by_the_owner_config(tmp_path: Path) -> 
         assert [r.request_id for r in service.ledger.rows()] == ["g3", "g4"]
     finally:
         service.close()
+
+
+def test_activation_memory_is_capped_by_the_owner_config(tmp_path: Path) -> None:
+    """max_activation_mb bounds one pass's activations: a network whose single image needs more is
+    refused before anything is reserved; below it the owner answers, in chunks it chooses itself."""
+    service = OwnerService(make_owner_config(tmp_path, max_activation_mb=0.5))
+    try:
+        wide = NetworkSpec(width=256, depth=2, image_size=16, num_classes=4)  # 1 MB an image
+        refused = decode(service.handle(encode(feature_request(service, "a1", network=wide))))
+        assert isinstance(refused, ErrorReply) and refused.code == "too_large"
+        assert "activations" in refused.message and "0.5 MB" in refused.message
+        assert service.ledger.rows() == []
+        reply = decode(service.handle(encode(feature_request(service, "a2"))))
+        assert isinstance(reply, FeatureReply)
+        assert service.mechanism.activation_budget_mb == 0.5  # from the owner's config, not the request
+    finally:
+        service.close()

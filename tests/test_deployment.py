@@ -17,6 +17,7 @@ import torch
 
 from deploy.cli import main
 from deploy.local_deployment import LocalDeployment, free_port
+from deploy.public_sets import PublicSets
 from owner_node.ledger import Ledger
 from shared.datasets import DataNotFound, fashion_mnist_root
 from shared.protocol import decode
@@ -53,7 +54,7 @@ def deployment(tmp_path_factory):
         tmp_path_factory.mktemp("deployment"),
         num_owners=2,
         epsilon=10.0,
-        aux_per_class=20,
+        public=PublicSets(aux_per_class=20),
         private_subset=4000,
         max_draws_per_request=50,
     )

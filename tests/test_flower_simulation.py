@@ -51,3 +51,22 @@ def test_flower_simulation_runs_dp_kip(tmp_path: Path, preset: str) -> None:
         assert [e.count for e in ledger.events()] == [2, 2]
     finally:
         ledger.close()
+
+
+def test_flower_simulation_on_a_users_images_with_its_own_public_sets(tmp_path: Path) -> None:
+    """Over Flower, the owner reads its own folder and the distiller's public sets are the run
+    config's (here scikit-learn's digits, not Fashion-MNIST)."""
+    from deploy.example_images import write_example
+
+    digits = tmp_path / "digits"
+    write_example("digits", digits, image_size=32, channels=1, aux_per_class=10, show_progress=False)
+    args = ["simulate", "--transport", "flower", "--out", str(tmp_path / "run"), "--preset", "quick"]
+    args += ["--data", str(digits / "train"), "--aux", str(digits / "aux.csv"), "--test", str(digits / "test")]
+    args += ["--image-size", "32", "--channels", "1", "--epsilon", "8", "--group-size", "5", "--ipc", "2"]
+    args += ["--draws", "20", "--draws-per-request", "10", "--subspace-dim", "16", "--iterations", "150"]
+    assert main([*args, "--eval-runs", "1", "--eval-epochs", "40"]) == 0
+    results = json.loads((tmp_path / "run" / "distiller" / "results.json").read_text())
+    assert results["test_accuracy"]["mean"] > 0.3, results["test_accuracy"]  # chance is 0.1
+    assert results["test_images"] == json.loads((digits / "example.json").read_text())["images"]["test"]
+    report = json.loads((tmp_path / "run" / "distiller" / "privacy_report.json").read_text())
+    assert report["image_shape"] == [1, 32, 32]

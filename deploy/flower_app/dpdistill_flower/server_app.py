@@ -1,6 +1,8 @@
 """The distiller as a Flower ServerApp: the same pipeline as the in-process run, owners reached via relays.
 
-Run config keys are those in deploy/flower_app/pyproject.toml; numbers left at 0 take the preset's
+Run config keys are those in deploy/flower_app/pyproject.toml; the public sets are the cloud's own
+(``aux`` and ``test``: paths on the machine that runs the ServerApp; empty: Fashion-MNIST's split,
+see ``deploy.public_sets``). Numbers left at 0 take the preset's
 value, except ``subspace-dim``, where 0 asks for no projection (as on the command line) and -1 takes
 the preset's. ``out`` should be an absolute path on the machine that runs the ServerApp (a relative one is
 taken from that process's working directory). Re-running with the same ``out`` resumes the run.
@@ -14,10 +16,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from deploy.presets import PRESETS, distiller_config
+from deploy.public_sets import PublicSets
 from distiller_node.client import OwnerClient
 from distiller_node.flower_transport import GridRouter
 from distiller_node.pipeline import run_distillation
-from shared.datasets import public_split
 
 app = ServerApp()
 
@@ -36,8 +38,8 @@ OVERRIDABLE = (
 )
 
 
-def run_settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
-    """(out, owners, auxiliary images per class, data root, distiller_config arguments) of a run config."""
+def run_settings(rc: dict) -> tuple[Path, int, PublicSets, dict]:
+    """(out, owners, the distiller's public sets, distiller_config arguments) of a run config."""
     preset = str(rc.get("preset", "default"))
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -61,13 +63,10 @@ def run_settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
         eval_runs=int(rc.get("eval-runs", 3)),
         **overrides,
     )
-    aux_per_class = int(rc.get("aux-per-class", 0)) or PRESETS[preset]["aux_per_class"]
-    data_root = str(rc.get("data-root", "")) or None
     return (
         Path(str(rc.get("out", "runs/flower"))).resolve(),
         int(rc.get("owners", 1)),
-        aux_per_class,
-        data_root,
+        PublicSets.from_run_config(rc, PRESETS[preset]["aux_per_class"]),
         {
             "preset": preset,
             **kwargs,
@@ -77,7 +76,7 @@ def run_settings(rc: dict) -> tuple[Path, int, int, str | None, dict]:
 
 def distill_over_flower(grid: Grid, run_config: dict, run_id: int | str = "") -> dict:
     """The distiller's whole run with owners reached through ``grid`` (deployment or simulation)."""
-    out, num_owners, aux_per_class, data_root, settings = run_settings(run_config)
+    out, num_owners, public, settings = run_settings(run_config)
     cfg = distiller_config(settings.pop("preset"), **settings)
     print(f"[distiller] run {run_id}: writing to {out}; waiting for {num_owners} owner(s)", flush=True)
     router = GridRouter(grid)
@@ -86,7 +85,7 @@ def distill_over_flower(grid: Grid, run_config: dict, run_id: int | str = "") ->
         raise ValueError(f"the run expects {num_owners} owner(s) but {len(owners)} are connected: {owners}")
     print(f"[distiller] owners: {owners} via nodes {router.node_of}", flush=True)
     clients = [OwnerClient(router.transport(o), o) for o in owners]
-    aux, held_out = public_split(aux_per_class, data_root)
+    aux, held_out = public.load(show_progress=False)
     results = run_distillation(clients, cfg, out / "distiller", aux, held_out, show_progress=False)
     print(f"[distiller] done: artefacts in {out / 'distiller'}", flush=True)
     return results
