@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from deploy.presets import PRESETS, distiller_config
-from distiller_node.evaluation import EvaluationConfig
 from distiller_node.optimisation import INITS
 from distiller_node.pipeline import DistillerConfig
+from shared.evaluation import EvaluationConfig
 from shared.statistic import KIP_SYNC, METHODS
 
 
@@ -319,8 +319,8 @@ def cmd_deploy_local(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from distiller_node.evaluation import evaluate
-    from shared.datasets import load_fashion_mnist, split_auxiliary, to_float
+    from shared.datasets import load_fashion_mnist, split_auxiliary
+    from shared.evaluation import evaluate
     from shared.images.classes import check_same_classes
     from shared.images.source import load_source, source_for_path
 
@@ -342,12 +342,29 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     result = evaluate(
         images,
         blob["labels"],
-        to_float(held_out.images, tuple(blob["normalization"])),
+        held_out.images,
         held_out.labels,
         len(blob["class_names"]),
         cfg,
+        normalization=tuple(blob["normalization"]),
     )
     print(f"test accuracy: {100 * result.mean:.2f}% +- {100 * result.std:.2f} over {len(result.accuracies)} trainings")
+    return 0
+
+
+def cmd_owner_evaluate(a: argparse.Namespace) -> int:
+    from owner_node.config import OwnerConfig
+    from owner_node.evaluation import NOTICE, owner_evaluate
+    from shared.metrics import format_metrics
+
+    cfg = EvaluationConfig(runs=a.eval_runs, epochs=a.eval_epochs, width=a.eval_width)
+    report = owner_evaluate(OwnerConfig.load(a.config), a.synthetic, cfg, a.out, not a.no_progress)
+    acc = report["accuracy"]
+    print(f"\nowner's held-out split ({report['held_out_images']} images), {cfg.runs} trainings:")
+    print(f"accuracy {100 * acc['mean']:.2f}% +- {100 * acc['std']:.2f}")
+    print(format_metrics(report["metrics"]))
+    print(f"\nwritten: {report['out']}/owner_evaluation.json, {report['out']}/confusion_matrix.png")
+    print(NOTICE)
     return 0
 
 
@@ -670,6 +687,20 @@ def build_parser() -> argparse.ArgumentParser:
     _own_image_options(m, "the members are drawn from these images")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=cmd_membership)
+
+    oe = sub.add_parser(
+        "owner-evaluate",
+        help="at the owner: train on a synthetic.pt, test on the owner's held-out split ([data] holdout); "
+        "figures stay at the owner",
+    )
+    oe.add_argument("synthetic", help="the synthetic.pt the distiller produced")
+    oe.add_argument("--config", required=True, help="the owner's config file (TOML)")
+    oe.add_argument("--out", help="default: owner_evaluation/<name> beside the owner's ledger")
+    oe.add_argument("--eval-runs", type=int, default=3)
+    oe.add_argument("--eval-epochs", type=int, default=300)
+    oe.add_argument("--eval-width", type=int, default=128)
+    oe.add_argument("--no-progress", action="store_true")
+    oe.set_defaults(func=cmd_owner_evaluate)
 
     e = sub.add_parser("evaluate", help="train ConvNets on an exported synthetic.pt and test them")
     e.add_argument("synthetic")

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from deploy.presets import distiller_config
 from deploy.public_sets import PublicSets
 from deploy.simulation import owner_dirs, simulate
-from distiller_node.evaluation import EvaluationConfig, accuracy, train_once
 from shared.datasets import load_npz, to_float
+from shared.evaluation import EvaluationConfig, accuracy, train_once
 from shared.images.source import ImageSource
 from shared.networks import NetworkSpec, depth_for_image_size
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from distiller_node.evaluation import EvaluationConfig
 from distiller_node.optimisation import OptimisationConfig
 from distiller_node.pipeline import DistillerConfig
 from distiller_node.sampling import SamplingConfig
+from shared.evaluation import EvaluationConfig
 
 # Gradient-signal settings, chosen by measurement (see README, "Gradient signals").
 GRADIENT_DRAWS = 100

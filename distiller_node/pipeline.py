@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distiller_node.client import OwnerClient
-from distiller_node.evaluation import EvaluationConfig, evaluate, krr_accuracy
 from distiller_node.export import export_synthetic, plot_loss
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
 from distiller_node.kip_sync import first_request, run_kip_sync
@@ -24,6 +23,8 @@ from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan, run
 from distiller_node.signal_store import SignalStore, atomic_write
 from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
+from shared.evaluation import EvaluationConfig, evaluate, krr_accuracy
+from shared.metrics import format_metrics, plot_confusion
 from shared.statistic import KIP_SYNC, public_subspace
 from shared.subspace import content_hash
 
@@ -197,11 +198,13 @@ def run_distillation(
         result = evaluate(
             train_x,
             train_y,
-            to_float(test.images, info.normalization),
+            test.images,
             test.labels,
             len(info.class_names),
             cfg.evaluation,
             show_progress,
+            info.normalization,
+            info.class_names,
         )
     krr = None
     if plan.signal in ("kip", KIP_SYNC) and test is not None:
@@ -238,8 +241,13 @@ def run_distillation(
     }.get(plan.signal, "squared distance to noisy class sums")
     plot_loss(out / "loss_curve.png", state.losses, ylabel=ylabel)
     artefacts |= {"loss_curve": "loss_curve.png", "privacy_report": "privacy_report.json"}
+    if result is not None and result.metrics is not None:
+        title = f"public test set, {len(test)} images, {len(result.accuracies)} trainings"
+        plot_confusion(out / "confusion_matrix.png", result.metrics, title)
+        artefacts["confusion_matrix"] = "confusion_matrix.png"
     results = {
         "test_accuracy": result.to_dict() if result is not None else None,
+        "test_metrics": result.metrics if result is not None else None,
         "krr_accuracy": krr,
         "epsilon_prv": report["epsilon_prv"],
         "epsilon_rdp": report["epsilon_rdp"],
@@ -265,6 +273,7 @@ def run_distillation(
             f"{len(test)} test images): "
             f"{100 * result.mean:.2f}% +- {100 * result.std:.2f}"
         )
+        print(format_metrics(result.metrics))
     if krr is not None:
         projected = f", {100 * krr['projected']:.2f}% (projected, k={plan.subspace_dim})" if "projected" in krr else ""
         print(

@@ -140,12 +140,34 @@ def check_compatible(infos: list[OwnerInfo]) -> None:
                 )
 
 
+# Below an owner's cap by this factor, so that g / n_min never rounds above it.
+CAP_MARGIN = 1.0 - 1e-9
+
+
+def effective_group_size(group_size: float, infos: list[OwnerInfo]) -> float:
+    """The largest group size up to ``group_size`` that every owner accepts.
+
+    An owner samples every class at one rate q = g / n_min. Its ``max_sample_rate`` caps q, and its
+    ``max_sample_per_draw`` caps q * N (its compute per draw). A small class would otherwise refuse the
+    default group size; lowering g keeps the run within both caps at the highest rate they allow.
+    """
+    g = group_size
+    for info in infos:
+        n_min, total = min(info.class_counts), sum(info.class_counts)
+        g = min(g, float(info.limits.get("max_sample_rate", 1.0)) * n_min * CAP_MARGIN)
+        per_draw = info.limits.get("max_sample_per_draw")
+        if per_draw is not None:
+            g = min(g, float(per_draw) * n_min / total * CAP_MARGIN)
+    return g
+
+
 def make_plan(
     cfg: SamplingConfig,
     infos: list[OwnerInfo],
     target_epsilons: list[float],
     delta: float,
     accountant: str = "prv",
+    log=print,
 ) -> SamplingPlan:
     """Seeds from the distiller's run seed (public); each owner's noise calibrated to spend its target.
 
@@ -156,15 +178,14 @@ def make_plan(
     g = torch.Generator().manual_seed(cfg.seed)
     seeds = torch.randint(0, 2**62, (2, cfg.draws), generator=g)
     owners = []
+    group_size = effective_group_size(cfg.group_size, infos)
+    if group_size < cfg.group_size:
+        log(
+            f"group size lowered from {cfg.group_size:g} to {group_size:.4g} (expected records of the smallest "
+            "class per draw): the owners' caps on the sampling rate and on records per draw allow no more"
+        )
     for info, target in zip(infos, target_epsilons, strict=True):
-        rate = max(min(1.0, cfg.group_size / n) for n in info.class_counts)
-        cap = float(info.limits.get("max_sample_rate", 1.0))
-        if rate > cap:
-            raise ValueError(
-                f"group size {cfg.group_size} means sampling rate {rate:.4f} on the smallest class of owner "
-                f"'{info.owner_id}' ({min(info.class_counts)} examples), above its cap {cap}; "
-                "use a smaller --group-size"
-            )
+        rate = min(1.0, group_size / min(info.class_counts))  # the owner's one rate for every class
         max_draws = int(info.limits.get("max_draws_per_request", cfg.draws_per_request))
         if cfg.draws_per_request > max_draws:
             raise ValueError(
@@ -189,7 +210,7 @@ def make_plan(
         network_seeds=seeds[0].tolist(),
         augment_seeds=seeds[1].tolist(),
         draws_per_request=cfg.draws_per_request,
-        group_size=cfg.group_size,
+        group_size=group_size,
         subspace_dim=cfg.subspace_dim,
         augmentation=cfg.augmentation,
         aux_hash=first.aux_hash,

@@ -22,6 +22,9 @@ class Limits:
 
     max_draws_per_request: int = 100
     max_sample_rate: float = 0.05
+    # Bounds the owner's compute per draw: every class is sampled at one rate q, so a large class
+    # contributes q * n_c records; a request expecting more records per draw than this is refused.
+    max_sample_per_draw: int = 10_000
     max_subspace_dim: int = 2048
     max_network_width: int = 256
     max_network_depth: int = 6  # a 224 or 256 px image needs 6 (shared.networks.depth_for_image_size)
@@ -54,6 +57,7 @@ class Limits:
             "max_network_width",
             "max_network_depth",
             "max_basis_mb",
+            "max_sample_per_draw",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"[limits] {name} must be >= 1")
@@ -92,7 +96,20 @@ class ServiceConfig:
             raise ValueError("[service] max_workers must be >= 1")
 
 
-DATA_KEYS = ("source", "path", "name", "split", "image_size", "channels", "resize", "classes", "cache", "normalization")
+DATA_KEYS = (
+    "source",
+    "path",
+    "name",
+    "split",
+    "image_size",
+    "channels",
+    "resize",
+    "classes",
+    "cache",
+    "normalization",
+    "holdout",
+    "holdout_seed",
+)
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,10 @@ class OwnerConfig:
     data_split: str = "train"  # array kinds (medmnist, torchvision, fashion-mnist)
     dataset_name: str | None = None  # torchvision kind: MNIST, FashionMNIST, CIFAR10, CIFAR100, SVHN
     image_cache: Path | None = None  # decoded private images (uint8); default beside the ledger
+    # A share of the private set kept for ``owner-evaluate``: never sampled, never released, never sent.
+    # Drawn per class with ``holdout_seed``, so the same images stay out across restarts.
+    holdout: float = 0.0
+    holdout_seed: int = 0
 
     def image_source(self) -> ImageSource:
         """The private set as ``shared.images`` loads it."""
@@ -150,6 +171,8 @@ class OwnerConfig:
             self.image_source()
         except ValueError as exc:
             raise ValueError(f"[data] {exc}") from exc
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"[data] holdout must be a fraction in [0, 1), got {self.holdout}")
         if self.normalization is not None:
             mean, std = (float(v) for v in self.normalization)
             if not (std > 0 and mean == mean):
@@ -204,6 +227,8 @@ class OwnerConfig:
                 data_split=data.get("split", "train"),
                 dataset_name=data.get("name"),
                 image_cache=resolve(data.get("cache")),
+                holdout=float(data.get("holdout", 0.0)),
+                holdout_seed=int(data.get("holdout_seed", 0)),
             )
         except KeyError as exc:
             raise ValueError(f"owner config {path} lacks required key {exc}") from exc
@@ -238,6 +263,8 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
         lines.append("classes = [" + ", ".join(q(c) for c in config.classes) + "]")
     if config.normalization is not None:
         lines.append(f"normalization = [{config.normalization[0]}, {config.normalization[1]}]")
+    if config.holdout:
+        lines += [f"holdout = {config.holdout}", f"holdout_seed = {config.holdout_seed}"]
     lines += [
         "",
         "[auxiliary]",

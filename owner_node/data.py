@@ -39,9 +39,23 @@ class PrivateData:
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.images.shape[1:])
 
+    def sample_rate(self, expected_group_size: float) -> float:
+        """One rate q = g / n_min (capped at 1) for every class: the smallest class contributes about ``g``
+        examples per draw and class c about q * n_c.
+
+        The guarantee depends only on the largest rate, so sampling the large classes at that same
+        rate costs nothing and raises their signal-to-noise (imbalanced data: a rare finding of a few
+        hundred images beside tens of thousands of normal ones).
+        """
+        return min(1.0, expected_group_size / min(self.class_counts))
+
     def sample_rates(self, expected_group_size: float) -> list[float]:
-        """q_c = g / n_c (capped at 1): every class contributes about ``g`` examples per draw."""
-        return [min(1.0, expected_group_size / n) for n in self.class_counts]
+        """Each class's rate: the one rate of ``sample_rate`` (the samplers take a rate per class)."""
+        return [self.sample_rate(expected_group_size)] * len(self.by_class)
+
+    def expected_sample(self, expected_group_size: float) -> float:
+        """Expected records in one draw, all classes together: the owner's compute per draw."""
+        return self.sample_rate(expected_group_size) * sum(self.class_counts)
 
     def poisson_sample(self, rates: list[float], stream: SecureRandom) -> torch.Tensor:
         """Each example of class c is included independently with probability rates[c] (exactly, see
@@ -50,14 +64,44 @@ class PrivateData:
         return torch.cat(chosen)
 
 
-def load_private_images(config: OwnerConfig, progress: bool = True) -> ImageSet:
-    """The owner's images as its ``[data]`` section describes them (any ``shared.images`` source kind).
+def holdout_split(data: ImageSet, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(release indices, held-out indices): ``fraction`` of each class, drawn with a fixed seed.
+
+    Every class keeps at least one image on each side (refused otherwise), so the released
+    statistics and the evaluation both cover every class.
+    """
+    g = torch.Generator().manual_seed(seed)
+    keep, held = [], []
+    for c, name in enumerate(data.class_names):
+        ix = torch.nonzero(data.labels == c).flatten()
+        n_held = round(fraction * len(ix))
+        if fraction > 0 and not 1 <= n_held < len(ix):
+            raise ValueError(
+                f"[data] holdout = {fraction}: class {name!r} has {len(ix)} images, too few to keep "
+                f"{fraction:.0%} of them apart and still release the rest"
+            )
+        order = ix[torch.randperm(len(ix), generator=g)]
+        held.append(order[:n_held])
+        keep.append(order[n_held:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+
+
+def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[ImageSet, ImageSet | None]:
+    """(the images releases are computed from, the held-out split or None) as ``[data]`` describes them.
 
     Decoded images are cached as uint8 in ``config.image_cache_dir`` (beside the ledger by default,
     so private pixels stay in the owner's own storage), which makes a restart take seconds.
     """
-    result = load_source(config.image_source(), progress=progress, cache_dir=config.image_cache_dir)
-    return result.data
+    data = load_source(config.image_source(), progress=progress, cache_dir=config.image_cache_dir).data
+    if not config.holdout:
+        return data, None
+    release, held = holdout_split(data, config.holdout, config.holdout_seed)
+    return data.subset(release), data.subset(held)
+
+
+def load_private_images(config: OwnerConfig, progress: bool = True) -> ImageSet:
+    """The images every release is computed from: the private set less any held-out split."""
+    return load_owner_images(config, progress)[0]
 
 
 def public_normalization(aux: ImageSet) -> tuple[float, float]:

@@ -309,6 +309,13 @@ class OwnerService:
             raise RequestRefused(
                 "sample_rate_too_high", f"sampling rate {q:.5f} exceeds the owner's cap {lim.max_sample_rate}"
             )
+        expected = self.data.expected_sample(expected_group_size)
+        if expected > lim.max_sample_per_draw:
+            raise RequestRefused(
+                "too_large",
+                f"sampling rate {q:.5f} means about {expected:.0f} records per draw over all classes, above the "
+                f"owner's limit of {lim.max_sample_per_draw}: use a smaller group size",
+            )
         for rate in self.data.sample_rates(expected_group_size):
             try:
                 inclusion_threshold(rate)  # the exact sampler must represent every class's rate

@@ -10,13 +10,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from distiller_node.evaluation import EvaluationConfig, train_once
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
 from distiller_node.signal_store import Signals
 from owner_node.config import Limits
 from owner_node.mechanism import clean_class_sums
 from shared.datasets import to_float
+from shared.evaluation import EvaluationConfig, train_once
 from shared.networks import NetworkSpec, build_network, freeze, image_chunk
 from shared.statistic import public_subspace
 

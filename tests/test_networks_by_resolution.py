@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from distiller_node.evaluation import EvaluationConfig, evaluate
 from distiller_node.sampling import SamplingConfig, make_plan
 from owner_node.config import Limits
+from shared.evaluation import EvaluationConfig, evaluate
 from shared.networks import NetworkSpec, build_network, depth_for_image_size
 from shared.protocol import OwnerInfo
 

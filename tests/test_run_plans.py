@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from distiller_node.client import OwnerClient, OwnerRefused
-from distiller_node.evaluation import EvaluationConfig
 from distiller_node.optimisation import OptimisationConfig
 from distiller_node.pipeline import DistillerConfig, run_distillation
 from distiller_node.sampling import SamplingConfig, make_plan
@@ -17,6 +16,7 @@ from owner_node.ledger import Ledger
 from owner_node.service import OwnerService
 from shared.accounting import SampledGaussianEvent, epsilon
 from shared.datasets import load_npz
+from shared.evaluation import EvaluationConfig
 from shared.protocol import ErrorReply, OwnerInfo, PlanReply, decode, encode
 from tests.conftest import make_owner_config, random_image_set
 

@@ -1,4 +1,7 @@
-"""Evaluation: train a ConvNet from scratch on the synthetic set, test on held-out public images.
+"""Evaluation: train a ConvNet from scratch on the synthetic set, test it on held-out images.
+
+Both nodes evaluate: the distiller on its public test set (``results.json``), the owner on its own
+held-out split (``dpdistill owner-evaluate``, figures kept at the owner), so the code is shared.
 
 DP-KIP sets are also scored by their method's own protocol, kernel ridge regression on scattering
 features with the synthetic set as support (``krr_accuracy``).
@@ -10,6 +13,7 @@ used for subspaces are not in the test set.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +21,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared.augmentation import DEFAULT_STRATEGY, augment
+from shared.datasets import to_float
 from shared.kip import DEFAULT_REG, centred_one_hot, krr_predict
+from shared.metrics import classification_metrics, mean_metrics
 from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, depth_for_image_size, image_chunk
 from shared.scattering import scattering_features
 from shared.subspace import Subspace
@@ -43,6 +49,7 @@ class EvaluationConfig:
 @dataclass(frozen=True)
 class EvaluationResult:
     accuracies: list[float]
+    metrics: dict | None = None  # shared.metrics over the trainings (balanced accuracy, per class, AUROC, ...)
 
     @property
     def mean(self) -> float:
@@ -56,16 +63,36 @@ class EvaluationResult:
         return {"mean": self.mean, "std": self.std, "runs": self.accuracies}
 
 
-def accuracy(
-    net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB
-) -> float:
+def predict(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
+    normalization: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Class probabilities [n, C]; uint8 ``images`` (with their ``normalization``) become floats a chunk
+    at a time, so a large high-resolution test set is never held in float32 as a whole."""
+    if images.dtype == torch.uint8 and normalization is None:
+        raise ValueError("uint8 test images need their normalization")
     net.eval()
     chunk = image_chunk(net.spec, budget_mb, most=256)
-    correct = 0
+    parts = []
     with torch.inference_mode():
         for i in range(0, images.shape[0], chunk):
-            correct += int((net(images[i : i + chunk]).argmax(1) == labels[i : i + chunk]).sum())
-    return correct / max(1, images.shape[0])
+            x = images[i : i + chunk]
+            x = to_float(x, normalization) if x.dtype == torch.uint8 else x
+            parts.append(torch.softmax(net(x).double(), dim=1))
+    return torch.cat(parts) if parts else torch.zeros(0, net.spec.num_classes, dtype=torch.float64)
+
+
+def accuracy(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
+    normalization: tuple[float, float] | None = None,
+) -> float:
+    scores = predict(net, images, budget_mb, normalization)
+    return float((scores.argmax(1) == labels).double().mean()) if len(labels) else 0.0
 
 
 def train_once(
@@ -104,21 +131,28 @@ def evaluate(
     num_classes: int,
     cfg: EvaluationConfig,
     show_progress: bool = True,
+    normalization: tuple[float, float] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> EvaluationResult:
+    """``test_images``: normalised floats, or uint8 with their ``normalization`` (converted per chunk).
+    With ``class_names``, the result also holds ``shared.metrics`` figures averaged over the trainings."""
     depth = cfg.depth if cfg.depth is not None else depth_for_image_size(images.shape[2])
     spec = NetworkSpec(
         width=cfg.width, depth=depth, channels=images.shape[1], image_size=images.shape[2], num_classes=num_classes
     )
-    accs = []
+    accs, runs = [], []
     images = images.detach()
     with tqdm(
         total=cfg.runs * cfg.epochs, desc=f"evaluation ({cfg.runs} trainings)", unit="ep", disable=not show_progress
     ) as bar:
         for r in range(cfg.runs):
             net = train_once(images, labels, spec, cfg, cfg.seed + r, bar)
-            accs.append(accuracy(net, test_images, test_labels, cfg.activation_budget_mb))
+            scores = predict(net, test_images, cfg.activation_budget_mb, normalization)
+            accs.append(float((scores.argmax(1) == test_labels).double().mean()))
+            if class_names is not None:
+                runs.append(classification_metrics(test_labels.numpy(), scores.numpy(), class_names))
             bar.set_postfix(acc=f"{statistics.fmean(accs):.4f}")
-    return EvaluationResult(accs)
+    return EvaluationResult(accs, mean_metrics(runs) if runs else None)
 
 
 def krr_accuracy(
