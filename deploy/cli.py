@@ -75,9 +75,19 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         from deploy.flower_simulation import simulate_flower
 
         rc = _run_config(a, Path(a.out), public)
-        results = simulate_flower(Path(a.out), rc, a.private_subset, private)
+        results = simulate_flower(Path(a.out), rc, a.private_subset, private, a.unit, a.patient_column)
     else:
-        results = simulate(Path(a.out), cfg, public, private, a.private_subset, not a.no_progress, a.owners)
+        results = simulate(
+            Path(a.out),
+            cfg,
+            public,
+            private,
+            a.private_subset,
+            not a.no_progress,
+            a.owners,
+            privacy_unit=a.unit,
+            patient_column=a.patient_column,
+        )
     print(f"\nall artefacts are in {Path(a.out) / 'distiller'}")
     if a.benchmark_json:
         bench = {
@@ -138,7 +148,14 @@ def cmd_example_images(a: argparse.Namespace) -> int:
     from deploy.example_images import write_example
 
     summary = write_example(
-        a.kind, Path(a.out), a.image_size, a.channels, a.aux_per_class, a.data_root, show_progress=not a.no_progress
+        a.kind,
+        Path(a.out),
+        a.image_size,
+        a.channels,
+        a.aux_per_class,
+        a.data_root,
+        show_progress=not a.no_progress,
+        imbalance=a.imbalance,
     )
     counts = ", ".join(f"{split} {n}" for split, n in summary["images"].items())
     print(f"{a.kind} at {a.image_size}px, {a.channels} channel(s) in {a.out}: {counts} images")
@@ -323,6 +340,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from shared.evaluation import evaluate
     from shared.images.classes import check_same_classes
     from shared.images.source import load_source, source_for_path
+    from shared.metrics import format_metrics
 
     blob = torch.load(a.synthetic, weights_only=True)
     images = blob["images"]
@@ -347,8 +365,25 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         len(blob["class_names"]),
         cfg,
         normalization=tuple(blob["normalization"]),
+        class_names=tuple(blob["class_names"]),
     )
     print(f"test accuracy: {100 * result.mean:.2f}% +- {100 * result.std:.2f} over {len(result.accuracies)} trainings")
+    print(format_metrics(result.metrics))
+    if a.json:
+        from deploy.benchmark import cpu_model, write
+
+        write(
+            a.json,
+            {
+                "synthetic": str(Path(a.synthetic).resolve()),
+                "test": a.test or "fashion-mnist",
+                "test_images": len(held_out),
+                "test_accuracy": result.to_dict(),
+                "test_metrics": result.metrics,
+                "evaluation": {"runs": cfg.runs, "epochs": cfg.epochs, "width": cfg.width},
+                "cpu": cpu_model(),
+            },
+        )
     return 0
 
 
@@ -516,6 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: Debian package or cache)")
     s.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")
     _own_image_options(s, "the simulated owner's own images")
+    s.add_argument(
+        "--unit",
+        choices=("image", "patient"),
+        default="image",
+        help="the owner's privacy unit: each image, or each patient (all its images; --data as a CSV manifest)",
+    )
+    s.add_argument("--patient-column", default="patient_id", help="with --unit patient: the manifest's column")
     s.add_argument("--seed", type=int, default=0, help="public seed for networks and augmentations")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--benchmark-json", help="also write wall time, accuracy, epsilon and peak RSS to this JSON file")
@@ -531,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--channels", type=int, choices=(1, 3), default=3)
     ex.add_argument("--aux-per-class", type=int, default=50, help="public auxiliary images per class")
     ex.add_argument("--data-root", help="fashion-mnist: folder with the IDX files (default: Debian package)")
+    ex.add_argument(
+        "--imbalance", type=float, default=1.0, help="largest/smallest class ratio of the train split (geometric)"
+    )
     ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(func=cmd_example_images)
 
@@ -708,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--image-size", type=int, help="with --test: image side (default: the synthetic images')")
     e.add_argument("--channels", type=int, choices=(1, 3), help="with --test: default: the synthetic images'")
     e.add_argument("--resize", choices=("crop", "pad"), default="crop", help="with --test: resize policy")
+    e.add_argument("--json", help="also write accuracy and per-class metrics to this JSON file")
     e.add_argument("--data-root")
     e.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")
     e.add_argument(

@@ -91,8 +91,23 @@ def write_split(
     return len(rows)
 
 
-def fashion_mnist_splits(aux_per_class: int, data_root: str | None = None) -> dict[str, ImageSet]:
-    train = load_fashion_mnist(train=True, root=data_root)
+def imbalanced(data: ImageSet, ratio: float) -> ImageSet:
+    """Class c keeps the first n_max * ratio^(-c / (C - 1)) of its images: geometric sizes from the
+    largest class down to ``ratio`` times fewer in the last (ratio 1: unchanged)."""
+    if ratio < 1:
+        raise ValueError(f"imbalance ratio must be >= 1, got {ratio}")
+    keep = []
+    for c in range(data.num_classes):
+        ix = torch.nonzero(data.labels == c).flatten()
+        share = ratio ** (-c / max(1, data.num_classes - 1))
+        keep.append(ix[: max(1, round(len(ix) * share))])
+    return data.subset(torch.cat(keep).sort().values)
+
+
+def fashion_mnist_splits(
+    aux_per_class: int, data_root: str | None = None, imbalance: float = 1.0
+) -> dict[str, ImageSet]:
+    train = imbalanced(load_fashion_mnist(train=True, root=data_root), imbalance)
     aux, test = split_auxiliary(load_fashion_mnist(train=False, root=data_root), aux_per_class)
     return {"train": train, "aux": aux, "test": test}
 
@@ -120,13 +135,23 @@ def write_example(
     data_root: str | None = None,
     seed: int = 0,
     show_progress: bool = True,
+    imbalance: float = 1.0,
 ) -> dict:
-    """Write an example collection (all three splits) under ``out``; an existing complete one is kept."""
+    """Write an example collection (all three splits) under ``out``; an existing complete one is kept.
+
+    ``imbalance`` > 1 makes the private (train) split imbalanced, largest to smallest class by that
+    ratio (``imbalanced``); the public splits stay as they are."""
     if kind not in EXAMPLES:
         raise ValueError(f"unknown example {kind!r}; choose one of {', '.join(EXAMPLES)}")
     out = Path(out)
     summary_path = out / "example.json"
-    wanted = {"kind": kind, "image_size": image_size, "channels": channels, "aux_per_class": aux_per_class}
+    wanted = {
+        "kind": kind,
+        "image_size": image_size,
+        "channels": channels,
+        "aux_per_class": aux_per_class,
+        "imbalance": imbalance,
+    }
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         if {k: summary.get(k) for k in wanted} == wanted:
@@ -134,11 +159,19 @@ def write_example(
         raise ValueError(f"{out} holds a different example ({summary_path}); choose another folder")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not an example folder written by this command; choose another")
-    splits = fashion_mnist_splits(aux_per_class, data_root) if kind == "fashion-mnist" else digits_splits(aux_per_class)
+    if kind == "fashion-mnist":
+        splits = fashion_mnist_splits(aux_per_class, data_root, imbalance)
+    else:
+        splits = digits_splits(aux_per_class)
+        splits["train"] = imbalanced(splits["train"], imbalance)
     counts = {
         name: write_split(out, name, data, image_size, channels, seed + i, show_progress)
         for i, (name, data) in enumerate(splits.items())
     }
-    summary = wanted | {"images": counts, "class_names": list(splits["train"].class_names)}
+    summary = wanted | {
+        "images": counts,
+        "class_names": [folder_name(c) for c in splits["train"].class_names],
+        "train_class_counts": splits["train"].class_counts(),
+    }
     summary_path.write_text(json.dumps(summary, indent=2))  # last: marks the collection complete
     return summary

@@ -31,7 +31,12 @@ from shared.images.source import ImageSource
 
 
 def simulate_flower(
-    out: Path, run_config: dict, private_subset: int | None = None, private: ImageSource | None = None
+    out: Path,
+    run_config: dict,
+    private_subset: int | None = None,
+    private: ImageSource | None = None,
+    privacy_unit: str = "image",
+    patient_column: str = "patient_id",
 ) -> dict:
     """``run_config`` has the keys of deploy/flower_app/pyproject.toml; ``out`` overrides its ``out``.
 
@@ -52,6 +57,8 @@ def simulate_flower(
         num_owners,
         int(run_config.get("seed", 0)),
         private=private,
+        privacy_unit=privacy_unit,
+        patient_column=patient_column,
     )
     services, servers, addresses = [], [], []
     for path in paths:

@@ -37,19 +37,23 @@ def prepare_owners(
     services: list[ServiceConfig] | None = None,
     limits: Limits | None = None,
     private: ImageSource | None = None,
+    privacy_unit: str = "image",
+    patient_column: str = "patient_id",
 ) -> list[Path]:
     """Write each simulated owner's files (config, auxiliary set, its private share); existing ones are kept.
 
     The private data are ``private`` (the user's own images) or else Fashion-MNIST's training set.
     One owner on the whole set reads it where it is, as its owner.toml says. With several owners, or
     a subset, the set (or the subset) is split at random (public seed) into disjoint, equal shares,
-    one npz per owner.
+    one npz per owner. ``privacy_unit = "patient"`` needs the user's CSV manifest read whole by one owner.
     """
     dirs = owner_dirs(Path(out), num_owners)
     paths = [d / "owner.toml" for d in dirs]
     if all(p.exists() for p in paths):
         return paths
     shares: list[ImageSet] | None = None
+    if privacy_unit == "patient" and (private is None or private.kind != "csv" or private_subset or num_owners > 1):
+        raise ValueError("patient-level privacy needs --data as a CSV manifest with a patient column, one owner")
     if private_subset or num_owners > 1:
         if private is not None:
             train = load_source(private, progress=False, cache=False).data
@@ -85,6 +89,8 @@ def prepare_owners(
             normalization=FASHION_MNIST_NORMALIZATION if private is None else None,
             limits=limits or Limits(),
             service=services[i] if services else ServiceConfig(),
+            privacy_unit=privacy_unit,
+            patient_column=patient_column,
             **data,
         )
         write_config(config_path, config)
@@ -110,6 +116,8 @@ def simulate(
     show_progress: bool = True,
     num_owners: int = 1,
     limits: Limits | None = None,
+    privacy_unit: str = "image",
+    patient_column: str = "patient_id",
 ) -> dict:
     """Owners and distiller in this process. ``public``: the distiller's sets (default: Fashion-MNIST's
     split); ``private``: one owner's own images instead of Fashion-MNIST's training set."""
@@ -128,6 +136,8 @@ def simulate(
         cfg.sampling.seed,
         limits=limits,
         private=private,
+        privacy_unit=privacy_unit,
+        patient_column=patient_column,
     )
     configs = [OwnerConfig.load(p) for p in paths]
     if configs[0].epsilon != cfg.epsilon or configs[0].delta != cfg.delta:

@@ -58,20 +58,32 @@ def _owner_section(plan: SamplingPlan, o: int, budget: BudgetReport, info: Owner
         "requests": budget.num_requests,
         "clip_norm": budget.clip_norm,
         "class_counts": list(info.class_counts),
+        "privacy_unit": info.privacy_unit,
+        "privacy_unit_description": PRIVACY_UNIT_WORDS[info.privacy_unit],
         "events": [e.to_dict() for e in budget.events],
         "treated_as_public": list(budget.public),
     }
+
+
+PRIVACY_UNIT_WORDS = {
+    "image": "differential privacy of each image",
+    "patient": "differential privacy of each patient's data (all of a patient's images are one record, "
+    "its whole contribution to a release clipped to C)",
+}
 
 
 def privacy_report(plan: SamplingPlan, budgets: list[BudgetReport], infos: list[OwnerInfo]) -> dict:
     """Top-level figures are those of the owner with the largest epsilon; ``owners`` has each one."""
     owners = [_owner_section(plan, o, b, i) for o, (b, i) in enumerate(zip(budgets, infos, strict=True))]
     worst = max(owners, key=lambda s: s["epsilon_prv"])
-    each = "; ".join(f"owner '{s['owner_id']}': ({s['epsilon_prv']:.4f}, {s['delta']:g})" for s in owners)
+    each = "; ".join(
+        f"owner '{s['owner_id']}': ({s['epsilon_prv']:.4f}, {s['delta']:g}), {PRIVACY_UNIT_WORDS[s['privacy_unit']]}"
+        for s in owners
+    )
     return {
-        "guarantee": f"{each} - differential privacy of each owner's data under add/remove of one of its "
-        "records, for everything that owner released (the synthetic set is post-processing); "
-        "figures count the owner's whole ledger",
+        "guarantee": f"{each} - under add/remove of one record of that owner's data, for everything that owner "
+        "released (the synthetic set is post-processing); figures count the owner's whole ledger",
+        "privacy_unit": worst["privacy_unit"],
         **{k: worst[k] for k in ("epsilon_prv", "epsilon_rdp", "delta", "owner_budget_epsilon", "owner_id")},
         **{k: worst[k] for k in ("noise_multiplier", "sample_rate_q", "releases", "requests", "clip_norm")},
         "expected_group_size": plan.group_size,
@@ -121,6 +133,7 @@ def format_report(r: dict) -> str:
             f"(expected group size {r['expected_group_size']} per class)",
             f"  releases (draws):           {s['releases']} in {s['requests']} requests",
             f"  clip norm C:                {s['clip_norm']}",
+            f"  privacy unit:               {s['privacy_unit']} ({s['privacy_unit_description']})",
             f"  class counts:               {s['class_counts']}",
             "",
         ]

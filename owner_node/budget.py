@@ -16,6 +16,15 @@ PUBLIC_FACTS = (
 )
 
 
+def public_facts(config: OwnerConfig) -> tuple[str, ...]:
+    if config.class_counts == "public":
+        return PUBLIC_FACTS
+    noisy = (
+        f"number of private examples per class: published with DP (epsilon {config.class_counts_epsilon} of the budget)"
+    )
+    return tuple(noisy if f == "number of private examples per class" else f for f in PUBLIC_FACTS)
+
+
 def within_budget(config: OwnerConfig, events: list[SampledGaussianEvent]) -> bool:
     return epsilon(events, config.delta, config.accountant) <= config.epsilon
 
@@ -35,7 +44,7 @@ def budget_report(
         num_draws=sum(e.count for e in events),
         clip_norm=config.clip_norm,
         events=tuple(events),
-        public=PUBLIC_FACTS,
+        public=public_facts(config),
         accountant=config.accountant,
         epsilon_committed=epsilon(events + outstanding, config.delta, config.accountant),
         reserved_releases=sum(e.count for e in outstanding),

@@ -9,7 +9,7 @@ from pathlib import Path
 from owner_node.randomness import check_sampler
 from shared.accounting import METHODS
 from shared.images.source import ImageSource
-from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
+from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, PRIVACY_UNITS
 from shared.rpc.channel import is_loopback
 
 # The largest reply any transport carries: the decoder's and gRPC's cap, less the header's share.
@@ -109,6 +109,7 @@ DATA_KEYS = (
     "normalization",
     "holdout",
     "holdout_seed",
+    "patient_column",
 )
 
 
@@ -141,6 +142,16 @@ class OwnerConfig:
     # Drawn per class with ``holdout_seed``, so the same images stay out across restarts.
     holdout: float = 0.0
     holdout_seed: int = 0
+    # [privacy] unit: what one differential-privacy record is. "patient": every image of a patient
+    # (the manifest's ``patient_column``) is one record; patients are sampled, and a patient's whole
+    # contribution to a release is clipped to C.
+    privacy_unit: str = "image"
+    patient_column: str = "patient_id"
+    # [privacy] class_counts: "public" (Describe gives the true counts) or "dp" (published once with
+    # the Gaussian mechanism for class_counts_epsilon of the budget; see owner_node.class_counts).
+    class_counts: str = "public"
+    class_counts_epsilon: float = 0.05
+    class_counts_patient_clip: float = 10.0  # patient mode: a patient's images-per-class vector, clipped
 
     def image_source(self) -> ImageSource:
         """The private set as ``shared.images`` loads it."""
@@ -171,6 +182,22 @@ class OwnerConfig:
             self.image_source()
         except ValueError as exc:
             raise ValueError(f"[data] {exc}") from exc
+        if self.privacy_unit not in PRIVACY_UNITS:
+            raise ValueError(f"[privacy] unit must be one of {PRIVACY_UNITS}, got {self.privacy_unit!r}")
+        if self.privacy_unit == "patient" and self.data_source != "csv":
+            raise ValueError(
+                '[privacy] unit = "patient" needs a CSV manifest ([data] source = "csv") with a '
+                f"{self.patient_column!r} column naming each image's patient"
+            )
+        if self.class_counts not in ("public", "dp"):
+            raise ValueError(f'[privacy] class_counts must be "public" or "dp", got {self.class_counts!r}')
+        if self.class_counts == "dp" and not 0 < self.class_counts_epsilon < self.epsilon:
+            raise ValueError(
+                f"[privacy] class_counts_epsilon must be in (0, epsilon = {self.epsilon}), "
+                f"got {self.class_counts_epsilon}"
+            )
+        if not self.class_counts_patient_clip >= 1:
+            raise ValueError("[privacy] class_counts_patient_clip must be >= 1")
         if not 0.0 <= self.holdout < 1.0:
             raise ValueError(f"[data] holdout must be a fraction in [0, 1), got {self.holdout}")
         if self.normalization is not None:
@@ -229,6 +256,11 @@ class OwnerConfig:
                 image_cache=resolve(data.get("cache")),
                 holdout=float(data.get("holdout", 0.0)),
                 holdout_seed=int(data.get("holdout_seed", 0)),
+                privacy_unit=privacy.get("unit", "image"),
+                class_counts=privacy.get("class_counts", "public"),
+                class_counts_epsilon=float(privacy.get("class_counts_epsilon", 0.05)),
+                class_counts_patient_clip=float(privacy.get("class_counts_patient_clip", 10.0)),
+                patient_column=data.get("patient_column", "patient_id"),
             )
         except KeyError as exc:
             raise ValueError(f"owner config {path} lacks required key {exc}") from exc
@@ -265,6 +297,8 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
         lines.append(f"normalization = [{config.normalization[0]}, {config.normalization[1]}]")
     if config.holdout:
         lines += [f"holdout = {config.holdout}", f"holdout_seed = {config.holdout_seed}"]
+    if config.privacy_unit == "patient":
+        lines.append(f"patient_column = {q(config.patient_column)}")
     lines += [
         "",
         "[auxiliary]",
@@ -279,6 +313,10 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
         f"clip_norm = {config.clip_norm}",
         f"accountant = {q(config.accountant)}",
         f"noise = {q(config.noise_sampler)}",
+        f"unit = {q(config.privacy_unit)}",
+        f"class_counts = {q(config.class_counts)}",
+        f"class_counts_epsilon = {config.class_counts_epsilon}",
+        f"class_counts_patient_clip = {config.class_counts_patient_clip}",
         "",
         "[limits]",
     ]

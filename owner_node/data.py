@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,13 +20,26 @@ class PrivateData:
     class_names: tuple[str, ...]
     by_class: list[torch.Tensor]  # indices of each class
     normalization: tuple[float, float]
+    # Patient-level privacy: the patient (0..P-1) of each image; None when one image is one record.
+    patients: torch.Tensor | None = None
+    # The counts the owner publishes (Describe): the true ones, or noisy ones (class_counts = "dp").
+    # Rates and expected counts derive from these, so replies reveal nothing more about the counts.
+    public_counts: tuple[int, ...] | None = None
 
     @classmethod
-    def from_image_set(cls, data: ImageSet, normalization: tuple[float, float]) -> PrivateData:
+    def from_image_set(
+        cls, data: ImageSet, normalization: tuple[float, float], patients: torch.Tensor | None = None
+    ) -> PrivateData:
         by_class = [torch.nonzero(data.labels == c).flatten() for c in range(data.num_classes)]
         if any(len(ix) == 0 for ix in by_class):
             raise ValueError("every class must have at least one private example")
-        return cls(data.images, data.labels.clone(), data.class_names, by_class, tuple(normalization))
+        if patients is not None and patients.shape != data.labels.shape:
+            raise ValueError("patients must name one patient per image")
+        return cls(data.images, data.labels.clone(), data.class_names, by_class, tuple(normalization), patients)
+
+    @property
+    def num_patients(self) -> int:
+        return int(self.patients.max()) + 1 if self.patients is not None and len(self.patients) else 0
 
     def float_images(self, index: torch.Tensor) -> torch.Tensor:
         """Normalised float images of ``index`` (converted on demand)."""
@@ -47,7 +61,7 @@ class PrivateData:
         rate costs nothing and raises their signal-to-noise (imbalanced data: a rare finding of a few
         hundred images beside tens of thousands of normal ones).
         """
-        return min(1.0, expected_group_size / min(self.class_counts))
+        return min(1.0, expected_group_size / min(self.published_counts))
 
     def sample_rates(self, expected_group_size: float) -> list[float]:
         """Each class's rate: the one rate of ``sample_rate`` (the samplers take a rate per class)."""
@@ -55,22 +69,68 @@ class PrivateData:
 
     def expected_sample(self, expected_group_size: float) -> float:
         """Expected records in one draw, all classes together: the owner's compute per draw."""
-        return self.sample_rate(expected_group_size) * sum(self.class_counts)
+        return self.sample_rate(expected_group_size) * sum(self.published_counts)
+
+    @property
+    def published_counts(self) -> tuple[int, ...]:
+        return self.public_counts if self.public_counts is not None else tuple(self.class_counts)
 
     def poisson_sample(self, rates: list[float], stream: SecureRandom) -> torch.Tensor:
         """Each example of class c is included independently with probability rates[c] (exactly, see
-        ``owner_node.randomness``), decided by the owner's secret stream."""
+        ``owner_node.randomness``), decided by the owner's secret stream.
+
+        Patient mode: each *patient* is included with the one rate, and with it every image it has.
+        """
+        if self.patients is not None:
+            if len(set(rates)) != 1:
+                raise ValueError("patient-level sampling needs one rate for every class")
+            chosen = stream.bernoulli(self.num_patients, rates[0])
+            return torch.nonzero(chosen[self.patients]).flatten()
         chosen = [ix[stream.bernoulli(len(ix), q)] for ix, q in zip(self.by_class, rates, strict=True)]
         return torch.cat(chosen)
 
 
-def holdout_split(data: ImageSet, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(release indices, held-out indices): ``fraction`` of each class, drawn with a fixed seed.
+def patient_index(ids: Sequence[str]) -> torch.Tensor:
+    """Each image's patient as an index 0..P-1 (in order of first appearance)."""
+    seen: dict[str, int] = {}
+    return torch.tensor([seen.setdefault(str(i), len(seen)) for i in ids], dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class OwnerImages:
+    data: ImageSet
+    patients: torch.Tensor | None = None  # patient mode: each image's patient index
+
+    def subset(self, index: torch.Tensor) -> OwnerImages:
+        if self.patients is None:
+            return OwnerImages(self.data.subset(index))
+        return OwnerImages(self.data.subset(index), patient_index(self.patients[index].tolist()))
+
+
+def holdout_split(
+    data: ImageSet, fraction: float, seed: int, patients: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(release indices, held-out indices): ``fraction`` of each class (of the patients, in patient
+    mode, so no patient is on both sides), drawn with a fixed seed.
 
     Every class keeps at least one image on each side (refused otherwise), so the released
     statistics and the evaluation both cover every class.
     """
     g = torch.Generator().manual_seed(seed)
+    if patients is not None:
+        num = int(patients.max()) + 1
+        held_patients = torch.randperm(num, generator=g)[: round(fraction * num)]
+        mask = torch.zeros(num, dtype=torch.bool)
+        mask[held_patients] = True
+        held_mask = mask[patients]
+        for c, name in enumerate(data.class_names):
+            in_class = data.labels == c
+            if fraction > 0 and not (held_mask & in_class).any() or not (~held_mask & in_class).any():
+                raise ValueError(
+                    f"[data] holdout = {fraction}: class {name!r} has too few patients to keep {fraction:.0%} of "
+                    "them apart and still release the rest"
+                )
+        return torch.nonzero(~held_mask).flatten(), torch.nonzero(held_mask).flatten()
     keep, held = [], []
     for c, name in enumerate(data.class_names):
         ix = torch.nonzero(data.labels == c).flatten()
@@ -86,22 +146,36 @@ def holdout_split(data: ImageSet, fraction: float, seed: int) -> tuple[torch.Ten
     return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
-def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[ImageSet, ImageSet | None]:
+def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[OwnerImages, ImageSet | None]:
     """(the images releases are computed from, the held-out split or None) as ``[data]`` describes them.
 
     Decoded images are cached as uint8 in ``config.image_cache_dir`` (beside the ledger by default,
-    so private pixels stay in the owner's own storage), which makes a restart take seconds.
+    so private pixels stay in the owner's own storage), which makes a restart take seconds. In
+    patient mode the manifest's patient column names each image's patient.
     """
-    data = load_source(config.image_source(), progress=progress, cache_dir=config.image_cache_dir).data
+    result = load_source(config.image_source(), progress=progress, cache_dir=config.image_cache_dir)
+    patients = None
+    if config.privacy_unit == "patient":
+        column = result.columns.get(config.patient_column)
+        if column is None:
+            raise ValueError(
+                f"[privacy] unit = \"patient\": the manifest {config.data_path} has no {config.patient_column!r} "
+                f"column (columns: path, label, {', '.join(result.columns) or 'nothing else'})"
+            )
+        empty = [i for i, v in enumerate(column) if not str(v).strip()]
+        if empty:
+            raise ValueError(f"{config.data_path}: {len(empty)} images have an empty {config.patient_column!r}")
+        patients = patient_index(column)
+    images = OwnerImages(result.data, patients)
     if not config.holdout:
-        return data, None
-    release, held = holdout_split(data, config.holdout, config.holdout_seed)
-    return data.subset(release), data.subset(held)
+        return images, None
+    release, held = holdout_split(result.data, config.holdout, config.holdout_seed, patients)
+    return images.subset(release), result.data.subset(held)
 
 
 def load_private_images(config: OwnerConfig, progress: bool = True) -> ImageSet:
     """The images every release is computed from: the private set less any held-out split."""
-    return load_owner_images(config, progress)[0]
+    return load_owner_images(config, progress)[0].data
 
 
 def public_normalization(aux: ImageSet) -> tuple[float, float]:
@@ -119,7 +193,8 @@ def normalization_for(config: OwnerConfig, aux: ImageSet) -> tuple[float, float]
 
 
 def load_private_data(config: OwnerConfig, normalization: tuple[float, float], progress: bool = True) -> PrivateData:
-    return PrivateData.from_image_set(load_private_images(config, progress), normalization)
+    images = load_owner_images(config, progress)[0]
+    return PrivateData.from_image_set(images.data, normalization, images.patients)
 
 
 def load_auxiliary(config: OwnerConfig) -> ImageSet:

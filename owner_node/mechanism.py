@@ -36,25 +36,54 @@ def clean_class_sums(
     signal: str = "features",
     normalization: tuple[float, float] | None = None,
     budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
+    patients: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-class sums of clipped statistics, float64 [num_classes, k]; the noise-free core.
 
     ``images`` are normalised floats, or uint8 with their ``normalization``: then each chunk is
     converted on its own, so a large sample of large images never exists in float32 at once.
     Chunks keep one pass's activations within ``budget_mb`` (``shared.networks.image_chunk``).
+    With ``patients`` (each row's patient), every patient's whole contribution is clipped to C as
+    well (``patient_clipped_sums``), so one patient moves the sums by at most C.
     """
     if images.dtype == torch.uint8 and normalization is None:
         raise ValueError("uint8 images need their normalization")
     k = released_dim(net.spec, signal, subspace.dim if subspace is not None else 0)
     total = torch.zeros(num_classes, k, dtype=torch.float64)
     chunk = image_chunk(net.spec, budget_mb)
+    rows = []
     with torch.inference_mode():
         for i in range(0, images.shape[0], chunk):
             part = slice(i, i + chunk)
             x = to_float(images[part], normalization) if images.dtype == torch.uint8 else images[part]
             stats = per_example_statistic(net, subspace, x, augment_seed, strategy, clip_norm, labels[part], signal)
-            total += class_sums(stats, labels[part], num_classes)
+            if patients is None:
+                total += class_sums(stats, labels[part], num_classes)
+            else:
+                rows.append(stats)
+    if patients is not None and rows:
+        total = patient_clipped_sums(torch.cat(rows), labels, patients, num_classes, clip_norm)
     return total
+
+
+def patient_clipped_sums(
+    stats: torch.Tensor, labels: torch.Tensor, patients: torch.Tensor, num_classes: int, clip_norm: float
+) -> torch.Tensor:
+    """Per-class sums [num_classes, k] in which each patient's contribution is clipped to ``clip_norm``.
+
+    A patient's contribution is its rows summed per class: a [num_classes, k] matrix, read as one
+    vector whatever classes it touches, and scaled to L2 norm at most C. Adding or removing a patient
+    (all its images, in every class) therefore moves the release by at most C. ``stats`` are the
+    per-image statistics, already clipped (so finite).
+    """
+    k = stats.shape[1]
+    cells, cell_of_row = torch.unique(patients * num_classes + labels, return_inverse=True)
+    per_cell = torch.zeros(len(cells), k, dtype=torch.float64).index_add_(0, cell_of_row, stats.double())
+    owners, owner_of_cell = torch.unique(cells // num_classes, return_inverse=True)
+    norms = torch.zeros(len(owners), dtype=torch.float64).index_add_(0, owner_of_cell, per_cell.square().sum(1)).sqrt()
+    scale = clip_norm / torch.clamp(norms, min=clip_norm)
+    per_cell *= scale[owner_of_cell].unsqueeze(1)
+    return torch.zeros(num_classes, k, dtype=torch.float64).index_add_(0, cells % num_classes, per_cell)
 
 
 @dataclass(frozen=True)
@@ -131,6 +160,7 @@ class FeatureMechanism:
                 request.signal,
                 self.data.normalization,
                 self.activation_budget_mb,
+                self.data.patients[index] if self.data.patients is not None else None,
             )
             del subspace  # a gradient basis can be tens of MB; never hold two
             # Each draw's noise is drawn here, once; nothing ever draws it again (retries read the ledger).

@@ -15,6 +15,7 @@ import threading
 import numpy as np
 
 from owner_node.budget import budget_report, within_budget
+from owner_node.class_counts import published_counts
 from owner_node.config import OwnerConfig
 from owner_node.data import PrivateData, load_auxiliary, load_private_data, normalization_for
 from owner_node.kip_mechanism import KipStepMechanism
@@ -99,6 +100,10 @@ class OwnerService:
         self.kip = KipStepMechanism(self.data, config.clip_norm, config.noise_sampler)
         self.num_aux = len(aux)
         self.ledger = Ledger(config.ledger_path)
+        # Before anything is served: with class_counts = "dp" this is a release, recorded in the ledger.
+        self.data.public_counts = published_counts(
+            config, self.ledger, self.data.labels, len(self.data.class_names), self.data.patients
+        )
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -156,7 +161,7 @@ class OwnerService:
         return OwnerInfo(
             owner_id=self.config.owner_id,
             class_names=self.data.class_names,
-            class_counts=tuple(self.data.class_counts),
+            class_counts=self.data.published_counts,
             image_shape=self.data.image_shape,
             normalization=tuple(self.normalization),
             aux_hash=self.aux_hash,
@@ -166,6 +171,7 @@ class OwnerService:
             delta=self.config.delta,
             accountant=self.config.accountant,
             noise_sampler=self.config.noise_sampler,
+            privacy_unit=self.config.privacy_unit,
         )
 
     def budget(self) -> BudgetReport:
@@ -214,8 +220,13 @@ class OwnerService:
             except BudgetExceeded as exc:
                 raise self._over_budget(exc, whole, "releases") from exc
             committed = epsilon(self.ledger.committed(), self.config.delta, self.config.accountant)
-        log.info("accepted plan %s: %d releases at sigma=%.4f, q=%.6f", request.plan_id, whole.count,
-                 whole.noise_multiplier, whole.sample_rate)
+        log.info(
+            "accepted plan %s: %d releases at sigma=%.4f, q=%.6f",
+            request.plan_id,
+            whole.count,
+            whole.noise_multiplier,
+            whole.sample_rate,
+        )
         return PlanReply(request.plan_id, whole, committed, self.config.accountant, self.config.delta)
 
     def _over_budget(self, exc: Exception, event: SampledGaussianEvent, unit: str) -> RequestRefused:
@@ -241,7 +252,7 @@ class OwnerService:
                     request_id=request.request_id,
                     noisy_sums=released.noisy_sums,
                     basis_fingerprints=released.basis_fingerprints,
-                    expected_counts=tuple(q * n for q, n in zip(rates, self.data.class_counts, strict=True)),
+                    expected_counts=tuple(q * n for q, n in zip(rates, self.data.published_counts, strict=True)),
                     noise_multiplier=request.noise_multiplier,
                     clip_norm=self.config.clip_norm,
                     events=(event,),
@@ -342,6 +353,12 @@ class OwnerService:
         """Check a KIP step request against the owner's own limits; return the privacy event it would cost."""
         lim = self.config.limits
         q = self._check_common(r.request_id, r.expected_group_size, r.noise_multiplier)
+        if self.data.patients is not None:
+            raise RequestRefused(
+                "invalid_request",
+                'this owner protects patients ([privacy] unit = "patient"); synchronised DP-KIP steps clip per '
+                "image only: use feature, gradient or decoupled-KIP releases",
+            )
         classes = len(self.data.class_names)
         m = r.images.shape[0]
         if tuple(r.images.shape[1:]) != self.data.image_shape:

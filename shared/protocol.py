@@ -106,6 +106,15 @@ class DescribeRequest:
         return cls()
 
 
+PRIVACY_UNITS = ("image", "patient")
+
+
+def _privacy_unit(unit: str) -> str:
+    if unit not in PRIVACY_UNITS:
+        raise ProtocolError(f"privacy_unit must be one of {PRIVACY_UNITS}, got {unit!r}")
+    return unit
+
+
 @dataclass(frozen=True)
 class OwnerInfo:
     """What the owner declares public: class names and counts, image shape, normalisation, limits."""
@@ -125,6 +134,7 @@ class OwnerInfo:
     delta: float = 1e-5
     accountant: str = "prv"
     noise_sampler: str = "csprng"
+    privacy_unit: str = "image"  # "patient": all of a patient's images are one record
 
     def to_wire(self) -> tuple[dict, dict]:
         return {
@@ -140,6 +150,7 @@ class OwnerInfo:
             "delta": self.delta,
             "accountant": self.accountant,
             "noise_sampler": self.noise_sampler,
+            "privacy_unit": self.privacy_unit,
         }, {}
 
     @classmethod
@@ -160,6 +171,7 @@ class OwnerInfo:
             delta=_get(h, "delta", float),
             accountant=_get(h, "accountant", str),
             noise_sampler=_get(h, "noise_sampler", str),
+            privacy_unit=_privacy_unit(_get(h, "privacy_unit", str)),
         )
 
 

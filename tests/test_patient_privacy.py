@@ -1,0 +1,169 @@
+"""Patient-level privacy: a patient (all its images, in every class) is one record. Patients are
+Poisson-sampled, each patient's whole contribution is clipped to C, and so adding or removing one
+patient moves a release by at most C, whatever its images."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from owner_node.config import OwnerConfig, write_config
+from owner_node.data import PrivateData, holdout_split, load_owner_images, patient_index
+from owner_node.mechanism import clean_class_sums, patient_clipped_sums
+from owner_node.randomness import SecureRandom
+from owner_node.service import OwnerService
+from shared.datasets import ImageSet
+from shared.networks import NetworkSpec, build_network, freeze
+from shared.protocol import ErrorReply, FeatureReply, decode, encode
+from shared.statistic import SIGNALS, public_subspace
+from tests.conftest import feature_request, kip_request, make_owner_config
+
+C = 1.0
+SPEC = NetworkSpec(width=8, depth=2, channels=1, image_size=16, num_classes=4)
+STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+
+def _others(n: int = 40, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 16, 16, generator=g), torch.arange(n) % 4, torch.arange(n) // 3  # 3 images a patient
+
+
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_removing_a_patient_with_many_images_in_several_classes_moves_the_sums_by_at_most_c(signal: str) -> None:
+    images, labels, patients = _others()
+    net = freeze(build_network(SPEC, 5))
+    aux = torch.randn(30, 1, 16, 16, generator=torch.Generator().manual_seed(9))
+    subspace = public_subspace(net, aux, 6, signal, torch.arange(30) % 4)
+    g = torch.Generator().manual_seed(1)
+    patient = torch.randn(12, 1, 16, 16, generator=g) * 3
+    patient[0] *= 1e30  # huge
+    patient[1, 0, 3, 3] = float("nan")  # non-finite
+    patient[2] = float("inf")
+    patient_labels = torch.tensor([0, 1, 2, 3] * 3)  # every class
+    base = clean_class_sums(net, subspace, images, labels, 7, STRATEGY, C, 4, signal, patients=patients)
+    with_patient = clean_class_sums(
+        net,
+        subspace,
+        torch.cat([images, patient]),
+        torch.cat([labels, patient_labels]),
+        7,
+        STRATEGY,
+        C,
+        4,
+        signal,
+        patients=torch.cat([patients, torch.full((12,), int(patients.max()) + 1)]),
+    )
+    moved = float(torch.linalg.vector_norm(with_patient - base))
+    assert moved <= C * (1 + 1e-6) + 1e-5, moved
+    assert moved > 0.5  # the patient does contribute (its norm is clipped, not dropped)
+    # Image-level clipping alone would let this patient move the sums by up to 12 C.
+    image_level = clean_class_sums(
+        net, subspace, torch.cat([images, patient]), torch.cat([labels, patient_labels]), 7, STRATEGY, C, 4, signal
+    ) - clean_class_sums(net, subspace, images, labels, 7, STRATEGY, C, 4, signal)
+    assert float(torch.linalg.vector_norm(image_level)) > 1.5 * C
+
+
+def test_patient_clip_is_a_norm_bound_over_every_class_and_leaves_small_patients_alone() -> None:
+    stats = torch.tensor([[0.6, 0.0], [0.0, 0.6], [0.6, 0.0], [0.1, 0.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 2])
+    patients = torch.tensor([0, 0, 0, 1])
+    sums = patient_clipped_sums(stats, labels, patients, 3, clip_norm=1.0)
+    # patient 0: class 0 sum (1.2, 0), class 1 sum (0, 0.6): norm sqrt(1.8) -> scaled by 1/sqrt(1.8)
+    scale = 1 / np.sqrt(1.8)
+    assert torch.allclose(sums[0], torch.tensor([1.2 * scale, 0.0], dtype=torch.float64))
+    assert torch.allclose(sums[1], torch.tensor([0.0, 0.6 * scale], dtype=torch.float64))
+    assert torch.allclose(sums[2], torch.tensor([0.1, 0.0], dtype=torch.float64))  # under C: untouched
+
+
+def test_patients_are_sampled_whole_at_the_one_rate() -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 3
+    data = ImageSet(torch.randint(0, 256, (300, 1, 4, 4), generator=g, dtype=torch.uint8), labels, ("a", "b", "c"))
+    patients = torch.arange(300) // 5  # 60 patients of 5 images, across classes
+    private = PrivateData.from_image_set(data, (0.5, 0.25), patients)
+    stream, included = SecureRandom(), torch.zeros(60)
+    for _ in range(300):
+        index = private.poisson_sample(private.sample_rates(20.0), stream)
+        chosen = patients[index].unique()
+        assert len(index) == 5 * len(chosen)  # every image of a chosen patient, no other
+        included[chosen] += 1
+    q = private.sample_rate(20.0)
+    assert q == 20 / 100
+    assert abs(float(included.mean()) / 300 - q) < 5 * (q * (1 - q) / (300 * 60)) ** 0.5
+
+
+def _manifest_owner(tmp_path: Path, **changes) -> OwnerConfig:
+    """A CSV manifest of 4 classes, 3 images a patient spread over the classes."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir(parents=True, exist_ok=True)
+    rows = ["path,label,patient_id"]
+    for i in range(120):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L").save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,class{i % 4},p{i // 3:03d}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    base = make_owner_config(tmp_path / "owner")
+    return replace(
+        base,
+        data_source="csv",
+        data_path=tmp_path / "manifest.csv",
+        image_size=16,
+        channels=1,
+        privacy_unit="patient",
+        **changes,
+    )
+
+
+def test_owner_in_patient_mode_releases_says_so_and_refuses_per_image_methods(tmp_path: Path) -> None:
+    config = _manifest_owner(tmp_path)
+    write_config(tmp_path / "owner" / "owner.toml", config)
+    assert OwnerConfig.load(tmp_path / "owner" / "owner.toml").privacy_unit == "patient"
+    service = OwnerService(config)
+    try:
+        assert service.describe().privacy_unit == "patient" and service.data.num_patients == 40
+        reply = decode(service.handle(encode(feature_request(service, "p1"))))
+        assert isinstance(reply, FeatureReply)
+        refused = decode(service.handle(encode(kip_request("k1"))))
+        assert isinstance(refused, ErrorReply) and "patient" in refused.message
+    finally:
+        service.close()
+    with pytest.raises(ValueError, match="CSV manifest"):
+        replace(config, data_source="npz")
+    with pytest.raises(ValueError, match="no 'mrn' column"):
+        OwnerService(replace(config, patient_column="mrn"))
+
+
+def test_holdout_in_patient_mode_keeps_each_patient_on_one_side(tmp_path: Path) -> None:
+    config = _manifest_owner(tmp_path, holdout=0.25)
+    images, held = load_owner_images(config, progress=False)
+    assert held is not None and len(images.data) + len(held) == 120 and len(held) == 30  # 10 of 40 patients
+    data = ImageSet(torch.zeros(9, 1, 2, 2, dtype=torch.uint8), torch.arange(9) % 3, ("a", "b", "c"))
+    keep, out = holdout_split(data, 0.34, 0, patient_index([f"p{i // 3}" for i in range(9)]))
+    assert set((keep // 3).tolist()).isdisjoint((out // 3).tolist())
+
+
+def test_a_run_against_a_patient_mode_owner_reports_patient_level_privacy(tmp_path: Path) -> None:
+    from deploy.presets import distiller_config
+    from distiller_node.client import OwnerClient
+    from distiller_node.pipeline import run_distillation
+    from shared.datasets import load_npz
+
+    config = _manifest_owner(tmp_path, epsilon=10.0)
+    service = OwnerService(config)
+    try:
+        cfg = distiller_config(
+            "quick", epsilon=10.0, ipc=1, group_size=3.0, draws_per_request=2, eval_runs=1,
+            width=8, draws=4, subspace_dim=4, iterations=3, eval_epochs=1,
+        )  # fmt: skip
+        aux = load_npz(config.aux_path)
+        run_distillation(OwnerClient(service.call, "h"), cfg, tmp_path / "run", aux, None, show_progress=False)
+    finally:
+        service.close()
+    report = json.loads((tmp_path / "run" / "privacy_report.json").read_text())
+    assert report["privacy_unit"] == "patient" and "each patient's data" in report["guarantee"]
+    assert "privacy unit:               patient" in (tmp_path / "run" / "privacy_report.txt").read_text()
