@@ -75,7 +75,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         from deploy.flower_simulation import simulate_flower
 
         rc = _run_config(a, Path(a.out), public)
-        results = simulate_flower(Path(a.out), rc, a.private_subset, private, a.unit, a.patient_column)
+        results = simulate_flower(Path(a.out), rc, a.private_subset, private, _owner_settings(a))
     else:
         results = simulate(
             Path(a.out),
@@ -85,8 +85,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             a.private_subset,
             not a.no_progress,
             a.owners,
-            privacy_unit=a.unit,
-            patient_column=a.patient_column,
+            owner_settings=_owner_settings(a),
         )
     print(f"\nall artefacts are in {Path(a.out) / 'distiller'}")
     if a.benchmark_json:
@@ -111,6 +110,14 @@ def cmd_simulate(a: argparse.Namespace) -> int:
         }
         write(a.benchmark_json, bench)
     return 0
+
+
+def _owner_settings(a: argparse.Namespace) -> dict:
+    """The simulated owners' own choices (their owner.toml) that the command line sets."""
+    settings: dict = {"privacy_unit": a.unit, "patient_column": a.patient_column, "holdout": a.holdout or 0.0}
+    if a.class_counts_epsilon:
+        settings |= {"class_counts": "dp", "class_counts_epsilon": a.class_counts_epsilon}
+    return settings
 
 
 def _user_sets(a: argparse.Namespace):
@@ -558,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the owner's privacy unit: each image, or each patient (all its images; --data as a CSV manifest)",
     )
     s.add_argument("--patient-column", default="patient_id", help="with --unit patient: the manifest's column")
+    s.add_argument(
+        "--holdout", type=float, help="the owner keeps this share of its data out of every release (owner-evaluate)"
+    )
+    s.add_argument(
+        "--class-counts-epsilon",
+        type=float,
+        help="the owner publishes its class counts with DP, for this share of its budget (default: public counts)",
+    )
     s.add_argument("--seed", type=int, default=0, help="public seed for networks and augmentations")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--benchmark-json", help="also write wall time, accuracy, epsilon and peak RSS to this JSON file")

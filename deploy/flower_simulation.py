@@ -35,8 +35,7 @@ def simulate_flower(
     run_config: dict,
     private_subset: int | None = None,
     private: ImageSource | None = None,
-    privacy_unit: str = "image",
-    patient_column: str = "patient_id",
+    owner_settings: dict | None = None,
 ) -> dict:
     """``run_config`` has the keys of deploy/flower_app/pyproject.toml; ``out`` overrides its ``out``.
 
@@ -57,8 +56,7 @@ def simulate_flower(
         num_owners,
         int(run_config.get("seed", 0)),
         private=private,
-        privacy_unit=privacy_unit,
-        patient_column=patient_column,
+        owner_settings=owner_settings,
     )
     services, servers, addresses = [], [], []
     for path in paths:

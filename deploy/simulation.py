@@ -37,16 +37,19 @@ def prepare_owners(
     services: list[ServiceConfig] | None = None,
     limits: Limits | None = None,
     private: ImageSource | None = None,
-    privacy_unit: str = "image",
-    patient_column: str = "patient_id",
+    owner_settings: dict | None = None,
 ) -> list[Path]:
     """Write each simulated owner's files (config, auxiliary set, its private share); existing ones are kept.
 
     The private data are ``private`` (the user's own images) or else Fashion-MNIST's training set.
     One owner on the whole set reads it where it is, as its owner.toml says. With several owners, or
     a subset, the set (or the subset) is split at random (public seed) into disjoint, equal shares,
-    one npz per owner. ``privacy_unit = "patient"`` needs the user's CSV manifest read whole by one owner.
+    one npz per owner. ``owner_settings``: further ``OwnerConfig`` fields for every owner (the
+    privacy unit, a held-out share, DP class counts); patient mode needs the user's CSV manifest
+    read whole by one owner.
     """
+    owner_settings = owner_settings or {}
+    privacy_unit = owner_settings.get("privacy_unit", "image")
     dirs = owner_dirs(Path(out), num_owners)
     paths = [d / "owner.toml" for d in dirs]
     if all(p.exists() for p in paths):
@@ -89,9 +92,8 @@ def prepare_owners(
             normalization=FASHION_MNIST_NORMALIZATION if private is None else None,
             limits=limits or Limits(),
             service=services[i] if services else ServiceConfig(),
-            privacy_unit=privacy_unit,
-            patient_column=patient_column,
             **data,
+            **owner_settings,
         )
         write_config(config_path, config)
     return paths
@@ -116,8 +118,7 @@ def simulate(
     show_progress: bool = True,
     num_owners: int = 1,
     limits: Limits | None = None,
-    privacy_unit: str = "image",
-    patient_column: str = "patient_id",
+    owner_settings: dict | None = None,
 ) -> dict:
     """Owners and distiller in this process. ``public``: the distiller's sets (default: Fashion-MNIST's
     split); ``private``: one owner's own images instead of Fashion-MNIST's training set."""
@@ -136,8 +137,7 @@ def simulate(
         cfg.sampling.seed,
         limits=limits,
         private=private,
-        privacy_unit=privacy_unit,
-        patient_column=patient_column,
+        owner_settings=owner_settings,
     )
     configs = [OwnerConfig.load(p) for p in paths]
     if configs[0].epsilon != cfg.epsilon or configs[0].delta != cfg.delta:

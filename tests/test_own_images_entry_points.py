@@ -173,3 +173,25 @@ def test_flower_run_config_names_the_distillers_own_public_sets(digits32: Path) 
     assert default.is_fashion_mnist
     with pytest.raises(ValueError, match="auxiliary set"):
         PublicSets(test=str(digits32 / "test"))
+
+
+def test_simulate_with_a_holdout_and_dp_counts_then_owner_evaluate(digits32: Path, tmp_path: Path, capsys) -> None:
+    """The hospital path from the command line: the owner keeps a held-out share and publishes its
+    class counts with DP; after the run it evaluates the synthetic set on its own held-out images."""
+    run = tmp_path / "run"
+    args = ["simulate", "--out", str(run), "--data", str(digits32 / "train.csv"), "--aux", str(digits32 / "aux"),
+            "--image-size", "32", "--channels", "1", "--preset", "quick", "--epsilon", "8", "--ipc", "2",
+            "--draws", "10", "--draws-per-request", "10", "--subspace-dim", "8", "--iterations", "50",
+            "--holdout", "0.2", "--class-counts-epsilon", "0.5", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    owner = OwnerConfig.load(run / "owner" / "owner.toml")
+    assert (owner.holdout, owner.class_counts, owner.class_counts_epsilon) == (0.2, "dp", 0.5)
+    report = json.loads((run / "distiller" / "privacy_report.json").read_text())
+    assert any("published with DP" in fact for fact in report["treated_as_public"])
+    assert report["epsilon_prv"] <= 8.0
+    capsys.readouterr()
+    evaluate = ["owner-evaluate", str(run / "distiller" / "synthetic.pt"), "--config", str(run / "owner" / "owner.toml")]
+    assert main([*evaluate, "--eval-runs", "1", "--eval-epochs", "5", "--eval-width", "16", "--no-progress"]) == 0
+    out = json.loads((run / "owner" / "owner_evaluation" / "synthetic" / "owner_evaluation.json").read_text())
+    train = json.loads((digits32 / "example.json").read_text())["images"]["train"]
+    assert abs(out["held_out_images"] - 0.2 * train) <= 10 and "NOT differentially private" in capsys.readouterr().out
