@@ -190,7 +190,8 @@ def test_simulate_with_a_holdout_and_dp_counts_then_owner_evaluate(digits32: Pat
     assert any("published with DP" in fact for fact in report["treated_as_public"])
     assert report["epsilon_prv"] <= 8.0
     capsys.readouterr()
-    evaluate = ["owner-evaluate", str(run / "distiller" / "synthetic.pt"), "--config", str(run / "owner" / "owner.toml")]
+    config = str(run / "owner" / "owner.toml")
+    evaluate = ["owner-evaluate", str(run / "distiller" / "synthetic.pt"), "--config", config]
     assert main([*evaluate, "--eval-runs", "1", "--eval-epochs", "5", "--eval-width", "16", "--no-progress"]) == 0
     out = json.loads((run / "owner" / "owner_evaluation" / "synthetic" / "owner_evaluation.json").read_text())
     train = json.loads((digits32 / "example.json").read_text())["images"]["train"]
