@@ -51,7 +51,8 @@ def test_wide_networks_are_split_into_chunks_with_the_same_result(monkeypatch) -
     net = freeze(build_network(SPEC, 5))
     images, labels = _data(7)
     whole = per_example_gradients(net, images, labels)
-    monkeypatch.setattr(gradients, "GRADIENT_CHUNK_BYTES", 4 * num_parameters(SPEC) * 3)
+    per_example = 4 * num_parameters(SPEC) + SPEC.activation_bytes  # its gradient and its activations
+    monkeypatch.setattr(gradients, "GRADIENT_CHUNK_BYTES", per_example * 3)
     assert gradients.gradient_chunk(SPEC) == 3
     assert torch.allclose(per_example_gradients(net, images, labels), whole, atol=1e-6)
     assert torch.allclose(gradients_in_chunks(net, images, labels), whole, atol=1e-6)
