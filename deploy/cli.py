@@ -170,6 +170,24 @@ def cmd_example_images(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare_runs(a: argparse.Namespace) -> int:
+    from deploy.compare_runs import compare_runs
+
+    runs = {}
+    for item in a.run:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ValueError(f"--run takes LABEL=PATH (a results.json or an evaluate --json file), got {item!r}")
+        runs[label] = path
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = compare_runs(runs, out / "recall.json", out / "recall.png", a.title)
+    for label, row in table.items():
+        print(f"{label:<20} accuracy {100 * row['accuracy']:.2f}%  balanced {100 * row['balanced_accuracy']:.2f}%")
+    print(f"written: {out / 'recall.json'}, {out / 'recall.png'}")
+    return 0
+
+
 def cmd_speed(a: argparse.Namespace) -> int:
     from deploy.benchmark import speed, write
 
@@ -593,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(func=cmd_example_images)
+
+    cr = sub.add_parser("compare-runs", help="per-class recall of several runs side by side (JSON, PNG)")
+    cr.add_argument("--run", action="append", required=True, help="LABEL=results.json (repeat)")
+    cr.add_argument("--out", required=True)
+    cr.add_argument("--title", default="")
+    cr.set_defaults(func=cmd_compare_runs)
 
     sp = sub.add_parser("speed", help="benchmark: seconds per draw and per optimisation iteration (JSON)")
     sp.add_argument("--json", default="runs/bench/speed.json")

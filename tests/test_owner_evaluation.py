@@ -100,3 +100,18 @@ def test_distiller_results_carry_the_same_metrics() -> None:
     )
     assert result.metrics is not None and result.metrics["accuracy"] == pytest.approx(result.mean)
     assert result.metrics["trainings"] == 2 and "macro_auroc" in result.metrics
+
+
+def test_compare_runs_puts_per_class_recall_side_by_side(tmp_path: Path) -> None:
+    labels = np.array([0, 0, 1, 1, 2])
+    good = np.eye(3)[labels] * 0.9 + 0.1 / 3  # rows sum to 1
+    bad = np.eye(3)[[0, 0, 0, 1, 0]] * 0.9 + 0.1 / 3
+    for name, scores in (("after", good), ("before", bad)):
+        metrics = classification_metrics(labels, scores, ("a", "b", "c"))
+        (tmp_path / f"{name}.json").write_text(json.dumps({"test_metrics": metrics}))
+    args = ["compare-runs", "--out", str(tmp_path / "cmp"), "--run", f"before={tmp_path / 'before.json'}"]
+    assert main([*args, "--run", f"after={tmp_path / 'after.json'}"]) == 0
+    table = json.loads((tmp_path / "cmp" / "recall.json").read_text())
+    assert table["before"]["recall"] == {"a": 1.0, "b": 0.5, "c": 0.0} and table["after"]["recall"]["c"] == 1.0
+    assert (tmp_path / "cmp" / "recall.png").stat().st_size > 0
+    assert main(["compare-runs", "--out", str(tmp_path / "x"), "--run", "no-path"]) == 2
