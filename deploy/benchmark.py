@@ -113,14 +113,22 @@ def speed(
 
 
 def cpu_model() -> str:
-    """The CPU's model name: benchmark wall times compare only within one machine kind."""
+    """The CPU's model name, family/model and the vector extensions that matter here (AVX-512, AMX):
+    benchmark wall times compare only within one machine kind."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    extensions = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}; {' '.join(extensions) or 'no AVX2'})"
 
 
 def write(path: str | Path, result: dict) -> None:

@@ -95,6 +95,8 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             "wall_s": time.perf_counter() - t0,
             "test_accuracy_mean": (results["test_accuracy"] or {}).get("mean"),
             "test_accuracy_std": (results["test_accuracy"] or {}).get("std"),
+            "validation_accuracy_mean": (results.get("validation_accuracy") or {}).get("mean"),
+            "validation_accuracy_std": (results.get("validation_accuracy") or {}).get("std"),
             "krr_accuracy": results.get("krr_accuracy"),
             "epsilon_prv": results["epsilon_prv"],
             "epsilon_rdp": results["epsilon_rdp"],
@@ -127,6 +129,9 @@ def _user_sets(a: argparse.Namespace):
 
     aux_per_class = getattr(a, "aux_per_class", None) or PRESETS[a.preset]["aux_per_class"]
     data, aux, test = getattr(a, "data", None), getattr(a, "aux", None), getattr(a, "test", None)
+    validation = getattr(a, "validation", None)
+    if validation is not None and getattr(a, "transport", "in-process") != "in-process":
+        raise ValueError("--validation is scored by the in-process simulation only")
     if data is not None and aux is None:
         raise ValueError(
             "--data needs --aux: a public auxiliary set with the same classes (SER subspaces are built from it)"
@@ -140,6 +145,7 @@ def _user_sets(a: argparse.Namespace):
     public = PublicSets(
         aux=absolute(aux),
         test=absolute(test),
+        validation=absolute(validation),
         image_size=a.image_size,
         channels=a.channels,
         resize=a.resize,
@@ -222,6 +228,23 @@ def cmd_bench_kip(a: argparse.Namespace) -> int:
             f"{r['wall_s'] / 60:.1f} min, {r['peak_rss_mb']:.0f} MB"
         )
     print(f"\nwritten: {Path(a.out) / 'kip.json'}, {Path(a.out) / 'kip.png'}")
+    return 0
+
+
+def cmd_bench_frontier(a: argparse.Namespace) -> int:
+    from benchmarks.frontier import frontier
+
+    result = frontier(Path(a.out), a.eval_runs, a.threads, a.max_points, a.data_root)
+    for name, r in result["runs"].items():
+        eps = "-" if r["epsilon_prv"] is None else f"{r['epsilon_prv']:.3f}"
+        print(
+            f"{name:>34}: test {100 * r['test_accuracy_mean']:.2f}% +- {100 * r['test_accuracy_std']:.2f}, "
+            f"validation {100 * r['validation_accuracy_mean']:.2f}%, eps {eps}, {r['wall_s'] / 60:.1f} min, "
+            f"{r['peak_rss_mb']:.0f} MB"
+        )
+    if result["pending"]:
+        print(f"\n{len(result['pending'])} points still to run (run the same command again): {result['pending']}")
+    print(f"\nwritten: {Path(a.out) / 'frontier.json'}, {Path(a.out) / 'frontier.png'}")
     return 0
 
 
@@ -577,6 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")
     _own_image_options(s, "the simulated owner's own images")
     s.add_argument(
+        "--validation",
+        help="a public validation set (same classes, with --test): the same trainings are scored on it too, "
+        "so settings can be chosen without looking at the test set",
+    )
+    s.add_argument(
         "--unit",
         choices=("image", "patient"),
         default="image",
@@ -639,6 +667,17 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--methods", nargs="+", choices=("decoupled", "sync"), default=["decoupled", "sync"])
     bk.add_argument("--sync-steps", type=int, help="steps (releases) of each synchronised run (default: preset's)")
     bk.set_defaults(func=cmd_bench_kip)
+
+    bf = sub.add_parser(
+        "bench-frontier",
+        help="benchmark: accuracy against epsilon for DOS+SER and DP-KIP, with references (JSON, PNG; resumes)",
+    )
+    bf.add_argument("--out", default="runs/bench/frontier")
+    bf.add_argument("--eval-runs", type=int, default=3)
+    bf.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads of each point's process")
+    bf.add_argument("--max-points", type=int, help="run at most this many new points, then stop (run again to go on)")
+    bf.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: Debian package or cache)")
+    bf.set_defaults(func=cmd_bench_frontier)
 
     bs = sub.add_parser(
         "bench-signals",

@@ -20,6 +20,9 @@ from shared.images.source import ImageSource, load_source, source_for_path
 class PublicSets:
     aux: str | None = None  # folder of class folders, CSV manifest or npz; None: Fashion-MNIST's split
     test: str | None = None  # same kinds; None: none (evaluation is skipped), or Fashion-MNIST's rest
+    # Same kinds: a public validation split the same trainings are also scored on, to choose settings
+    # by (never by the test set). In-process simulation only.
+    validation: str | None = None
     image_size: int | None = None  # needed for folders and manifests; npz keeps its own unless given
     channels: int | None = None
     resize: str = "crop"
@@ -30,6 +33,8 @@ class PublicSets:
     def __post_init__(self) -> None:
         if self.aux is None and self.test is not None:
             raise ValueError("a public test set needs the auxiliary set it goes with (--aux / run config 'aux')")
+        if self.validation is not None and self.test is None:
+            raise ValueError("a public validation set goes with a public test set (--validation needs --test)")
         check_resize_policy(self.resize)
 
     @property
@@ -49,6 +54,14 @@ class PublicSets:
         test = load_source(self.source(self.test, "test"), progress=show_progress, cache=False).data
         check_same_classes(aux, test, names=("auxiliary set", "test set"))
         return aux, test
+
+    def load_validation(self, aux: ImageSet, show_progress: bool = True) -> ImageSet | None:
+        """The validation set, or None; it must name ``aux``'s classes in the same order."""
+        if self.validation is None:
+            return None
+        val = load_source(self.source(self.validation, "val"), progress=show_progress, cache=False).data
+        check_same_classes(aux, val, names=("auxiliary set", "validation set"))
+        return val
 
     def run_config(self) -> dict:
         """As Flower run-config entries (strings and numbers only; "" and 0 mean unset)."""

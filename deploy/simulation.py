@@ -147,7 +147,8 @@ def simulate(
     services = [OwnerService(c) for c in configs]
     try:
         clients = [OwnerClient(s.call, c.owner_id) for s, c in zip(services, configs, strict=True)]
-        return run_distillation(clients, cfg, out / "distiller", aux, held_out, show_progress)
+        validation = public.load_validation(aux, show_progress)
+        return run_distillation(clients, cfg, out / "distiller", aux, held_out, show_progress, validation)
     finally:
         for s in services:
             s.close()

@@ -97,9 +97,11 @@ def run_distillation(
     aux: ImageSet,
     test: ImageSet | None,
     show_progress: bool = True,
+    validation: ImageSet | None = None,
 ) -> dict:
     """``cfg.epsilon`` is what each owner is asked to spend (at most its remaining budget); with no
-    public ``test`` set the evaluation is skipped (the synthetic set is still written)."""
+    public ``test`` set the evaluation is skipped (the synthetic set is still written). A public
+    ``validation`` set is scored by the same trainings (``validation_accuracy``), to choose settings by."""
     clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
     if cfg.sampling.signal in ("kip", KIP_SYNC) and parse_strategy(cfg.sampling.augmentation):
         raise ValueError("KIP is matched without augmentation: set the sampling augmentation to 'none'")
@@ -205,6 +207,7 @@ def run_distillation(
             show_progress,
             info.normalization,
             info.class_names,
+            {"validation": (validation.images, validation.labels)} if validation is not None else None,
         )
     krr = None
     if plan.signal in ("kip", KIP_SYNC) and test is not None:
@@ -248,6 +251,7 @@ def run_distillation(
     results = {
         "test_accuracy": result.to_dict() if result is not None else None,
         "test_metrics": result.metrics if result is not None else None,
+        "validation_accuracy": result.other("validation") if result is not None and validation is not None else None,
         "krr_accuracy": krr,
         "epsilon_prv": report["epsilon_prv"],
         "epsilon_rdp": report["epsilon_rdp"],

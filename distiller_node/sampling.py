@@ -161,6 +161,12 @@ def effective_group_size(group_size: float, infos: list[OwnerInfo]) -> float:
     return g
 
 
+def plan_seeds(seed: int, draws: int) -> torch.Tensor:
+    """[2, draws]: each draw's public network seed and augmentation seed, from the run's public seed."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2**62, (2, draws), generator=g)
+
+
 def make_plan(
     cfg: SamplingConfig,
     infos: list[OwnerInfo],
@@ -175,8 +181,7 @@ def make_plan(
     ``delta`` and ``accountant`` are the distiller's own wishes, kept in the plan for its report.
     """
     check_compatible(infos)
-    g = torch.Generator().manual_seed(cfg.seed)
-    seeds = torch.randint(0, 2**62, (2, cfg.draws), generator=g)
+    seeds = plan_seeds(cfg.seed, cfg.draws)
     owners = []
     group_size = effective_group_size(cfg.group_size, infos)
     if group_size < cfg.group_size:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,8 @@ class EvaluationConfig:
 class EvaluationResult:
     accuracies: list[float]
     metrics: dict | None = None  # shared.metrics over the trainings (balanced accuracy, per class, AUROC, ...)
+    # Accuracy of the same trainings on further sets (e.g. a public validation split used to choose settings).
+    other_accuracies: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
@@ -61,6 +63,10 @@ class EvaluationResult:
 
     def to_dict(self) -> dict:
         return {"mean": self.mean, "std": self.std, "runs": self.accuracies}
+
+    def other(self, name: str) -> dict:
+        """``to_dict`` for a further set's accuracies."""
+        return EvaluationResult(self.other_accuracies[name]).to_dict()
 
 
 def predict(
@@ -133,14 +139,17 @@ def evaluate(
     show_progress: bool = True,
     normalization: tuple[float, float] | None = None,
     class_names: Sequence[str] | None = None,
+    other_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> EvaluationResult:
     """``test_images``: normalised floats, or uint8 with their ``normalization`` (converted per chunk).
-    With ``class_names``, the result also holds ``shared.metrics`` figures averaged over the trainings."""
+    With ``class_names``, the result also holds ``shared.metrics`` figures averaged over the trainings.
+    ``other_sets``: name -> (images, labels) that the same trained networks are also scored on."""
     depth = cfg.depth if cfg.depth is not None else depth_for_image_size(images.shape[2])
     spec = NetworkSpec(
         width=cfg.width, depth=depth, channels=images.shape[1], image_size=images.shape[2], num_classes=num_classes
     )
     accs, runs = [], []
+    others: dict[str, list[float]] = {name: [] for name in other_sets or {}}
     images = images.detach()
     with tqdm(
         total=cfg.runs * cfg.epochs, desc=f"evaluation ({cfg.runs} trainings)", unit="ep", disable=not show_progress
@@ -151,8 +160,10 @@ def evaluate(
             accs.append(float((scores.argmax(1) == test_labels).double().mean()))
             if class_names is not None:
                 runs.append(classification_metrics(test_labels.numpy(), scores.numpy(), class_names))
+            for name, (x, y) in (other_sets or {}).items():
+                others[name].append(accuracy(net, x, y, cfg.activation_budget_mb, normalization))
             bar.set_postfix(acc=f"{statistics.fmean(accs):.4f}")
-    return EvaluationResult(accs, mean_metrics(runs) if runs else None)
+    return EvaluationResult(accs, mean_metrics(runs) if runs else None, others)
 
 
 def krr_accuracy(

@@ -1,0 +1,284 @@
+"""Benchmark (issue 16): the privacy-utility frontier on Fashion-MNIST, accuracy against epsilon.
+
+Every point is a whole run in its own process: ``dpdistill simulate`` for the private methods,
+``python -m benchmarks.reference_points`` for the two references (sigma 0, and the public auxiliary
+images alone). A point whose ``run.json`` exists is kept, so the command resumes and can be run in
+parts (``--max-points``); ``frontier.json`` and ``frontier.png`` are rewritten after every point.
+
+Public data, fixed before anything is measured: Fashion-MNIST's test split gives the auxiliary set
+(the first 50 images of each class, as in every other benchmark), a validation split (100 random
+images of each class of the rest, public seed 0) and the test set (the remaining 8,500).
+
+How settings are chosen: each method has a short list of candidate settings. All are run at
+epsilon 1, IPC 10; the one with the best *validation* accuracy is kept for every other point of
+that method. The test set is never used to choose anything; each point reports both accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from deploy.benchmark import cpu_model
+from shared.datasets import public_split, save_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# method -> the preset it runs, and its candidate settings (preset overrides), the preset's own first.
+METHODS: dict[str, tuple[str, dict[str, dict]]] = {
+    "dos-ser": ("default", {"init-noise": {"init": "noise"}, "init-aux": {"init": "aux"}}),
+    "dp-kip": ("kip-decoupled", {"lr-0.03": {"lr": 0.03}, "lr-0.1": {"lr": 0.1}}),
+}
+SELECT_AT = (1.0, 10)  # (epsilon, IPC) where candidates are compared on the validation split
+EPSILONS = (0.5, 1.0, 2.0, 5.0, 10.0)
+IPC_POINTS = ((1, 1.0), (1, 10.0), (50, 1.0), (50, 10.0))  # (IPC, epsilon), DOS+SER
+AUX_PER_CLASS = 50
+VALIDATION_PER_CLASS = 100
+
+# Published figures (DESIGN section 6), epsilon 1: drawn, labelled as published, never measured here.
+PUBLISHED = (
+    ("Dosser (DOS+SER), IPC 10", 1.0, 81.6),
+    ("Dosser (DOS+SER), IPC 50", 1.0, 81.8),
+    ("NDPDC, IPC 10", 1.0, 77.7),
+    ("DP-MERF, IPC 10", 1.0, 65.5),
+)
+
+
+@dataclass(frozen=True)
+class Point:
+    method: str  # a METHODS key, or "no-noise" / "aux-only"
+    epsilon: float | None  # None: the references (no accountable release)
+    ipc: int
+    candidate: str
+    overrides: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def name(self) -> str:
+        eps = "inf" if self.method == "no-noise" else "0" if self.epsilon is None else f"{self.epsilon:g}"
+        return f"{self.method}_eps{eps}_ipc{self.ipc}_{self.candidate}"
+
+
+def prepare_public(folder: Path, data_root: str | None) -> Path:
+    """aux.npz, validation.npz and test.npz from Fashion-MNIST's test split (kept if already there)."""
+    if all((folder / f"{n}.npz").exists() for n in ("aux", "validation", "test")):
+        return folder
+    aux, rest = public_split(AUX_PER_CLASS, data_root)
+    g = torch.Generator().manual_seed(0)
+    val_index = []
+    for c in range(rest.num_classes):
+        idx = torch.nonzero(rest.labels == c).flatten()
+        val_index.append(idx[torch.randperm(len(idx), generator=g)[:VALIDATION_PER_CLASS]])
+    val = torch.cat(val_index).sort().values
+    mask = torch.ones(len(rest), dtype=torch.bool)
+    mask[val] = False
+    folder.mkdir(parents=True, exist_ok=True)
+    save_npz(folder / "aux.npz", aux)
+    save_npz(folder / "validation.npz", rest.subset(val))
+    save_npz(folder / "test.npz", rest.subset(torch.nonzero(mask).flatten()))
+    return folder
+
+
+def load_run(out: Path, point: Point) -> dict | None:
+    path = out / point.name / "run.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def chosen(out: Path, method: str) -> tuple[str, dict] | None:
+    """The candidate with the best validation accuracy at SELECT_AT, once every candidate has run."""
+    preset, candidates = METHODS[method]
+    scores = {}
+    for cand, overrides in candidates.items():
+        run = load_run(out, Point(method, SELECT_AT[0], SELECT_AT[1], cand, overrides))
+        if run is None:
+            return None
+        scores[cand] = run["validation_accuracy_mean"]
+    best = max(scores, key=scores.get)
+    return best, candidates[best]
+
+
+def planned_points(out: Path) -> list[Point]:
+    """Every point in the order they are run; those that wait on a selection come once it is made."""
+    points = [Point("aux-only", None, SELECT_AT[1], "public")]
+    for method in ("dos-ser", "dp-kip"):
+        points += [Point(method, *SELECT_AT, c, o) for c, o in METHODS[method][1].items()]
+        pick = chosen(out, method)
+        if pick is None:
+            continue
+        cand, overrides = pick
+        points += [Point(method, e, SELECT_AT[1], cand, overrides) for e in EPSILONS if e != SELECT_AT[0]]
+        if method == "dos-ser":
+            points.append(Point("no-noise", None, SELECT_AT[1], cand, overrides))
+    pick = chosen(out, "dos-ser")
+    if pick is not None:
+        points += [Point("dos-ser", e, ipc, pick[0], pick[1]) for ipc, e in IPC_POINTS]
+    return points
+
+
+def run_point(out: Path, point: Point, public: Path, eval_runs: int, threads: int, data_root: str | None) -> dict:
+    folder = out / point.name
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if point.method in METHODS:
+        preset = METHODS[point.method][0]
+        cmd = [sys.executable, "-m", "deploy.cli", "simulate", "--out", str(folder), "--preset", preset]
+        cmd += ["--epsilon", str(point.epsilon), "--ipc", str(point.ipc), "--eval-runs", str(eval_runs)]
+        for key, value in point.overrides.items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        cmd += ["--aux", str(public / "aux.npz"), "--test", str(public / "test.npz")]
+        cmd += ["--validation", str(public / "validation.npz"), "--no-progress"]
+        cmd += ["--benchmark-json", str(folder / "run.json")]
+    else:
+        preset = METHODS["dos-ser"][0]
+        settings = {"preset": preset, "ipc": point.ipc, "overrides": point.overrides | {"eval_runs": eval_runs}}
+        cmd = [sys.executable, "-m", "benchmarks.reference_points", point.method, "--out", str(folder)]
+        cmd += ["--settings", json.dumps(settings), "--public", str(public), "--no-progress"]
+    if data_root:
+        cmd += ["--data-root", data_root]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".log"), "a") as log:
+        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return json.loads((folder / "run.json").read_text())
+
+
+def summary(point: Point, run: dict, threads: int) -> dict:
+    krr = run.get("krr_accuracy") or {}
+    return {
+        "method": point.method,
+        "preset": run.get("preset"),
+        "candidate": point.candidate,
+        "overrides": point.overrides,
+        "epsilon_target": point.epsilon,
+        "ipc": point.ipc,
+        "test_accuracy_mean": run["test_accuracy_mean"],
+        "test_accuracy_std": run["test_accuracy_std"],
+        "validation_accuracy_mean": run.get("validation_accuracy_mean"),
+        "validation_accuracy_std": run.get("validation_accuracy_std"),
+        "krr_accuracy_scattering": krr.get("scattering"),
+        "krr_accuracy_projected": krr.get("projected"),
+        "epsilon_prv": run["epsilon_prv"],
+        "epsilon_rdp": run["epsilon_rdp"],
+        "delta": run["delta"],
+        "wall_s": run["wall_s"],
+        "stage_s": run["stage_s"],
+        "peak_rss_mb": run["peak_rss_mb"],
+        "config": run["config"],
+        "cpu": run.get("cpu"),
+        "threads": threads,
+    }
+
+
+def frontier(
+    out: Path, eval_runs: int = 3, threads: int = 2, max_points: int | None = None, data_root: str | None = None
+) -> dict:
+    """Run the points not yet measured (at most ``max_points`` of them), then write JSON and PNG."""
+    out.mkdir(parents=True, exist_ok=True)
+    public = prepare_public(out / "public", data_root)
+    done = 0
+    with tqdm(desc="frontier", unit="point") as bar:
+        while True:
+            todo = [p for p in planned_points(out) if load_run(out, p) is None]
+            if not todo or (max_points is not None and done >= max_points):
+                break
+            bar.total = done + len(todo)
+            bar.set_postfix(point=todo[0].name)
+            run_point(out, todo[0], public, eval_runs, threads, data_root)
+            done += 1
+            bar.update(1)
+            write_results(out, eval_runs, threads)
+    return write_results(out, eval_runs, threads)
+
+
+def write_results(out: Path, eval_runs: int, threads: int) -> dict:
+    points = planned_points(out)
+    runs = {p.name: summary(p, r, threads) for p in points if (r := load_run(out, p)) is not None}
+    selection = {}
+    for method, (preset, candidates) in METHODS.items():
+        pick = chosen(out, method)
+        selection[method] = {
+            "preset": preset,
+            "candidates": candidates,
+            "compared_at": {"epsilon": SELECT_AT[0], "ipc": SELECT_AT[1]},
+            "chosen": pick[0] if pick else None,
+            "rule": "highest validation accuracy (public split); the test set chooses nothing",
+        }
+    result = {
+        "benchmark": "frontier",
+        "data": {
+            "private": "Fashion-MNIST training split (60,000)",
+            "auxiliary": f"first {AUX_PER_CLASS} per class of the test split",
+            "validation": f"{VALIDATION_PER_CLASS} per class of the rest of the test split (seed 0)",
+            "test": "the remaining test images (8,500)",
+        },
+        "eval_runs": eval_runs,
+        "selection": selection,
+        "published_not_measured_here": [{"label": lbl, "epsilon": e, "accuracy": a} for lbl, e, a in PUBLISHED],
+        "pending": [p.name for p in points if p.name not in runs],
+        "cpu": cpu_model(),
+        "runs": runs,
+    }
+    (out / "frontier.json").write_text(json.dumps(result, indent=2))
+    plot(out / "frontier.png", result)
+    return result
+
+
+def plot(path: Path, result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(result["runs"].values())
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    styles = {"dos-ser": ("tab:blue", "DOS+SER"), "dp-kip": ("tab:green", "DP-KIP decoupled (ConvNet)")}
+    for method, (colour, label) in styles.items():
+        for ipc, marker, ls in ((10, "o", "-"), (1, "v", ":"), (50, "^", "--")):
+            rows = sorted(
+                (
+                    r
+                    for r in runs
+                    if r["method"] == method and r["ipc"] == ipc and r["candidate"] == chosen_of(result, method)
+                ),
+                key=lambda r: r["epsilon_target"],
+            )
+            if rows:
+                ax.errorbar(
+                    [r["epsilon_prv"] for r in rows],
+                    [100 * r["test_accuracy_mean"] for r in rows],
+                    yerr=[100 * r["test_accuracy_std"] for r in rows],
+                    color=colour,
+                    marker=marker,
+                    ls=ls,
+                    capsize=3,
+                    label=f"{label}, IPC {ipc} (measured)",
+                )
+    for r in runs:
+        if r["method"] in ("no-noise", "aux-only"):
+            text = "no noise (sigma 0), upper bound" if r["method"] == "no-noise" else "public auxiliary images alone"
+            ls = "--" if r["method"] == "no-noise" else ":"
+            ax.axhline(100 * r["test_accuracy_mean"], color="grey", ls=ls, lw=1.2, label=f"{text}, IPC {r['ipc']}")
+    for (label, eps, acc), marker in zip(
+        [(p["label"], p["epsilon"], p["accuracy"]) for p in result["published_not_measured_here"]],
+        "*PDX",
+        strict=False,
+    ):
+        ax.scatter([eps], [acc], marker=marker, s=70, facecolors="none", edgecolors="k", label=f"{label} (published)")
+    ax.set_xscale("log")
+    ax.set_xticks([0.5, 1, 2, 5, 10], ["0.5", "1", "2", "5", "10"])
+    ax.set_xlabel("epsilon (PRV accountant, delta 1e-5)")
+    ax.set_ylabel(f"test accuracy (%), ConvNet trained on the synthetic set, {result['eval_runs']} trainings")
+    ax.set_title("Fashion-MNIST: privacy-utility frontier")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def chosen_of(result: dict, method: str) -> str | None:
+    return result["selection"][method]["chosen"]

@@ -1,0 +1,168 @@
+"""The frontier's two reference points, computed in the benchmark harness itself, not through an owner.
+
+- ``no-noise``: the DOS+SER pipeline with sigma 0, an upper bound on what the noise costs. An owner
+  never releases without noise, so this drives the mechanism directly (like ``dpdistill speed``),
+  with the same sampling, networks, subspaces, optimisation and evaluation as a real run.
+- ``aux-only``: the public auxiliary images themselves as the synthetic set (the unoptimised start).
+
+Run as ``python -m benchmarks.reference_points KIND --out DIR --settings JSON`` so that each point is
+a process of its own, as every other point of the frontier is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from deploy.benchmark import cpu_model, write
+from deploy.presets import distiller_config
+from distiller_node.network_cache import NetworkCache
+from distiller_node.optimisation import Distiller, initial_state, training_images
+from distiller_node.pipeline import DistillerConfig, peak_rss_mb
+from distiller_node.sampling import plan_seeds
+from distiller_node.signal_store import Signals
+from owner_node.data import PrivateData
+from owner_node.mechanism import FeatureMechanism
+from shared.datasets import FASHION_MNIST_NORMALIZATION, ImageSet, load_fashion_mnist, load_npz, to_float
+from shared.evaluation import evaluate
+from shared.networks import NetworkSpec, depth_for_image_size
+from shared.protocol import FeatureRequest
+from shared.subspace import content_hash
+
+KINDS = ("no-noise", "aux-only")
+
+
+class NoiseFreeMechanism(FeatureMechanism):
+    """The owner's mechanism with sigma 0: for this benchmark's upper bound only, never in a service."""
+
+    def noise_std(self, request: FeatureRequest) -> float:
+        return 0.0
+
+
+def no_noise_state(cfg: DistillerConfig, aux: ImageSet, data_root: str | None, show_progress: bool) -> tuple:
+    """(synthetic state, stage timings): sampling at sigma 0, then the usual optimisation."""
+    train = load_fashion_mnist(train=True, root=data_root)
+    norm = FASHION_MNIST_NORMALIZATION
+    data = PrivateData.from_image_set(train, norm)
+    aux_f = to_float(aux.images, norm)
+    mechanism = NoiseFreeMechanism(data, aux_f, clip_norm=1.0, aux_labels=aux.labels)
+    s = cfg.sampling
+    channels, size = data.image_shape[0], data.image_shape[1]
+    spec = NetworkSpec(
+        width=s.width,
+        depth=s.depth or depth_for_image_size(size),
+        channels=channels,
+        image_size=size,
+        num_classes=train.num_classes,
+    )
+    seeds = plan_seeds(s.seed, s.draws).tolist()
+    timings = {}
+    t0 = time.perf_counter()
+    sums = []
+    with tqdm(total=s.draws, desc="sampling (sigma 0)", unit="draw", disable=not show_progress) as bar:
+        for lo in range(0, s.draws, s.draws_per_request):
+            hi = min(lo + s.draws_per_request, s.draws)
+            request = FeatureRequest(
+                f"no-noise-{lo}",
+                spec,
+                tuple(seeds[0][lo:hi]),
+                tuple(seeds[1][lo:hi]),
+                s.augmentation,
+                s.subspace_dim,
+                content_hash(aux.images),
+                s.group_size,
+                0.0,
+                s.signal,
+            )
+            sums.append(torch.from_numpy(mechanism.release(request, progress=bar.update).noisy_sums))
+    timings["sampling_s"] = time.perf_counter() - t0
+    rate = data.sample_rate(s.group_size)
+    counts = torch.tensor([rate * n for n in data.published_counts], dtype=torch.float64)
+    signals = Signals(torch.cat(sums), counts, seeds[0], seeds[1])
+    t0 = time.perf_counter()
+    cache = NetworkCache(spec, aux_f, s.subspace_dim, cfg.optimisation.cache_mb * 2**20, s.signal, aux.labels)
+    opt = cfg.optimisation
+    state = initial_state(train.num_classes, opt.ipc, data.image_shape, opt.seed, opt.init, (aux_f, aux.labels))
+    state = Distiller(signals, cache, s.augmentation, 1.0, opt).run(state, show_progress=show_progress)
+    timings["optimisation_s"] = time.perf_counter() - t0
+    return state, timings
+
+
+def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root: str | None, progress: bool) -> dict:
+    """One reference point; writes ``out/run.json`` in the shape ``dpdistill simulate --benchmark-json`` uses."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown reference {kind!r}; choose one of {KINDS}")
+    t_start = time.perf_counter()
+    cfg = distiller_config(settings["preset"], epsilon=1.0, ipc=settings["ipc"], **settings.get("overrides", {}))
+    aux, test, val = (load_npz(public / f"{n}.npz") for n in ("aux", "test", "validation"))
+    norm = FASHION_MNIST_NORMALIZATION
+    if kind == "no-noise":
+        state, timings = no_noise_state(cfg, aux, data_root, progress)
+        images, labels = training_images(state.ema, state.labels, cfg.optimisation.pea)
+    else:
+        timings = {"sampling_s": 0.0, "optimisation_s": 0.0}
+        aux_f = to_float(aux.images, norm)
+        first = initial_state(
+            aux.num_classes, settings["ipc"], tuple(aux.images.shape[1:]), 0, "aux", (aux_f, aux.labels)
+        )
+        images, labels = first.images, first.labels
+    t0 = time.perf_counter()
+    result = evaluate(
+        images,
+        labels,
+        test.images,
+        test.labels,
+        aux.num_classes,
+        cfg.evaluation,
+        progress,
+        norm,
+        aux.class_names,
+        {"validation": (val.images, val.labels)},
+    )
+    timings["evaluation_s"] = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"images": images, "labels": labels}, out / "synthetic.pt")
+    run = {
+        "benchmark": "run",
+        "reference": kind,
+        "preset": settings["preset"],
+        "wall_s": time.perf_counter() - t_start,
+        "test_accuracy_mean": result.mean,
+        "test_accuracy_std": result.std,
+        "validation_accuracy_mean": result.other("validation")["mean"],
+        "validation_accuracy_std": result.other("validation")["std"],
+        "krr_accuracy": None,
+        # sigma 0 has no finite epsilon (null); the auxiliary images alone release nothing (0).
+        "epsilon_prv": None if kind == "no-noise" else 0.0,
+        "epsilon_rdp": None if kind == "no-noise" else 0.0,
+        "delta": cfg.delta,
+        "stage_s": timings,
+        "peak_rss_mb": peak_rss_mb(),
+        "config": json.loads(json.dumps(cfg.to_dict())),
+        "cpu": cpu_model(),
+    }
+    write(out / "run.json", run)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.reference_points", description=__doc__.splitlines()[0])
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--out", required=True)
+    p.add_argument("--settings", required=True, help='JSON: {"preset": ..., "ipc": ..., "overrides": {...}}')
+    p.add_argument("--public", required=True, help="folder with aux.npz, validation.npz and test.npz")
+    p.add_argument("--data-root")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    run_reference(a.kind, Path(a.out), json.loads(a.settings), Path(a.public), a.data_root, not a.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
