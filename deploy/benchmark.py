@@ -128,7 +128,8 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     extensions = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}; {' '.join(extensions) or 'no AVX2'})"
+    family, model = fields.get("cpu family", "?"), fields.get("model", "?")
+    return f"{fields['model name']} (family {family}, model {model}; {' '.join(extensions) or 'no AVX2'})"
 
 
 def write(path: str | Path, result: dict) -> None:
