@@ -26,6 +26,7 @@ def _distiller_config(a: argparse.Namespace) -> DistillerConfig:
         seed=a.seed,
         pea=a.pea,
         eval_runs=a.eval_runs,
+        precision=a.precision,
         **{k: getattr(a, k) for k in PRESETS["default"] if k != "aux_per_class"},
     )
 
@@ -42,6 +43,8 @@ def _run_config(a: argparse.Namespace, out: Path, public) -> dict:
         "group-size": a.group_size or 0.0,
         "eval-runs": a.eval_runs,
         "seed": a.seed,
+        "device": getattr(a, "device", "auto"),
+        "precision": getattr(a, "precision", "float32"),
         **public.run_config(),
     }
     for key in (
@@ -86,6 +89,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             not a.no_progress,
             a.owners,
             owner_settings=_owner_settings(a),
+            device=a.device,
         )
     print(f"\nall artefacts are in {Path(a.out) / 'distiller'}")
     if a.benchmark_json:
@@ -116,7 +120,13 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 def _owner_settings(a: argparse.Namespace) -> dict:
     """The simulated owners' own choices (their owner.toml) that the command line sets."""
-    settings: dict = {"privacy_unit": a.unit, "patient_column": a.patient_column, "holdout": a.holdout or 0.0}
+    settings: dict = {
+        "privacy_unit": a.unit,
+        "patient_column": a.patient_column,
+        "holdout": a.holdout or 0.0,
+        "device": a.device,
+        "precision": a.precision,
+    }
     if a.class_counts_epsilon:
         settings |= {"class_counts": "dp", "class_counts_epsilon": a.class_counts_epsilon}
     return settings
@@ -549,6 +559,20 @@ def _own_image_options(p: argparse.ArgumentParser, data_help: str, test: bool = 
     p.add_argument("--resize", choices=("crop", "pad"), default="crop", help="shorter side + centre crop, or pad")
 
 
+def _compute_options(p: argparse.ArgumentParser, who: str) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help=f"where {who} compute: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bf16"),
+        default="float32",
+        help="network passes in float32, or autocast to bfloat16 (AMX / AVX-512-BF16 CPUs, GPUs); see README",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpdistill", description="Two-party differentially private dataset distillation."
@@ -620,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the owner publishes its class counts with DP, for this share of its budget (default: public counts)",
     )
     s.add_argument("--seed", type=int, default=0, help="public seed for networks and augmentations")
+    _compute_options(s, "the distiller and the simulated owners")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--benchmark-json", help="also write wall time, accuracy, epsilon and peak RSS to this JSON file")
     s.set_defaults(func=cmd_simulate)
@@ -757,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--private-subset", type=int)
     d.add_argument("--data-root")
     _own_image_options(d, "the owners' own images (split among --owners)")
+    _compute_options(d, "the distiller (the owners' owner.toml [compute] device: cpu)")
     d.set_defaults(func=cmd_deploy_local)
 
     au = sub.add_parser(

@@ -119,8 +119,10 @@ def simulate(
     num_owners: int = 1,
     limits: Limits | None = None,
     owner_settings: dict | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Owners and distiller in this process. ``public``: the distiller's sets (default: Fashion-MNIST's
+    """Owners and distiller in this process (``device``: the distiller's, and the simulated owners' unless
+    ``owner_settings`` names one). ``public``: the distiller's sets (default: Fashion-MNIST's
     split); ``private``: one owner's own images instead of Fashion-MNIST's training set."""
     out = Path(out)
     public = public or PublicSets()
@@ -137,7 +139,7 @@ def simulate(
         cfg.sampling.seed,
         limits=limits,
         private=private,
-        owner_settings=owner_settings,
+        owner_settings={"device": device} | (owner_settings or {}),
     )
     configs = [OwnerConfig.load(p) for p in paths]
     if configs[0].epsilon != cfg.epsilon or configs[0].delta != cfg.delta:
@@ -148,7 +150,7 @@ def simulate(
     try:
         clients = [OwnerClient(s.call, c.owner_id) for s, c in zip(services, configs, strict=True)]
         validation = public.load_validation(aux, show_progress)
-        return run_distillation(clients, cfg, out / "distiller", aux, held_out, show_progress, validation)
+        return run_distillation(clients, cfg, out / "distiller", aux, held_out, show_progress, validation, device)
     finally:
         for s in services:
             s.close()

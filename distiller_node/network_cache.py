@@ -24,10 +24,14 @@ class NetworkCache:
         max_bytes: int,
         signal: str = "features",
         aux_labels: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
     ):
         self.spec = spec
-        self.aux_images = aux_images
-        self.aux_labels = aux_labels
+        # Networks, bases and the auxiliary set they are fitted from live on the optimisation's device
+        # (decoupled KIP's scattering stays on the CPU). Fingerprints are always on the CPU.
+        self.device = torch.device(device) if signal != "kip" else torch.device("cpu")
+        self.aux_images = aux_images.to(self.device)
+        self.aux_labels = aux_labels.to(self.device) if aux_labels is not None else None
         self.signal = signal
         self.subspace_dim = subspace_dim
         self.max_bytes = max_bytes
@@ -53,7 +57,7 @@ class NetworkCache:
             net, sub, fingerprint, _ = self._entries[seed]
             return net, sub, fingerprint
         self.misses += 1
-        net = freeze(build_network(self.spec, seed))
+        net = freeze(build_network(self.spec, seed, self.device))
         sub = (
             public_subspace(net, self.aux_images, self.subspace_dim, self.signal, self.aux_labels)
             if self.subspace_dim

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from distiller_node.network_cache import NetworkCache
 from distiller_node.signal_store import Signals
-from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, image_chunk
+from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, image_chunk, pass_chunk
 from shared.statistic import class_sums, per_example_statistic
 from shared.subspace import FINGERPRINT_TOL
 
@@ -47,6 +47,8 @@ class OptimisationConfig:
     # Activation memory of one pass: a synthetic set whose pass would need more is pushed through in
     # chunks, with the exact gradient of the whole-set loss (two passes; see ``Distiller.step``).
     activation_budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB
+    # "bf16": autocast the network passes (shared.device); the loss and the images stay float32/64.
+    precision: str = "float32"
 
 
 def decode_pea(images: torch.Tensor) -> torch.Tensor:
@@ -126,8 +128,9 @@ class Distiller:
         self.clip_norm = clip_norm
         self.cfg = cfg
         self.fingerprint_tol = fingerprint_tol
-        self.group_sizes = signals.expected_counts.view(-1, 1)
-        self.targets = signals.noisy_sums.double()
+        self.device = cache.device
+        self.group_sizes = signals.expected_counts.view(-1, 1).to(self.device)
+        self.targets = signals.noisy_sums.double().to(self.device)
 
     def _draw(self, draw: int):
         net, subspace, fingerprint = self.cache.get_with_fingerprint(self.signals.network_seeds[draw])
@@ -136,18 +139,26 @@ class Distiller:
         return net, subspace
 
     def _statistics(self, net, subspace, images: torch.Tensor, labels: torch.Tensor, draw: int):
+        """Per-example statistics in cache-sized chunks (``pass_chunk``), all on one graph: the same
+        values and gradient as one pass (one augmentation seed gives every chunk the same transform)."""
         train_x, train_y = training_images(images, labels, self.cfg.pea)
-        stats = per_example_statistic(
-            net,
-            subspace,
-            train_x,
-            self.signals.augment_seeds[draw],
-            self.augmentation,
-            self.clip_norm,
-            train_y,
-            self.signal,
-        )
-        return stats, train_y
+        n = train_x.shape[0]
+        chunk = pass_chunk(net.spec, self.device, self.cfg.activation_budget_mb, backward=True, most=max(1, n))
+        parts = [
+            per_example_statistic(
+                net,
+                subspace,
+                train_x[i : i + chunk],
+                self.signals.augment_seeds[draw],
+                self.augmentation,
+                self.clip_norm,
+                train_y[i : i + chunk],
+                self.signal,
+                self.cfg.precision,
+            )
+            for i in range(0, n, chunk)
+        ]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), train_y
 
     def _rescale(self, labels: torch.Tensor) -> torch.Tensor:
         """g_c / (synthetic examples of class c): what turns a synthetic class sum into a group's."""
@@ -194,15 +205,21 @@ class Distiller:
         return float(residual.square().sum())
 
     def run(self, state: SyntheticState, checkpoint: Path | None = None, show_progress: bool = True) -> SyntheticState:
+        """Optimise on the cache's device; the state returned (and every checkpoint) is on the CPU."""
         cfg = self.cfg
+        device = self.device
+        state = SyntheticState(
+            state.images.to(device), state.ema.to(device), state.labels.to(device), state.iteration, state.losses
+        )
         images = state.images.clone().requires_grad_(True)
         opt = torch.optim.SGD([images], lr=cfg.lr, momentum=cfg.momentum)
         picker = torch.Generator().manual_seed(cfg.seed + 1)
         draw = 0
         if checkpoint is not None and checkpoint.exists():
-            saved = torch.load(checkpoint, weights_only=False)
+            saved = torch.load(checkpoint, weights_only=False, map_location=device)
             images.data.copy_(saved["images"])
-            state = SyntheticState(images.detach(), saved["ema"], saved["labels"], saved["iteration"], saved["losses"])
+            ema, labels = saved["ema"].to(device), saved["labels"].to(device)
+            state = SyntheticState(images.detach(), ema, labels, saved["iteration"], saved["losses"])
             opt.load_state_dict(saved["optimizer"])
             picker.set_state(saved["picker"])
             draw = saved.get("draw", 0)
@@ -228,7 +245,7 @@ class Distiller:
             if checkpoint is not None and (it + 1) % cfg.checkpoint_every == 0:
                 self._save(checkpoint, images, ema, state.labels, it + 1, losses, opt, picker, draw)
         bar.close()
-        final = SyntheticState(images.detach(), ema, state.labels, cfg.iterations, losses)
+        final = SyntheticState(images.detach().cpu(), ema.cpu(), state.labels.cpu(), cfg.iterations, losses)
         if checkpoint is not None:
             self._save(checkpoint, images, ema, state.labels, cfg.iterations, losses, opt, picker, draw)
         return final
@@ -238,9 +255,9 @@ class Distiller:
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(
             {
-                "images": images.detach(),
-                "ema": ema,
-                "labels": labels,
+                "images": images.detach().cpu(),
+                "ema": ema.cpu(),
+                "labels": labels.cpu(),
                 "iteration": iteration,
                 "losses": losses,
                 "optimizer": opt.state_dict(),

@@ -23,6 +23,7 @@ from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan, run
 from distiller_node.signal_store import SignalStore, atomic_write
 from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
+from shared.device import use_device
 from shared.evaluation import EvaluationConfig, evaluate, krr_accuracy
 from shared.metrics import format_metrics, plot_confusion
 from shared.statistic import KIP_SYNC, public_subspace
@@ -98,10 +99,13 @@ def run_distillation(
     test: ImageSet | None,
     show_progress: bool = True,
     validation: ImageSet | None = None,
+    device: str = "cpu",
 ) -> dict:
     """``cfg.epsilon`` is what each owner is asked to spend (at most its remaining budget); with no
     public ``test`` set the evaluation is skipped (the synthetic set is still written). A public
-    ``validation`` set is scored by the same trainings (``validation_accuracy``), to choose settings by."""
+    ``validation`` set is scored by the same trainings (``validation_accuracy``), to choose settings by.
+    ``device`` (auto, cpu, cuda[:N]) runs networks, bases, optimisation and evaluation there."""
+    torch_device, compute = use_device(device, cfg.optimisation.precision)
     clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
     if cfg.sampling.signal in ("kip", KIP_SYNC) and parse_strategy(cfg.sampling.augmentation):
         raise ValueError("KIP is matched without augmentation: set the sampling augmentation to 'none'")
@@ -184,7 +188,13 @@ def run_distillation(
         )
     elif plan.signal != KIP_SYNC:
         cache = NetworkCache(
-            plan.network, aux_float, plan.subspace_dim, opt_cfg.cache_mb * 2**20, plan.signal, aux.labels
+            plan.network,
+            aux_float,
+            plan.subspace_dim,
+            opt_cfg.cache_mb * 2**20,
+            plan.signal,
+            aux.labels,
+            torch_device,
         )
         distiller = Distiller(signals, cache, plan.augmentation, info.clip_norm, opt_cfg)
         state = distiller.run(state, checkpoint=out / "checkpoint.pt", show_progress=show_progress)
@@ -208,6 +218,7 @@ def run_distillation(
             info.normalization,
             info.class_names,
             {"validation": (validation.images, validation.labels)} if validation is not None else None,
+            torch_device,
         )
     krr = None
     if plan.signal in ("kip", KIP_SYNC) and test is not None:
@@ -263,6 +274,7 @@ def run_distillation(
         "cache": cache_stats,
         "artefacts": artefacts,
         "test_images": len(test) if test is not None else 0,
+        "compute": compute,
         "config": cfg.to_dict(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))

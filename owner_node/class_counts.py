@@ -64,7 +64,7 @@ def published_counts(
         ledger.reserve(COUNTS_RELEASE_ID, "class-counts", event, lambda events: within_budget(config, events))
     except BudgetExceeded as exc:
         raise ValueError(
-            f"[privacy] class_counts = \"dp\" needs epsilon {config.class_counts_epsilon} of the budget, which the "
+            f'[privacy] class_counts = "dp" needs epsilon {config.class_counts_epsilon} of the budget, which the '
             "ledger no longer has"
         ) from exc
     clean = clipped_counts(labels, num_classes, patients, sensitivity(config))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from owner_node.randomness import check_sampler
 from shared.accounting import METHODS
+from shared.device import check_precision
 from shared.images.source import ImageSource
 from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, PRIVACY_UNITS
 from shared.rpc.channel import is_loopback
@@ -152,6 +153,10 @@ class OwnerConfig:
     class_counts: str = "public"
     class_counts_epsilon: float = 0.05
     class_counts_patient_clip: float = 10.0  # patient mode: a patient's images-per-class vector, clipped
+    # [compute] where releases are computed: "cpu", "auto", "cuda" or "cuda:N" (shared.device), and the
+    # precision of the network passes ("float32" or "bf16"); neither changes the sensitivity bound.
+    device: str = "cpu"
+    precision: str = "float32"
 
     def image_source(self) -> ImageSource:
         """The private set as ``shared.images`` loads it."""
@@ -196,6 +201,7 @@ class OwnerConfig:
                 f"[privacy] class_counts_epsilon must be in (0, epsilon = {self.epsilon}), "
                 f"got {self.class_counts_epsilon}"
             )
+        check_precision(self.precision)
         if not self.class_counts_patient_clip >= 1:
             raise ValueError("[privacy] class_counts_patient_clip must be >= 1")
         if not 0.0 <= self.holdout < 1.0:
@@ -261,6 +267,8 @@ class OwnerConfig:
                 class_counts_epsilon=float(privacy.get("class_counts_epsilon", 0.05)),
                 class_counts_patient_clip=float(privacy.get("class_counts_patient_clip", 10.0)),
                 patient_column=data.get("patient_column", "patient_id"),
+                device=str(raw.get("compute", {}).get("device", "cpu")),
+                precision=str(raw.get("compute", {}).get("precision", "float32")),
             )
         except KeyError as exc:
             raise ValueError(f"owner config {path} lacks required key {exc}") from exc
@@ -322,6 +330,7 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
     ]
     for key, value in config.limits.to_dict().items():
         lines.append(f"{key} = {value}")
+    lines += ["", "[compute]", f"device = {q(config.device)}", f"precision = {q(config.precision)}"]
     svc = config.service
     lines += ["", "[service]", f"listen = {q(svc.listen)}", f"max_workers = {svc.max_workers}"]
     for key in ("tls_cert", "tls_key", "client_ca"):

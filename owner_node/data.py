@@ -159,7 +159,7 @@ def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[Owner
         column = result.columns.get(config.patient_column)
         if column is None:
             raise ValueError(
-                f"[privacy] unit = \"patient\": the manifest {config.data_path} has no {config.patient_column!r} "
+                f'[privacy] unit = "patient": the manifest {config.data_path} has no {config.patient_column!r} '
                 f"column (columns: path, label, {', '.join(result.columns) or 'nothing else'})"
             )
         empty = [i for i, v in enumerate(column) if not str(v).strip()]

@@ -18,7 +18,7 @@ import torch
 from owner_node.data import PrivateData
 from owner_node.randomness import SecureRandom, check_sampler, noisy
 from shared.datasets import to_float
-from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, freeze, image_chunk
+from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, freeze, pass_chunk
 from shared.protocol import FeatureRequest
 from shared.statistic import class_sums, per_example_statistic, public_subspace, released_dim
 from shared.subspace import Subspace, basis_fingerprint
@@ -37,6 +37,7 @@ def clean_class_sums(
     normalization: tuple[float, float] | None = None,
     budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
     patients: torch.Tensor | None = None,
+    precision: str = "float32",
 ) -> torch.Tensor:
     """Per-class sums of clipped statistics, float64 [num_classes, k]; the noise-free core.
 
@@ -45,22 +46,26 @@ def clean_class_sums(
     Chunks keep one pass's activations within ``budget_mb`` (``shared.networks.image_chunk``).
     With ``patients`` (each row's patient), every patient's whole contribution is clipped to C as
     well (``patient_clipped_sums``), so one patient moves the sums by at most C.
+    Each chunk goes to the network's device; the sums come back to the CPU in float64.
     """
     if images.dtype == torch.uint8 and normalization is None:
         raise ValueError("uint8 images need their normalization")
     k = released_dim(net.spec, signal, subspace.dim if subspace is not None else 0)
     total = torch.zeros(num_classes, k, dtype=torch.float64)
-    chunk = image_chunk(net.spec, budget_mb)
+    device = next(net.parameters()).device
+    chunk = pass_chunk(net.spec, device, budget_mb)
     rows = []
     with torch.inference_mode():
         for i in range(0, images.shape[0], chunk):
             part = slice(i, i + chunk)
-            x = to_float(images[part], normalization) if images.dtype == torch.uint8 else images[part]
-            stats = per_example_statistic(net, subspace, x, augment_seed, strategy, clip_norm, labels[part], signal)
+            x = images[part].to(device)
+            x = to_float(x, normalization) if x.dtype == torch.uint8 else x
+            y = labels[part].to(device)
+            stats = per_example_statistic(net, subspace, x, augment_seed, strategy, clip_norm, y, signal, precision)
             if patients is None:
-                total += class_sums(stats, labels[part], num_classes)
+                total += class_sums(stats, y, num_classes).cpu()
             else:
-                rows.append(stats)
+                rows.append(stats.cpu())
     if patients is not None and rows:
         total = patient_clipped_sums(torch.cat(rows), labels, patients, num_classes, clip_norm)
     return total
@@ -105,13 +110,18 @@ class FeatureMechanism:
         aux_labels: torch.Tensor | None = None,
         noise_sampler: str = "csprng",
         activation_budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
+        device: torch.device | str = "cpu",
+        precision: str = "float32",
     ):
         check_sampler(noise_sampler)
         self.activation_budget_mb = activation_budget_mb
         self.noise_sampler = noise_sampler
         self.data = data
-        self.aux_images = aux_images
-        self.aux_labels = aux_labels
+        self.device = torch.device(device)
+        self.precision = precision
+        # The public auxiliary set lives where the networks run: every draw's subspace is fitted from it.
+        self.aux_images = aux_images.to(self.device)
+        self.aux_labels = aux_labels.to(self.device) if aux_labels is not None else None
         self.clip_norm = clip_norm
         self._kip_projections: dict[int, Subspace] = {}  # public, identical for every draw: computed once per k
 
@@ -119,13 +129,14 @@ class FeatureMechanism:
         self, spec: NetworkSpec, seed: int, k: int, signal: str = "features"
     ) -> tuple[torch.nn.Module, Subspace | None]:
         """The public network and its public basis (None when ``k`` is 0: no projection)."""
-        net = freeze(build_network(spec, seed))
+        if signal == "kip":  # scattering needs no network (and runs on the CPU): one projection for every draw
+            net = freeze(build_network(spec, seed))
+            if k not in self._kip_projections:
+                self._kip_projections[k] = public_subspace(net, self.aux_images.cpu(), k, signal)
+            return net, self._kip_projections[k]
+        net = freeze(build_network(spec, seed, self.device))
         if k == 0:
             return net, None
-        if signal == "kip":  # scattering needs no network: one projection serves every draw
-            if k not in self._kip_projections:
-                self._kip_projections[k] = public_subspace(net, self.aux_images, k, signal)
-            return net, self._kip_projections[k]
         return net, public_subspace(net, self.aux_images, k, signal, self.aux_labels)
 
     def noise_std(self, request: FeatureRequest) -> float:
@@ -161,6 +172,7 @@ class FeatureMechanism:
                 self.data.normalization,
                 self.activation_budget_mb,
                 self.data.patients[index] if self.data.patients is not None else None,
+                self.precision,
             )
             del subspace  # a gradient basis can be tens of MB; never hold two
             # Each draw's noise is drawn here, once; nothing ever draws it again (retries read the ledger).

@@ -25,6 +25,7 @@ from owner_node.randomness import inclusion_threshold
 from shared.accounting import SampledGaussianEvent, epsilon
 from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
+from shared.device import use_device
 from shared.images.classes import check_same_classes
 from shared.protocol import (
     BudgetReport,
@@ -89,6 +90,8 @@ class OwnerService:
         # another order) would silently permute every label.
         check_same_classes(self.data.class_names, aux.class_names, names=("private set", "auxiliary set"))
         self.aux_hash = content_hash(aux.images)
+        device, self.compute = use_device(config.device, config.precision)
+        print(f"owner '{config.owner_id}' computes releases with {self.compute}", flush=True)
         self.mechanism = FeatureMechanism(
             self.data,
             to_float(aux.images, self.normalization),
@@ -96,6 +99,8 @@ class OwnerService:
             aux.labels,
             config.noise_sampler,
             config.limits.max_activation_mb,
+            device,
+            config.precision,
         )
         self.kip = KipStepMechanism(self.data, config.clip_norm, config.noise_sampler)
         self.num_aux = len(aux)

@@ -61,7 +61,8 @@ def _expand(p: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=True)
+    # Parameters are drawn on the CPU generator (the same on every device), then moved to the images.
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, align_corners=True)
 
 
@@ -69,11 +70,11 @@ def _color(x: torch.Tensor, g: torch.Generator, n: int) -> torch.Tensor:
     brightness = (_uniform(n, -0.5, 0.5, g) * BRIGHTNESS).view(n, 1, 1, 1)
     saturation = _uniform(n, 0.0, SATURATION, g).view(n, 1, 1, 1)
     contrast = _uniform(n, 1.0 - CONTRAST, 1.0 + CONTRAST, g).view(n, 1, 1, 1)
-    x = x + brightness.to(x.dtype)
+    x = x + brightness.to(x)
     channel_mean = x.mean(dim=1, keepdim=True)
-    x = (x - channel_mean) * saturation.to(x.dtype) + channel_mean
+    x = (x - channel_mean) * saturation.to(x) + channel_mean
     pixel_mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - pixel_mean) * contrast.to(x.dtype) + pixel_mean
+    return (x - pixel_mean) * contrast.to(x) + pixel_mean
 
 
 def _crop(x: torch.Tensor, g: torch.Generator, n: int) -> torch.Tensor:
@@ -92,10 +93,10 @@ def _crop(x: torch.Tensor, g: torch.Generator, n: int) -> torch.Tensor:
 def _cutout(x: torch.Tensor, g: torch.Generator, n: int) -> torch.Tensor:
     h, w = x.shape[2:]
     ch, cw = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
-    cy = torch.randint(0, h + (1 - ch % 2), (n,), generator=g)
-    cx = torch.randint(0, w + (1 - cw % 2), (n,), generator=g)
-    rows = torch.arange(h).view(1, h, 1)
-    cols = torch.arange(w).view(1, 1, w)
+    cy = torch.randint(0, h + (1 - ch % 2), (n,), generator=g).to(x.device)
+    cx = torch.randint(0, w + (1 - cw % 2), (n,), generator=g).to(x.device)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
     inside_y = (rows >= (cy - ch // 2).view(n, 1, 1)) & (rows < (cy - ch // 2 + ch).view(n, 1, 1))
     inside_x = (cols >= (cx - cw // 2).view(n, 1, 1)) & (cols < (cx - cw // 2 + cw).view(n, 1, 1))
     keep = ~(inside_y & inside_x)
@@ -103,7 +104,7 @@ def _cutout(x: torch.Tensor, g: torch.Generator, n: int) -> torch.Tensor:
 
 
 def _flip(x: torch.Tensor, g: torch.Generator, n: int) -> torch.Tensor:
-    flip = (torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1)
+    flip = (torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1).to(x.device)
     return torch.where(flip, x.flip(3), x)
 
 

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from shared.augmentation import DEFAULT_STRATEGY, augment
 from shared.datasets import to_float
+from shared.device import autocast
 from shared.kip import DEFAULT_REG, centred_one_hot, krr_predict
 from shared.metrics import classification_metrics, mean_metrics
-from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, depth_for_image_size, image_chunk
+from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, depth_for_image_size, pass_chunk
 from shared.scattering import scattering_features
 from shared.subspace import Subspace
 
@@ -44,6 +45,7 @@ class EvaluationConfig:
     # Activation memory of one pass: larger batches are split into micro-batches whose gradients add
     # up to the batch's (exact: the network has no batch statistics).
     activation_budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB
+    precision: str = "float32"  # "bf16": autocast the training and test passes (shared.device)
 
 
 @dataclass(frozen=True)
@@ -74,19 +76,23 @@ def predict(
     images: torch.Tensor,
     budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
     normalization: tuple[float, float] | None = None,
+    precision: str = "float32",
 ) -> torch.Tensor:
-    """Class probabilities [n, C]; uint8 ``images`` (with their ``normalization``) become floats a chunk
-    at a time, so a large high-resolution test set is never held in float32 as a whole."""
+    """Class probabilities [n, C] on the CPU; uint8 ``images`` (with their ``normalization``) become floats a
+    chunk at a time on the network's device, so a large high-resolution test set is never held in float32."""
     if images.dtype == torch.uint8 and normalization is None:
         raise ValueError("uint8 test images need their normalization")
     net.eval()
-    chunk = image_chunk(net.spec, budget_mb, most=256)
+    device = next(net.parameters()).device
+    chunk = pass_chunk(net.spec, device, budget_mb, most=256)
     parts = []
     with torch.inference_mode():
         for i in range(0, images.shape[0], chunk):
-            x = images[i : i + chunk]
+            x = images[i : i + chunk].to(device)
             x = to_float(x, normalization) if x.dtype == torch.uint8 else x
-            parts.append(torch.softmax(net(x).double(), dim=1))
+            with autocast(device, precision):
+                logits = net(x)
+            parts.append(torch.softmax(logits.double(), dim=1).cpu())
     return torch.cat(parts) if parts else torch.zeros(0, net.spec.num_classes, dtype=torch.float64)
 
 
@@ -96,23 +102,32 @@ def accuracy(
     labels: torch.Tensor,
     budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
     normalization: tuple[float, float] | None = None,
+    precision: str = "float32",
 ) -> float:
-    scores = predict(net, images, budget_mb, normalization)
-    return float((scores.argmax(1) == labels).double().mean()) if len(labels) else 0.0
+    scores = predict(net, images, budget_mb, normalization, precision)
+    return float((scores.argmax(1) == labels.cpu()).double().mean()) if len(labels) else 0.0
 
 
 def train_once(
-    images: torch.Tensor, labels: torch.Tensor, spec: NetworkSpec, cfg: EvaluationConfig, seed: int, bar=None
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: NetworkSpec,
+    cfg: EvaluationConfig,
+    seed: int,
+    bar=None,
+    device: torch.device | str = "cpu",
 ) -> torch.nn.Module:
-    net = build_network(spec, seed)
+    device = torch.device(device)
+    net = build_network(spec, seed, device)
+    images, labels = images.to(device), labels.to(device)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.epochs // 2], gamma=0.1)
     g = torch.Generator().manual_seed(seed)
     n = images.shape[0]
-    micro = image_chunk(spec, cfg.activation_budget_mb, most=cfg.batch_size)
+    micro = pass_chunk(spec, device, cfg.activation_budget_mb, backward=True, most=cfg.batch_size)
     for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=g)
+        order = torch.randperm(n, generator=g).to(device)
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             aug_seed = int(torch.randint(2**62, (1,), generator=g))
@@ -120,7 +135,9 @@ def train_once(
             y = labels[idx]
             opt.zero_grad(set_to_none=True)
             for j in range(0, len(idx), micro):  # the batch's mean loss, one micro-batch at a time
-                loss = F.cross_entropy(net(x[j : j + micro]), y[j : j + micro], reduction="sum") / len(idx)
+                with autocast(device, cfg.precision):
+                    logits = net(x[j : j + micro])
+                loss = F.cross_entropy(logits.float(), y[j : j + micro], reduction="sum") / len(idx)
                 loss.backward()
             opt.step()
         sched.step()
@@ -140,6 +157,7 @@ def evaluate(
     normalization: tuple[float, float] | None = None,
     class_names: Sequence[str] | None = None,
     other_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    device: torch.device | str = "cpu",
 ) -> EvaluationResult:
     """``test_images``: normalised floats, or uint8 with their ``normalization`` (converted per chunk).
     With ``class_names``, the result also holds ``shared.metrics`` figures averaged over the trainings.
@@ -155,13 +173,13 @@ def evaluate(
         total=cfg.runs * cfg.epochs, desc=f"evaluation ({cfg.runs} trainings)", unit="ep", disable=not show_progress
     ) as bar:
         for r in range(cfg.runs):
-            net = train_once(images, labels, spec, cfg, cfg.seed + r, bar)
-            scores = predict(net, test_images, cfg.activation_budget_mb, normalization)
+            net = train_once(images, labels, spec, cfg, cfg.seed + r, bar, device)
+            scores = predict(net, test_images, cfg.activation_budget_mb, normalization, cfg.precision)
             accs.append(float((scores.argmax(1) == test_labels).double().mean()))
             if class_names is not None:
                 runs.append(classification_metrics(test_labels.numpy(), scores.numpy(), class_names))
             for name, (x, y) in (other_sets or {}).items():
-                others[name].append(accuracy(net, x, y, cfg.activation_budget_mb, normalization))
+                others[name].append(accuracy(net, x, y, cfg.activation_budget_mb, normalization, cfg.precision))
             bar.set_postfix(acc=f"{statistics.fmean(accs):.4f}")
     return EvaluationResult(accs, mean_metrics(runs) if runs else None, others)
 

@@ -54,7 +54,7 @@ def per_example_gradients(net: nn.Module, images: torch.Tensor, labels: torch.Te
 
 def gradients_in_chunks(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-example gradients of a public set, without a graph, into one preallocated float32 matrix."""
-    out = torch.empty(images.shape[0], num_parameters(net.spec))
+    out = torch.empty(images.shape[0], num_parameters(net.spec), device=images.device)
     chunk = gradient_chunk(net.spec)
     with torch.no_grad():
         for i in range(0, images.shape[0], chunk):

@@ -76,6 +76,29 @@ def image_chunk(spec: NetworkSpec, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_
     return max(1, min(most, int(budget_mb * 2**20) // spec.activation_bytes))
 
 
+# On a CPU a pass runs fastest when one chunk's activations stay near the last-level cache. Measured
+# on this project's 2-core machine (width 128, 28 px, one thread): 1,000 images forward took 1.42 s
+# in chunks of 64 and 1.81 s in one chunk of 256; forward and backward of 100 images 0.26 s in
+# chunks of 20-25 and 0.41 s in one. These budgets (activation MB as ``activation_bytes`` counts
+# them) give about those chunk sizes at any width and image size. A GPU wants large chunks instead.
+CPU_FORWARD_CACHE_MB = 100
+CPU_BACKWARD_CACHE_MB = 36
+
+
+def pass_chunk(
+    spec: NetworkSpec,
+    device: torch.device | str,
+    budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
+    backward: bool = False,
+    most: int = 1024,
+) -> int:
+    """Images per pass on ``device``: within the memory budget, and on a CPU also cache-sized."""
+    chunk = image_chunk(spec, budget_mb, most)
+    if torch.device(device).type == "cpu":
+        chunk = min(chunk, image_chunk(spec, CPU_BACKWARD_CACHE_MB if backward else CPU_FORWARD_CACHE_MB, most))
+    return chunk
+
+
 class ConvNet(nn.Module):
     """conv3x3 -> instance norm (GroupNorm, one group per channel) -> ReLU -> avg-pool, ``depth`` times."""
 
@@ -116,15 +139,20 @@ def init_parameters(net: nn.Module, generator: torch.Generator) -> None:
             nn.init.zeros_(module.bias)
 
 
-def build_network(spec: NetworkSpec, seed: int) -> ConvNet:
-    """The network for ``(spec, seed)``: identical on every machine, global RNG untouched."""
+def build_network(spec: NetworkSpec, seed: int, device: torch.device | str | None = None) -> ConvNet:
+    """The network for ``(spec, seed)``: identical on every machine, global RNG untouched.
+
+    The weights are always drawn by the CPU generator and then moved to ``device``: a GPU's own
+    generator would give other weights for the same seed, and the owner and the distiller must
+    build the same network whatever hardware each has.
+    """
     spec.validate()
     with torch.device("meta"):
         net = ConvNet(spec)
     net = net.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(int(seed))
     init_parameters(net, generator)
-    return net
+    return net if device is None or torch.device(device).type == "cpu" else net.to(device)
 
 
 def freeze(net: nn.Module) -> nn.Module:

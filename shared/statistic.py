@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from shared.augmentation import augment
+from shared.device import autocast
 from shared.gradients import gradients_in_chunks, num_parameters, per_example_gradients
 from shared.moments import moment_dim, pack_moments
-from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, image_chunk
+from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, pass_chunk
 from shared.scattering import feature_dim, scattering_features
 from shared.subspace import Subspace, fit_subspace
 
@@ -71,11 +72,11 @@ def describe(net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, 
 
 def embed_images(net: nn.Module, images: torch.Tensor, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB) -> torch.Tensor:
     """Embeddings of a public or private image set, without gradients, in chunks within ``budget_mb``."""
-    chunk = image_chunk(net.spec, budget_mb)
+    chunk = pass_chunk(net.spec, images.device, budget_mb)
     with torch.inference_mode():
         parts = [net.embed(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
     if not parts:
-        return torch.zeros(0, net.spec.embedding_dim)
+        return torch.zeros(0, net.spec.embedding_dim, device=images.device)
     return torch.cat(parts)
 
 
@@ -126,12 +127,21 @@ def per_example_statistic(
     clip_norm: float,
     labels: torch.Tensor | None = None,
     signal: str = "features",
+    precision: str = "float32",
 ) -> torch.Tensor:
     """clip_C(P(describe(augment(x)))) for every row of ``images``; differentiable in ``images``.
 
     For ``kip`` the projected vector is expanded into its packed moments before the clip.
+    ``precision`` "bf16" autocasts the network pass of feature signals (``shared.device``); the
+    projection and the clip stay in float32 / float64, so the sensitivity bound is unchanged.
     """
-    vectors = describe(net, augment(images, augment_seed, strategy), labels, signal)
+    augmented = augment(images, augment_seed, strategy)
+    if signal == "features" and precision != "float32":
+        with autocast(images.device, precision):
+            vectors = describe(net, augmented, labels, signal)
+        vectors = vectors.float()
+    else:
+        vectors = describe(net, augmented, labels, signal)
     projected = subspace.project(vectors) if subspace is not None else vectors
     if signal == "kip":
         if subspace is None:
@@ -142,5 +152,5 @@ def per_example_statistic(
 
 def class_sums(stats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-class sums [num_classes, k] of per-example statistics."""
-    out = torch.zeros(num_classes, stats.shape[1], dtype=stats.dtype)
-    return out.index_add(0, labels.long(), stats)
+    out = torch.zeros(num_classes, stats.shape[1], dtype=stats.dtype, device=stats.device)
+    return out.index_add(0, labels.long().to(stats.device), stats)

@@ -68,7 +68,7 @@ def fit_subspace(vectors: torch.Tensor, k: int, chunk: int = SUBSPACE_CHUNK) -> 
 
     # Right singular vectors via the smaller Gram matrix: identical results, far less work when n << d.
     if n < d:
-        gram = torch.zeros(n, n, dtype=torch.float64)
+        gram = torch.zeros(n, n, dtype=torch.float64, device=v.device)
         for lo in range(0, d, chunk):
             c = centred(lo)
             gram += c @ c.T
@@ -76,7 +76,7 @@ def fit_subspace(vectors: torch.Tensor, k: int, chunk: int = SUBSPACE_CHUNK) -> 
         order = torch.argsort(evals, descending=True)[:k]
         inv_sv = 1.0 / evals[order].clamp_min(0).sqrt().clamp_min(1e-12)
         top = evecs[:, order]
-        basis = torch.empty(d, k, dtype=torch.float64)
+        basis = torch.empty(d, k, dtype=torch.float64, device=v.device)
         for lo in range(0, d, chunk):
             basis[lo : lo + chunk] = (centred(lo).T @ top) * inv_sv
     else:
@@ -95,7 +95,7 @@ def _column_mean(v: torch.Tensor, chunk: int) -> torch.Tensor:
 def canonical_signs(basis: torch.Tensor) -> torch.Tensor:
     """Flip each column so that its entry of largest magnitude is positive."""
     idx = basis.abs().argmax(dim=0)
-    signs = torch.sign(basis[idx, torch.arange(basis.shape[1])])
+    signs = torch.sign(basis[idx, torch.arange(basis.shape[1], device=basis.device)])
     signs[signs == 0] = 1.0
     return basis * signs
 
@@ -136,11 +136,11 @@ def basis_fingerprint(subspace: Subspace) -> torch.Tensor:
     d, k = subspace.basis.shape
     g = torch.Generator().manual_seed(FINGERPRINT_SEED)
     probes = torch.randint(0, 2, (2, d), generator=g, dtype=torch.int8).to(torch.float64).mul_(2).sub_(1)
-    probes -= subspace.mean.detach().to(torch.float64)
+    probes -= subspace.mean.detach().to("cpu", torch.float64)
     projected = torch.zeros(2, k, dtype=torch.float64)
     rows = max(1, _FINGERPRINT_BLOCK // max(k, 1))  # never a float64 copy of a whole (gradient) basis
     for lo in range(0, d, rows):
-        projected += probes[:, lo : lo + rows] @ subspace.basis[lo : lo + rows].detach().to(torch.float64)
+        projected += probes[:, lo : lo + rows] @ subspace.basis[lo : lo + rows].detach().to("cpu", torch.float64)
     projected /= subspace.scale
     return ((projected[0] + projected[1].roll(-1)) / math.sqrt(2)).to(torch.float32)
 

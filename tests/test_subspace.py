@@ -42,6 +42,7 @@ def test_owner_and_distiller_build_the_identical_subspace(signal: str) -> None:
     aux_labels = torch.randint(10, (60,), generator=g)
     owner_side = FeatureMechanism.__new__(FeatureMechanism)
     owner_side.aux_images, owner_side.aux_labels = aux, aux_labels
+    owner_side.device = torch.device("cpu")
     _, s_owner = owner_side.network_and_subspace(SPEC, 42, 20, signal)
     cache = NetworkCache(SPEC, aux.clone(), 20, max_bytes=1 << 30, signal=signal, aux_labels=aux_labels.clone())
     _, s_dist = cache.get(42)

@@ -61,6 +61,7 @@ def run_settings(rc: dict) -> tuple[Path, int, PublicSets, dict]:
         group_size=float(rc.get("group-size", 0.0)) or None,
         seed=int(rc.get("seed", 0)),
         eval_runs=int(rc.get("eval-runs", 3)),
+        precision=str(rc.get("precision", "") or "float32"),
         **overrides,
     )
     return (
@@ -86,7 +87,8 @@ def distill_over_flower(grid: Grid, run_config: dict, run_id: int | str = "") ->
     print(f"[distiller] owners: {owners} via nodes {router.node_of}", flush=True)
     clients = [OwnerClient(router.transport(o), o) for o in owners]
     aux, held_out = public.load(show_progress=False)
-    results = run_distillation(clients, cfg, out / "distiller", aux, held_out, show_progress=False)
+    device = str(run_config.get("device", "") or "auto")
+    results = run_distillation(clients, cfg, out / "distiller", aux, held_out, show_progress=False, device=device)
     print(f"[distiller] done: artefacts in {out / 'distiller'}", flush=True)
     return results
 

@@ -1,0 +1,78 @@
+"""The frontier benchmark's harness: public splits that do not overlap, settings chosen by validation
+accuracy and never by test accuracy, points kept across restarts, and a sigma-0 reference that
+releases exactly the clean sums (and exists only in the harness)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from benchmarks import frontier
+from benchmarks.reference_points import NoiseFreeMechanism
+from owner_node.data import PrivateData
+from owner_node.mechanism import FeatureMechanism, clean_class_sums
+from shared.datasets import load_npz
+from shared.evaluation import EvaluationConfig, evaluate
+from tests.conftest import SPEC, feature_request, random_image_set
+from tests.test_datasets import _write_idx
+
+
+def test_public_splits_are_disjoint_and_sized(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DPDISTILL_DATA_CACHE", str(tmp_path / "cache"))
+    _write_idx(tmp_path / "idx", 2000, gz=False)  # 200 images of each class; every image distinct
+    public = frontier.prepare_public(tmp_path / "public", str(tmp_path / "idx"))
+    sets = {n: load_npz(public / f"{n}.npz") for n in ("aux", "validation", "test")}
+    assert [len(sets[n]) for n in ("aux", "validation", "test")] == [500, 1000, 500]
+    assert sets["validation"].labels.bincount().tolist() == [100] * 10
+    seen = [{bytes(x.numpy()) for x in sets[n].images} for n in sets]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+
+
+def _fake_run(out: Path, point: frontier.Point, validation: float, test: float) -> None:
+    folder = out / point.name
+    folder.mkdir(parents=True)
+    run = {"validation_accuracy_mean": validation, "test_accuracy_mean": test}
+    (folder / "run.json").write_text(json.dumps(run))
+
+
+def test_settings_are_chosen_by_validation_not_test_accuracy(tmp_path: Path) -> None:
+    preset, candidates = frontier.METHODS["dos-ser"]
+    (a, a_over), (b, b_over) = candidates.items()
+    eps, ipc = frontier.SELECT_AT
+    _fake_run(tmp_path, frontier.Point("dos-ser", eps, ipc, a, a_over), validation=0.70, test=0.90)
+    assert frontier.chosen(tmp_path, "dos-ser") is None  # not until every candidate has run
+    names = [p.name for p in frontier.planned_points(tmp_path)]
+    assert not any(n.startswith("dos-ser_eps0.5") for n in names)
+    _fake_run(tmp_path, frontier.Point("dos-ser", eps, ipc, b, b_over), validation=0.75, test=0.60)
+    assert frontier.chosen(tmp_path, "dos-ser") == (b, b_over)
+    points = frontier.planned_points(tmp_path)
+    later = [p for p in points if p.method == "dos-ser" and p.epsilon != eps]
+    assert {p.epsilon for p in later} >= {0.5, 2.0, 5.0, 10.0} and all(p.candidate == b for p in later)
+    assert any(p.method == "no-noise" and p.candidate == b for p in points)
+    # finished points are kept: only the others remain to run
+    todo = [p for p in points if frontier.load_run(tmp_path, p) is None]
+    assert all(p.name not in (f"dos-ser_eps1_ipc10_{a}", f"dos-ser_eps1_ipc10_{b}") for p in todo)
+
+
+def test_the_no_noise_reference_releases_the_clean_sums_and_the_owner_never_does() -> None:
+    data = PrivateData.from_image_set(random_image_set(80, 1), (0.5, 0.25))
+    aux = torch.randn(40, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    request = feature_request(None, draws=1, noise_multiplier=2.0, expected_group_size=1e9)  # q = 1: every image
+    released = NoiseFreeMechanism(data, aux, 1.0).release(request).noisy_sums[0]
+    net, subspace = FeatureMechanism(data, aux, 1.0).network_and_subspace(SPEC, 11, 6)
+    images = data.images.float().div(255).sub(0.5).div(0.25)
+    clean = clean_class_sums(net, subspace, images, data.labels, 101, request.augmentation, 1.0, 4)
+    assert torch.allclose(torch.from_numpy(released).double(), clean, atol=1e-5)
+    noisy = FeatureMechanism(data, aux, 1.0).release(request).noisy_sums[0]
+    assert (torch.from_numpy(noisy).double() - clean).abs().max() > 0.1  # sigma C = 2 in every coordinate
+
+
+def test_one_evaluation_scores_validation_and_test_with_the_same_trainings() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 1, 16, 16, generator=g), torch.arange(20) % 4
+    t, ty = torch.randn(30, 1, 16, 16, generator=g), torch.arange(30) % 4
+    cfg = EvaluationConfig(runs=2, epochs=2, width=8, depth=2, augmentation="none")
+    both = evaluate(x, y, t, ty, 4, cfg, False, other_sets={"validation": (t, ty)})
+    assert both.other("validation")["runs"] == both.accuracies
