@@ -205,7 +205,8 @@ def cmd_compare_runs(a: argparse.Namespace) -> int:
 
 
 def cmd_speed(a: argparse.Namespace) -> int:
-    from deploy.benchmark import speed, write
+    from benchmarks.speed import speed
+    from deploy.benchmark import write
 
     public, private = _user_sets(a)
     write(
@@ -219,6 +220,9 @@ def cmd_speed(a: argparse.Namespace) -> int:
             data_root=a.data_root,
             public=public,
             private=private,
+            precisions=tuple(a.precisions),
+            baseline=not a.no_baseline,
+            device=a.device,
         ),
     )
     return 0
@@ -679,6 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--draws", type=int, default=10)
     sp.add_argument("--iterations", type=int, default=50)
     sp.add_argument("--data-root")
+    sp.add_argument("--precisions", nargs="+", choices=("float32", "bf16"), default=["float32", "bf16"])
+    sp.add_argument("--no-baseline", action="store_true", help="skip the straightforward implementation")
+    sp.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
     _own_image_options(sp, "time on these images instead of Fashion-MNIST's", test=False)
     sp.set_defaults(func=cmd_speed)
 

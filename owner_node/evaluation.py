@@ -15,6 +15,7 @@ import torch
 
 from owner_node.config import OwnerConfig
 from owner_node.data import load_owner_images
+from shared.device import resolve_device
 from shared.evaluation import EvaluationConfig, evaluate
 from shared.images.classes import check_same_classes
 from shared.metrics import plot_confusion
@@ -62,6 +63,7 @@ def owner_evaluate(
         progress,
         tuple(blob["normalization"]),
         class_names,
+        device=resolve_device(config.device),
     )
     out = Path(out) if out is not None else default_out(config, Path(synthetic))
     out.mkdir(parents=True, exist_ok=True, mode=0o700)

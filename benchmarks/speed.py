@@ -1,0 +1,200 @@
+"""Benchmark: seconds per draw (sampling) and per optimisation iteration, this project against a
+straightforward implementation of the same work (``benchmarks.baseline``), side by side in one
+process on one machine. The JSON holds both, their ratios, the CPU model and thread count, and a
+profile of the cached iteration; no reference figure from another machine is written in.
+
+Defaults are the authors' settings (DESIGN section 7): width 128, 500 private (50 per class) and
+1,000 auxiliary images per draw, SER k = 200, IPC 10.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from benchmarks.baseline import StraightforwardDistillation
+from deploy.benchmark import cpu_model
+from deploy.public_sets import PublicSets
+from distiller_node.network_cache import NetworkCache
+from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
+from distiller_node.pipeline import peak_rss_mb
+from distiller_node.signal_store import Signals
+from owner_node.data import PrivateData, public_normalization
+from owner_node.mechanism import FeatureMechanism
+from shared.augmentation import DEFAULT_STRATEGY
+from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, to_float
+from shared.device import use_device
+from shared.images.classes import check_same_classes
+from shared.images.source import ImageSource, load_source
+from shared.networks import NetworkSpec, depth_for_image_size
+from shared.protocol import FeatureRequest
+
+
+def speed(
+    width: int = 128,
+    aux_per_class: int = 100,
+    subspace_dim: int = 200,
+    group_size: float = 50.0,
+    ipc: int = 10,
+    draws: int = 10,
+    iterations: int = 50,
+    data_root: str | None = None,
+    public: PublicSets | None = None,
+    private: ImageSource | None = None,
+    precisions: tuple[str, ...] = ("float32", "bf16"),
+    baseline: bool = True,
+    device: str = "cpu",
+) -> dict:
+    """``public``/``private``: the user's own sets instead of Fashion-MNIST's (any size and channels)."""
+    torch_device, compute = use_device(device)
+    public = public or PublicSets(aux_per_class=aux_per_class, data_root=data_root)
+    aux, _ = public.load(show_progress=False)
+    if private is None:
+        train, norm = load_fashion_mnist(train=True, root=data_root), FASHION_MNIST_NORMALIZATION
+    else:
+        train, norm = load_source(private, progress=False).data, public_normalization(aux)
+    check_same_classes(train, aux, names=("private set", "auxiliary set"))
+    aux_f = to_float(aux.images, norm)
+    data = PrivateData.from_image_set(train, norm)
+    channels, size = data.image_shape[0], data.image_shape[1]
+    spec = NetworkSpec(
+        width=width, depth=depth_for_image_size(size), channels=channels, image_size=size, num_classes=train.num_classes
+    )
+    ours: dict[str, dict] = {}
+    released = None
+    for precision in precisions:
+        mechanism = FeatureMechanism(data, aux_f, 1.0, aux.labels, device=torch_device, precision=precision)
+        request = FeatureRequest(
+            "bench",
+            spec,
+            tuple(range(draws)),
+            tuple(range(draws)),
+            DEFAULT_STRATEGY,
+            subspace_dim,
+            "-",
+            group_size,
+            1.0,
+        )
+        mechanism.release(replace_seeds(request, 99))  # warm-up (allocator, oneDNN kernels)
+        t0 = time.perf_counter()
+        out = mechanism.release(request)
+        per_draw = (time.perf_counter() - t0) / draws
+        released = released if released is not None else out
+        signals = Signals(
+            torch.from_numpy(out.noisy_sums),
+            torch.full((train.num_classes,), group_size, dtype=torch.float64),
+            list(range(draws)),
+            list(range(draws)),
+            basis_fingerprints=(out.basis_fingerprints,),  # checked as in a real run (cost included)
+        )
+        timings = {}
+        for label, cache_mb in (("cached", 4096), ("uncached", 0)):
+            cache = NetworkCache(spec, aux_f, subspace_dim, cache_mb * 2**20, device=torch_device)
+            for seed in range(draws if cache_mb else 0):
+                cache.get(seed)
+            n_iter = iterations if cache_mb else max(5, iterations // 10)
+            cfg = OptimisationConfig(ipc=ipc, iterations=n_iter, precision=precision)
+            distiller = Distiller(signals, cache, DEFAULT_STRATEGY, 1.0, cfg)
+            state = initial_state(train.num_classes, ipc, data.image_shape, 0)
+            distiller.run(initial_state(train.num_classes, ipc, data.image_shape, 1), show_progress=False)  # warm-up
+            t0 = time.perf_counter()
+            distiller.run(state, show_progress=False)
+            timings[label] = (time.perf_counter() - t0) / cfg.iterations
+        ours[precision] = {
+            "sampling_s_per_draw": per_draw,
+            "optimisation_s_per_iteration_cached": timings["cached"],
+            "optimisation_s_per_iteration_uncached": timings["uncached"],
+        }
+    result = {
+        "benchmark": "speed",
+        "settings": {
+            "width": width,
+            "image_shape": list(data.image_shape),
+            "private_images": len(train),
+            "aux_images": len(aux),
+            "subspace_dim": subspace_dim,
+            "group_size": group_size,
+            "ipc": ipc,
+            "draws": draws,
+            "iterations": iterations,
+        },
+        # This project at float32 (the default), as before; every precision measured under "ours".
+        **ours[precisions[0]],
+        "ours": ours,
+        "compute": compute,
+        "threads": torch.get_num_threads(),
+        "machine": cpu_model(),
+    }
+    if baseline:
+        base = straightforward(spec, data, aux_f, subspace_dim, int(group_size), ipc, min(draws, 5), iterations // 2)
+        result["baseline"] = base
+        result["speedup"] = {
+            p: {
+                "sampling": base["sampling_s_per_draw"] / o["sampling_s_per_draw"],
+                "optimisation_cached": base["optimisation_s_per_iteration"] / o["optimisation_s_per_iteration_cached"],
+            }
+            for p, o in ours.items()
+        }
+    result["profile_cached_iteration"] = profile_iteration(spec, aux_f, subspace_dim, released, ipc, data, group_size)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def replace_seeds(request: FeatureRequest, seed: int) -> FeatureRequest:
+    return replace(request, request_id=f"warm-{seed}", network_seeds=(seed,), augment_seeds=(seed,))
+
+
+def straightforward(
+    spec: NetworkSpec, data: PrivateData, aux_f: torch.Tensor, k: int, group: int, ipc: int, draws: int, iterations: int
+) -> dict:
+    """Seconds per draw and per iteration of ``benchmarks.baseline`` on the same data and networks."""
+    g = torch.Generator().manual_seed(0)
+    by_class = [to_float(data.images[ix], data.normalization) for ix in data.by_class]
+    base = StraightforwardDistillation(spec, aux_f, k)
+    base.draw(99, 99, DEFAULT_STRATEGY, by_class, group, g)  # warm-up
+    base.kept.clear()
+    base.targets.clear()
+    t0 = time.perf_counter()
+    for d in range(draws):
+        base.draw(d, d, DEFAULT_STRATEGY, by_class, group, g)
+    per_draw = (time.perf_counter() - t0) / draws
+    images = torch.randn(spec.num_classes, ipc, *data.image_shape, generator=g).requires_grad_(True)
+    opt = torch.optim.SGD([images], lr=0.3, momentum=0.5)
+    base.iteration(images, opt, 0, 0, DEFAULT_STRATEGY, group)  # warm-up
+    t0 = time.perf_counter()
+    for it in range(iterations):
+        base.iteration(images, opt, it % draws, it, DEFAULT_STRATEGY, group)
+    per_iteration = (time.perf_counter() - t0) / iterations
+    return {"sampling_s_per_draw": per_draw, "optimisation_s_per_iteration": per_iteration, "draws": draws}
+
+
+def profile_iteration(spec, aux_f, k, released, ipc, data, group_size, iterations: int = 10) -> list[dict]:
+    """Where a cached float32 iteration's time goes: the ten operators with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    draws = released.noisy_sums.shape[0]
+    signals = Signals(
+        torch.from_numpy(released.noisy_sums),
+        torch.full((spec.num_classes,), group_size, dtype=torch.float64),
+        list(range(draws)),
+        list(range(draws)),
+    )
+    cache = NetworkCache(spec, aux_f, k, 4096 * 2**20)
+    for seed in range(draws):
+        cache.get(seed)
+    distiller = Distiller(signals, cache, DEFAULT_STRATEGY, 1.0, OptimisationConfig(ipc=ipc, iterations=iterations))
+    state = initial_state(spec.num_classes, ipc, data.image_shape, 0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        distiller.run(state, show_progress=False)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    return [
+        {
+            "op": e.key,
+            "ms_per_iteration": e.self_cpu_time_total / 1000 / iterations,
+            "share": e.self_cpu_time_total / total,
+        }
+        for e in rows
+    ]
