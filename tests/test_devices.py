@@ -127,3 +127,12 @@ def test_cache_sized_cpu_chunks_change_neither_loss_nor_gradient(monkeypatch) ->
     loss_chunked, grad_chunked = gradient()
     assert loss_chunked == pytest.approx(loss_one, rel=1e-5)
     assert (grad_chunked - grad_one).abs().max() <= 1e-4 * grad_one.abs().max()
+
+
+def test_the_paper_preset_carries_the_published_settings() -> None:
+    from deploy.presets import PRESETS, distiller_config
+
+    cfg = distiller_config("paper", precision="bf16")
+    assert (cfg.sampling.draws, cfg.optimisation.iterations, cfg.sampling.width) == (1000, 200_000, 128)
+    assert (cfg.sampling.subspace_dim, PRESETS["paper"]["aux_per_class"], cfg.sampling.group_size) == (200, 100, 50)
+    assert cfg.optimisation.precision == cfg.evaluation.precision == "bf16"
