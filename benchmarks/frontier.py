@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from deploy.benchmark import cpu_model
 from shared.datasets import public_split, save_npz
+from shared.measurement import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

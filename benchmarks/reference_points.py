@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from deploy.benchmark import cpu_model, write
 from deploy.presets import distiller_config
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, initial_state, training_images
@@ -31,6 +30,7 @@ from owner_node.data import PrivateData
 from owner_node.mechanism import FeatureMechanism
 from shared.datasets import FASHION_MNIST_NORMALIZATION, ImageSet, load_fashion_mnist, load_npz, to_float
 from shared.evaluation import evaluate
+from shared.measurement import cpu_model, write_json
 from shared.networks import NetworkSpec, depth_for_image_size
 from shared.protocol import FeatureRequest
 from shared.subspace import content_hash
@@ -147,7 +147,7 @@ def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root:
         "config": json.loads(json.dumps(cfg.to_dict())),
         "cpu": cpu_model(),
     }
-    write(out / "run.json", run)
+    write_json(out / "run.json", run)
     return run
 
 

@@ -15,7 +15,6 @@ from dataclasses import replace
 import torch
 
 from benchmarks.baseline import StraightforwardDistillation
-from deploy.benchmark import cpu_model
 from deploy.public_sets import PublicSets
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
@@ -28,6 +27,7 @@ from shared.datasets import FASHION_MNIST_NORMALIZATION, load_fashion_mnist, to_
 from shared.device import use_device
 from shared.images.classes import check_same_classes
 from shared.images.source import ImageSource, load_source
+from shared.measurement import cpu_model
 from shared.networks import NetworkSpec, depth_for_image_size
 from shared.protocol import FeatureRequest
 

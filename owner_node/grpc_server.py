@@ -15,7 +15,8 @@ from concurrent import futures
 import grpc
 
 from owner_node.config import OwnerConfig
-from owner_node.service import OwnerService, RequestRefused
+from owner_node.service import OwnerService
+from owner_node.validation import RequestRefused
 from shared.rpc import owner_pb2, owner_pb2_grpc
 from shared.rpc.channel import MAX_MESSAGE_BYTES
 from shared.rpc.errors import ERROR_CODE_KEY, STATUS_FOR_CODE

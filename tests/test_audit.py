@@ -10,15 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from owner_node.audit import (
-    AuditConfig,
-    CanaryGame,
-    KipStepCanaryGame,
-    clopper_pearson_upper,
-    epsilon_from_rates,
-    lower_bound,
-    write_audit,
-)
+from owner_node.audit import AuditConfig, CanaryGame, KipStepCanaryGame
+from owner_node.audit_verdict import clopper_pearson_upper, epsilon_from_rates, lower_bound, write_audit
 from owner_node.data import PrivateData
 from owner_node.kip_mechanism import KipStepMechanism
 from owner_node.mechanism import FeatureMechanism

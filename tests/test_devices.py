@@ -136,3 +136,5 @@ def test_the_paper_preset_carries_the_published_settings() -> None:
     assert (cfg.sampling.draws, cfg.optimisation.iterations, cfg.sampling.width) == (1000, 200_000, 128)
     assert (cfg.sampling.subspace_dim, PRESETS["paper"]["aux_per_class"], cfg.sampling.group_size) == (200, 100, 50)
     assert cfg.optimisation.precision == cfg.evaluation.precision == "bf16"
+    # every draw's network (0.3 M parameters) and basis (6,272 x 200 floats) stay cached: about 6.2 MB each
+    assert cfg.optimisation.cache_mb >= 1000 * 6.5

@@ -26,7 +26,8 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from owner_node.service import MAX_NOISE_MULTIPLIER, OwnerService, RequestRefused
+from owner_node.service import OwnerService
+from owner_node.validation import MAX_NOISE_MULTIPLIER, RequestRefused
 from shared.accounting import SampledGaussianEvent
 from shared.protocol import (
     MAGIC,

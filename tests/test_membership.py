@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.membership import membership_benchmark, roc, tpr_at
+from benchmarks.membership import membership_benchmark, roc, tpr_at
 from shared.datasets import DataNotFound, fashion_mnist_root
 
 

@@ -19,7 +19,7 @@ from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
 from distiller_node.signal_store import SignalStore
 from owner_node.mechanism import FeatureMechanism
-from owner_node.service import RequestRefused
+from owner_node.validation import RequestRefused
 from shared.datasets import to_float
 from shared.networks import NetworkSpec
 from shared.protocol import ErrorReply, FeatureReply, decode, encode

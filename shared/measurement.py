@@ -1,4 +1,6 @@
-"""What every benchmark's JSON records: the machine it ran on, written as indented JSON."""
+"""How a measured figure is recorded: the machine it ran on (wall times compare only within one machine
+kind), and the JSON file it is written to. Benchmarks, the simulation's ``--benchmark-json`` and
+``evaluate --json`` all use it."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def cpu_model() -> str:
     return f"{fields['model name']} (family {family}, model {model}; {' '.join(extensions) or 'no AVX2'})"
 
 
-def write(path: str | Path, result: dict) -> None:
+def write_json(path: str | Path, result: dict, echo: bool = True) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    if echo:
+        print(json.dumps(result, indent=2))

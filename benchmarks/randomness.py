@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from deploy.benchmark import cpu_model
 from distiller_node.pipeline import peak_rss_mb
 from owner_node.randomness import SecureRandom, noisy
+from shared.measurement import cpu_model
 from shared.moments import moment_dim
 
 # Request shapes of the presets (Fashion-MNIST: 10 classes of 6,000 records, group size 50).

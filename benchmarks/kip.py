@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from deploy.signal_benchmark import run_one
+from benchmarks.signals import run_one
 
 DOSSER_RERUN_KIP = 0.177  # DP-KIP-ScatterNet, ConvNet protocol, IPC 10, epsilon 1 (DESIGN section 7)
 

@@ -2,7 +2,7 @@
 how long one synchronised per-example-gradient step takes, and what the decoupled release costs.
 
 Random images stand in for data (the cost does not depend on the pixels). Usage:
-    OMP_NUM_THREADS=1 python -m deploy.kip_measure --json runs/kip_measure.json
+    OMP_NUM_THREADS=1 python -m benchmarks.kip_measure --json runs/kip_measure.json
 """
 
 from __future__ import annotations

@@ -1,0 +1,136 @@
+"""Command-line options several commands share, and their conversion to the run's objects."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deploy.presets import PRESETS, distiller_config
+from distiller_node.pipeline import DistillerConfig
+
+
+def distiller_config_from_args(a: argparse.Namespace) -> DistillerConfig:
+    return distiller_config(
+        a.preset,
+        epsilon=a.epsilon,
+        delta=a.delta,
+        ipc=a.ipc,
+        draws_per_request=a.draws_per_request,
+        group_size=a.group_size,
+        seed=a.seed,
+        pea=a.pea,
+        eval_runs=a.eval_runs,
+        precision=a.precision,
+        **{k: getattr(a, k) for k in PRESETS["default"] if k != "aux_per_class"},
+    )
+
+
+def run_config_from_args(a: argparse.Namespace, out: Path, public) -> dict:
+    """The CLI options as a Flower run config (keys of deploy/flower_app/pyproject.toml)."""
+    rc = {
+        "out": str(out.resolve()),
+        "preset": a.preset,
+        "owners": a.owners,
+        "epsilon": a.epsilon,
+        "ipc": a.ipc,
+        "draws-per-request": a.draws_per_request or 0,
+        "group-size": a.group_size or 0.0,
+        "eval-runs": a.eval_runs,
+        "seed": a.seed,
+        "device": getattr(a, "device", "auto"),
+        "precision": getattr(a, "precision", "float32"),
+        **public.run_config(),
+    }
+    for key in (
+        "width",
+        "draws",
+        "iterations",
+        "lr",
+        "eval_epochs",
+        "eval_width",
+        "signal",
+        "steps_per_draw",
+        "init",
+    ):
+        if getattr(a, key, None):
+            rc[key.replace("_", "-")] = getattr(a, key)
+    if getattr(a, "subspace_dim", None) is not None:  # 0 is a choice here: no projection
+        rc["subspace-dim"] = a.subspace_dim
+    return rc
+
+
+def owner_settings_from_args(a: argparse.Namespace) -> dict:
+    """The simulated owners' own choices (their owner.toml) that the command line sets."""
+    settings: dict = {
+        "privacy_unit": a.unit,
+        "patient_column": a.patient_column,
+        "holdout": a.holdout or 0.0,
+        "device": a.device,
+        "precision": a.precision,
+    }
+    if a.class_counts_epsilon:
+        settings |= {"class_counts": "dp", "class_counts_epsilon": a.class_counts_epsilon}
+    return settings
+
+
+def user_sets(a: argparse.Namespace):
+    """(PublicSets, the owner's own ImageSource or None) from ``--data``, ``--aux``, ``--test``."""
+    from deploy.public_sets import PublicSets
+    from shared.images.source import source_for_path
+
+    aux_per_class = getattr(a, "aux_per_class", None) or PRESETS[a.preset]["aux_per_class"]
+    data, aux, test = getattr(a, "data", None), getattr(a, "aux", None), getattr(a, "test", None)
+    validation = getattr(a, "validation", None)
+    if validation is not None and getattr(a, "transport", "in-process") != "in-process":
+        raise ValueError("--validation is scored by the in-process simulation only")
+    if data is not None and aux is None:
+        raise ValueError(
+            "--data needs --aux: a public auxiliary set with the same classes (SER subspaces are built from it)"
+        )
+    if test is not None and aux is None:
+        raise ValueError("--test goes with --aux (the public auxiliary set it is compared with)")
+
+    def absolute(path: str | None) -> str | None:  # run configs travel to other processes
+        return str(Path(path).resolve()) if path is not None else None
+
+    public = PublicSets(
+        aux=absolute(aux),
+        test=absolute(test),
+        validation=absolute(validation),
+        image_size=a.image_size,
+        channels=a.channels,
+        resize=a.resize,
+        aux_per_class=aux_per_class,
+        data_root=a.data_root,
+        download=getattr(a, "download", False),
+    )
+    private = source_for_path(data, a.image_size, a.channels, a.resize, "train") if data is not None else None
+    return public, private
+
+
+def own_image_options(p: argparse.ArgumentParser, data_help: str, test: bool = True) -> None:
+    """--data (private), --aux and --test (public) and their pixel format: any labelled image collection."""
+    kinds = "a folder of class folders, a CSV manifest (path,label,...) or an npz"
+    p.add_argument("--data", help=f"{data_help}: {kinds}")
+    p.add_argument(
+        "--aux", help="the public auxiliary set (same classes; folder, CSV or npz); default: Fashion-MNIST's"
+    )
+    if test:
+        p.add_argument("--test", help="a public test set (same classes); with --aux and without it, no evaluation")
+    p.add_argument("--image-size", type=int, help="image side in pixels (public; needed for folders and CSV)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 (gray) or 3 (RGB) (public; folders and CSV)")
+    p.add_argument("--resize", choices=("crop", "pad"), default="crop", help="shorter side + centre crop, or pad")
+
+
+def compute_options(p: argparse.ArgumentParser, who: str) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        help=f"where {who} compute: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bf16"),
+        default="float32",
+        help="network passes in float32, or autocast to bfloat16 (AMX / AVX-512-BF16 CPUs, GPUs); see README",
+    )
