@@ -169,7 +169,7 @@ def summary(point: Point, run: dict, threads: int) -> dict:
         "peak_rss_mb": run["peak_rss_mb"],
         "config": run["config"],
         "cpu": run.get("cpu"),
-        "threads": threads,
+        "threads": run.get("threads", threads),
     }
 
 

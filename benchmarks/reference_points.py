@@ -146,6 +146,7 @@ def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root:
         "peak_rss_mb": peak_rss_mb(),
         "config": json.loads(json.dumps(cfg.to_dict())),
         "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
     }
     write_json(out / "run.json", run)
     return run

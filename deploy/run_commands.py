@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from deploy.cli_options import (
     compute_options,
     distiller_config_from_args,
@@ -68,6 +70,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             "public_sets": public.run_config(),
             "private": a.data or "fashion-mnist",
             "cpu": cpu_model(),
+            "threads": torch.get_num_threads(),
         }
         write_json(a.benchmark_json, bench)
     return 0
