@@ -138,3 +138,23 @@ def test_the_paper_preset_carries_the_published_settings() -> None:
     assert cfg.optimisation.precision == cfg.evaluation.precision == "bf16"
     # every draw's network (0.3 M parameters) and basis (6,272 x 200 floats) stay cached: about 6.2 MB each
     assert cfg.optimisation.cache_mb >= 1000 * 6.5
+
+
+def test_the_speed_baseline_computes_the_same_statistic_as_the_project() -> None:
+    """The side-by-side speed ratio compares equal work: the straightforward implementation's clipped,
+    projected embeddings are this project's (its SVD basis equals ours up to each component's sign)."""
+    from benchmarks.baseline import StraightforwardDistillation
+
+    g = torch.Generator().manual_seed(6)
+    aux, images = torch.randn(40, 1, 16, 16, generator=g), torch.randn(12, 1, 16, 16, generator=g)
+    net = freeze(build_network(SPEC, 2))
+    ours = public_subspace(net, aux, 6)
+    base = StraightforwardDistillation(SPEC, aux, 6)
+    base.draw(2, 0, "none", [images], group=12, g=torch.Generator().manual_seed(0))
+    _, mean, basis = base.kept[0]
+    signs = torch.sign((basis * ours.basis).sum(0))
+    assert torch.allclose(basis * signs, ours.basis, atol=1e-4)
+    with torch.no_grad():
+        theirs = base.project(net, mean, basis, images) * signs.double()
+    mine = per_example_statistic(net, ours, images, 0, "none", 1.0)
+    assert torch.allclose(theirs, mine, atol=1e-4)
