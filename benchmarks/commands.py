@@ -41,7 +41,9 @@ def cmd_speed(a: argparse.Namespace) -> int:
 def cmd_bench_frontier(a: argparse.Namespace) -> int:
     from benchmarks.frontier import frontier
 
-    result = frontier(Path(a.out), a.eval_runs, a.threads, a.max_points, a.data_root)
+    result = frontier(
+        Path(a.out), a.eval_runs, a.threads, a.max_points, a.data_root, Path(a.published) if a.published else None
+    )
     for name, r in result["runs"].items():
         eps = "-" if r["epsilon_prv"] is None else f"{r['epsilon_prv']:.3f}"
         print(
@@ -224,6 +226,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     bf.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads of each point's process")
     bf.add_argument("--max-points", type=int, help="run at most this many new points, then stop (run again to go on)")
     bf.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: Debian package or cache)")
+    bf.add_argument(
+        "--published",
+        help="e.g. docs/bench/frontier: points published there count as measured; new ones are published there",
+    )
     bf.set_defaults(func=cmd_bench_frontier)
 
     bk = sub.add_parser("bench-kip", help="benchmark: DP-KIP, both variants, at several epsilons and IPCs (JSON, PNG)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -173,12 +174,44 @@ def summary(point: Point, run: dict, threads: int) -> dict:
     }
 
 
+def import_points(out: Path, published: Path) -> int:
+    """Take the points measured earlier and published in ``published/points`` (one ``<name>.json`` each),
+    so a new session or machine continues the frontier instead of running them again."""
+    count = 0
+    for path in sorted((published / "points").glob("*.json")):
+        target = out / path.stem / "run.json"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            count += 1
+    return count
+
+
+def publish(out: Path, published: Path) -> None:
+    """``frontier.json``, ``frontier.png`` and every measured point's ``run.json`` into ``published``."""
+    (published / "points").mkdir(parents=True, exist_ok=True)
+    for name in ("frontier.json", "frontier.png"):
+        shutil.copyfile(out / name, published / name)
+    for p in planned_points(out):
+        if (out / p.name / "run.json").exists():
+            shutil.copyfile(out / p.name / "run.json", published / "points" / f"{p.name}.json")
+
+
 def frontier(
-    out: Path, eval_runs: int = 3, threads: int = 2, max_points: int | None = None, data_root: str | None = None
+    out: Path,
+    eval_runs: int = 3,
+    threads: int = 2,
+    max_points: int | None = None,
+    data_root: str | None = None,
+    published: Path | None = None,
 ) -> dict:
-    """Run the points not yet measured (at most ``max_points`` of them), then write JSON and PNG."""
+    """Run the points not yet measured (at most ``max_points`` of them), then write JSON and PNG.
+    With ``published`` (e.g. ``docs/bench/frontier``), points published there count as measured, and
+    every new point is published there as soon as it is done."""
     out.mkdir(parents=True, exist_ok=True)
     public = prepare_public(out / "public", data_root)
+    if published is not None:
+        import_points(out, published)
     done = 0
     with tqdm(desc="frontier", unit="point") as bar:
         while True:
@@ -191,7 +224,12 @@ def frontier(
             done += 1
             bar.update(1)
             write_results(out, eval_runs, threads)
-    return write_results(out, eval_runs, threads)
+            if published is not None:
+                publish(out, published)
+    result = write_results(out, eval_runs, threads)
+    if published is not None:
+        publish(out, published)
+    return result
 
 
 def write_results(out: Path, eval_runs: int, threads: int) -> dict:

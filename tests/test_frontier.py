@@ -76,3 +76,16 @@ def test_one_evaluation_scores_validation_and_test_with_the_same_trainings() -> 
     cfg = EvaluationConfig(runs=2, epochs=2, width=8, depth=2, augmentation="none")
     both = evaluate(x, y, t, ty, 4, cfg, False, other_sets={"validation": (t, ty)})
     assert both.other("validation")["runs"] == both.accuracies
+
+
+def test_published_points_carry_over_to_a_fresh_run_folder(tmp_path: Path) -> None:
+    first, docs, fresh = tmp_path / "a", tmp_path / "docs", tmp_path / "b"
+    point = frontier.Point("aux-only", None, frontier.SELECT_AT[1], "public")
+    _fake_run(first, point, validation=0.7, test=0.7)
+    (first / "frontier.json").write_text("{}")
+    (first / "frontier.png").write_bytes(b"png")
+    frontier.publish(first, docs)
+    assert (docs / "points" / f"{point.name}.json").exists() and (docs / "frontier.png").exists()
+    assert frontier.import_points(fresh, docs) == 1
+    assert frontier.load_run(fresh, point) == frontier.load_run(first, point)
+    assert frontier.import_points(fresh, docs) == 0  # what is there is kept
