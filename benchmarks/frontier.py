@@ -300,12 +300,10 @@ def plot(path: Path, result: dict) -> None:
             text = "no noise (sigma 0), upper bound" if r["method"] == "no-noise" else "public auxiliary images alone"
             ls = "--" if r["method"] == "no-noise" else ":"
             ax.axhline(100 * r["test_accuracy_mean"], color="grey", ls=ls, lw=1.2, label=f"{text}, IPC {r['ipc']}")
-    for (label, eps, acc), marker in zip(
-        [(p["label"], p["epsilon"], p["accuracy"]) for p in result["published_not_measured_here"]],
-        "*PDX",
-        strict=False,
-    ):
-        ax.scatter([eps], [acc], marker=marker, s=70, facecolors="none", edgecolors="k", label=f"{label} (published)")
+    published = [(p["label"], p["epsilon"], p["accuracy"]) for p in result["published_not_measured_here"]]
+    for i, ((label, eps, acc), marker) in enumerate(zip(published, "*PDX", strict=False)):
+        x = eps * (0.94 + 0.04 * i)  # side by side where several sit at the same epsilon
+        ax.scatter([x], [acc], marker=marker, s=70, facecolors="none", edgecolors="k", label=f"{label} (published)")
     ax.set_xscale("log")
     ax.set_xticks([0.5, 1, 2, 5, 10], ["0.5", "1", "2", "5", "10"])
     ax.set_xlabel("epsilon (PRV accountant, delta 1e-5)")
