@@ -31,8 +31,8 @@ from owner_node.mechanism import FeatureMechanism
 from shared.datasets import FASHION_MNIST_NORMALIZATION, ImageSet, load_fashion_mnist, load_npz, to_float
 from shared.evaluation import evaluate
 from shared.measurement import cpu_model, write_json
+from shared.messages import FeatureRequest
 from shared.networks import NetworkSpec, depth_for_image_size
-from shared.protocol import FeatureRequest
 from shared.subspace import content_hash
 
 KINDS = ("no-noise", "aux-only")

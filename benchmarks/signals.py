@@ -96,8 +96,9 @@ def owner_memory(config_path: Path, probes: tuple[tuple[int, int, int], ...] = M
     from owner_node.config import OwnerConfig
     from owner_node.service import OwnerService
     from shared.augmentation import DEFAULT_STRATEGY
+    from shared.messages import FeatureRequest
     from shared.networks import NetworkSpec
-    from shared.protocol import FeatureRequest, decode, encode
+    from shared.protocol import decode, encode
     from shared.statistic import signal_dim
 
     service = OwnerService(OwnerConfig.load(config_path))

@@ -28,8 +28,8 @@ from shared.device import use_device
 from shared.images.classes import check_same_classes
 from shared.images.source import ImageSource, load_source
 from shared.measurement import cpu_model
+from shared.messages import FeatureRequest
 from shared.networks import NetworkSpec, depth_for_image_size
-from shared.protocol import FeatureRequest
 
 
 def speed(

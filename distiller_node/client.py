@@ -1,10 +1,10 @@
 """The distiller's view of an owner: typed calls over any transport, retried when the path fails.
 
-A transport takes an RPC name (``Describe``, ``Release``, ``Budget``; shared/rpc/owner.proto) and
-DPDM bytes and returns the reply bytes, or raises ``OwnerCallError``. The in-process simulation, a
-direct gRPC channel and the Flower relay are all transports, so the pipeline has one code path.
-Retrying is safe because a release is idempotent by request id: the owner answers a repeated id
-from its ledger without spending again.
+A transport takes an RPC name (``Describe``, ``Release``, ``Budget``) and a serialised ``Message``
+(both defined in shared/rpc/owner.proto) and returns the reply bytes, or raises ``OwnerCallError``.
+The in-process simulation, a direct gRPC channel and the Flower relay are all transports, so the
+pipeline has one code path. Retrying is safe because a release is idempotent by request id: the
+owner answers a repeated id from its ledger without spending again.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from shared.protocol import (
+from shared.messages import (
     BudgetReport,
     BudgetRequest,
     DescribeRequest,
@@ -24,9 +24,8 @@ from shared.protocol import (
     OwnerInfo,
     PlanReply,
     PlanRequest,
-    decode,
-    encode,
 )
+from shared.protocol import decode, encode
 from shared.rpc.errors import OwnerCallError
 
 Transport = Callable[[str, bytes], bytes]

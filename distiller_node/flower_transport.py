@@ -15,7 +15,8 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from distiller_node.client import Transport
-from shared.protocol import DescribeRequest, OwnerInfo, decode, encode
+from shared.messages import DescribeRequest, OwnerInfo
+from shared.protocol import decode, encode
 from shared.rpc.errors import OwnerCallError
 from shared.rpc.flower_records import MESSAGE_TYPE, pack_call, unpack_reply
 

@@ -23,7 +23,8 @@ from distiller_node.optimisation import SyntheticState
 from distiller_node.sampling import SamplingPlan
 from distiller_node.signal_store import atomic_write
 from shared.kip import DEFAULT_REG, centred_one_hot, krr_loss
-from shared.protocol import KipStepReply, KipStepRequest, decode
+from shared.messages import KipStepReply, KipStepRequest
+from shared.protocol import read_message
 from shared.scattering import scattering_features
 
 
@@ -94,7 +95,7 @@ def run_kip_sync(
     for b in range(-(-total // k)):
         path = store / f"steps_{b:05d}.msg"
         if path.exists():
-            reply = decode(path.read_bytes())
+            reply = read_message(path)
             if not isinstance(reply, KipStepReply):
                 raise ValueError(f"{path} does not hold a KIP step reply")
         else:

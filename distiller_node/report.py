@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from distiller_node.sampling import SamplingPlan
-from shared.protocol import BudgetReport, OwnerInfo
+from shared.messages import BudgetReport, OwnerInfo
 
 SIGNAL_WORDS = {
     "features": "the embedding of a seeded public network",

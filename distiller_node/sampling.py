@@ -24,8 +24,9 @@ from tqdm import tqdm
 from distiller_node.client import OwnerClient
 from distiller_node.signal_store import Signals, SignalStore, atomic_write
 from shared.accounting import SampledGaussianEvent, epsilon, noise_for_budget
+from shared.messages import FeatureRequest, OwnerInfo, PlanRequest
 from shared.networks import NetworkSpec, depth_for_image_size
-from shared.protocol import FeatureRequest, OwnerInfo, PlanRequest, encode
+from shared.protocol import encode
 
 
 @dataclass(frozen=True)

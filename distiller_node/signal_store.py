@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.protocol import FeatureReply, decode
+from shared.messages import FeatureReply
+from shared.protocol import read_message
 from shared.subspace import FINGERPRINT_TOL, SubspaceMismatch, fingerprint_discrepancy
 
 
@@ -95,7 +96,7 @@ class SignalStore:
         atomic_write(path, raw_reply)
 
     def get(self, owner: int, batch: int) -> FeatureReply:
-        return decode(self._path(owner, batch).read_bytes())
+        return read_message(self._path(owner, batch))
 
     def load(
         self,

@@ -28,8 +28,8 @@ from owner_node.mechanism import FeatureMechanism
 from shared.accounting import SampledGaussianEvent, epsilon
 from shared.datasets import ImageSet
 from shared.kip import DEFAULT_REG, centred_one_hot, iter_per_example_image_gradients
+from shared.messages import FeatureRequest, KipStepRequest
 from shared.networks import NetworkSpec
-from shared.protocol import FeatureRequest, KipStepRequest
 from shared.scattering import scattering_features
 from shared.statistic import KIP_SYNC, METHODS, clip_rows, per_example_statistic
 from shared.subspace import content_hash

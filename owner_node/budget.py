@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from owner_node.config import OwnerConfig
 from shared.accounting import SampledGaussianEvent, epsilon
-from shared.protocol import BudgetReport
+from shared.messages import BudgetReport
 
 PUBLIC_FACTS = (
     "class names",

@@ -10,7 +10,8 @@ from owner_node.randomness import check_sampler
 from shared.accounting import METHODS
 from shared.device import check_precision
 from shared.images.source import ImageSource
-from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, PRIVACY_UNITS
+from shared.messages import PRIVACY_UNITS
+from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
 from shared.rpc.channel import is_loopback
 
 # The largest reply any transport carries: the decoder's and gRPC's cap, less the header's share.

@@ -11,39 +11,53 @@ import logging
 import signal
 import threading
 from concurrent import futures
+from functools import partial
 
 import grpc
 
 from owner_node.config import OwnerConfig
 from owner_node.service import OwnerService
 from owner_node.validation import RequestRefused
-from shared.rpc import owner_pb2, owner_pb2_grpc
-from shared.rpc.channel import MAX_MESSAGE_BYTES
+from shared.rpc.channel import MAX_MESSAGE_BYTES, METHODS, SERVICE, V1_SERVICE
 from shared.rpc.errors import ERROR_CODE_KEY, STATUS_FOR_CODE
 
 log = logging.getLogger("owner_node")
 
 
-class OwnerServicer(owner_pb2_grpc.OwnerServicer):
-    def __init__(self, service: OwnerService):
-        self.service = service
+def _answer(service: OwnerService, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+    try:
+        return service.answer(request, method)
+    except RequestRefused as exc:
+        _refuse(context, method, exc.code, str(exc))
 
-    def _answer(self, method: str, request: owner_pb2.Envelope, context: grpc.ServicerContext):
-        try:
-            return owner_pb2.Envelope(dpdm=self.service.answer(request.dpdm, method))
-        except RequestRefused as exc:
-            log.info("refused %s from %s: %s (%s)", method, context.peer(), exc, exc.code)
-            context.set_trailing_metadata(((ERROR_CODE_KEY, exc.code),))
-            context.abort(STATUS_FOR_CODE.get(exc.code, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
 
-    def Describe(self, request, context):  # noqa: N802 (names fixed by the .proto)
-        return self._answer("Describe", request, context)
+def _refuse(context: grpc.ServicerContext, method: str, code: str, message: str) -> None:
+    log.info("refused %s from %s: %s (%s)", method, context.peer(), message, code)
+    context.set_trailing_metadata(((ERROR_CODE_KEY, code),))
+    context.abort(STATUS_FOR_CODE.get(code, grpc.StatusCode.INVALID_ARGUMENT), message)
 
-    def Release(self, request, context):  # noqa: N802
-        return self._answer("Release", request, context)
 
-    def Budget(self, request, context):  # noqa: N802
-        return self._answer("Budget", request, context)
+def _refuse_v1(method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
+    _refuse(
+        context,
+        method,
+        "old_wire_format",
+        f"{V1_SERVICE}/{method} is dpdistill's version 1 API; this owner speaks {SERVICE} (owner.proto v2): "
+        "upgrade dpdistill on the distiller",
+    )
+
+
+def handlers(service: OwnerService) -> list[grpc.GenericRpcHandler]:
+    """The Owner service of owner.proto, taking and giving the serialised ``Message`` bytes as they are
+    (the owner's own decoder checks them), and version 1's service refusing every call by name."""
+    return [
+        grpc.method_handlers_generic_handler(
+            SERVICE, {m: grpc.unary_unary_rpc_method_handler(partial(_answer, service, m)) for m in METHODS}
+        ),
+        grpc.method_handlers_generic_handler(
+            V1_SERVICE, {m: grpc.unary_unary_rpc_method_handler(partial(_refuse_v1, m)) for m in METHODS}
+        ),
+    ]
 
 
 def start_server(service: OwnerService) -> tuple[grpc.Server, int]:
@@ -56,7 +70,7 @@ def start_server(service: OwnerService) -> tuple[grpc.Server, int]:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    owner_pb2_grpc.add_OwnerServicer_to_server(OwnerServicer(service), server)
+    server.add_generic_rpc_handlers(handlers(service))
     if svc.tls_cert is None:
         port = server.add_insecure_port(svc.listen)
     else:

@@ -17,7 +17,7 @@ import torch
 from owner_node.data import PrivateData
 from owner_node.randomness import SecureRandom, check_sampler, noisy
 from shared.kip import centred_one_hot, clipped_gradient_sum
-from shared.protocol import KipStepRequest
+from shared.messages import KipStepRequest
 from shared.scattering import scattering_features
 
 ADAM_BETAS = (0.9, 0.999)

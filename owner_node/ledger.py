@@ -48,7 +48,11 @@ CREATE TABLE IF NOT EXISTS plans (
 
 
 class LedgerConflict(ValueError):
-    """A request id reused with different contents."""
+    """A request id reused with different contents; ``stored_digest`` is what the ledger holds for it."""
+
+    def __init__(self, message: str, stored_digest: str | None = None):
+        super().__init__(message)
+        self.stored_digest = stored_digest
 
 
 class BudgetExceeded(RuntimeError):
@@ -144,7 +148,9 @@ class Ledger:
             row = db.execute("SELECT digest, state, reply FROM releases WHERE request_id = ?", (request_id,)).fetchone()
             if row is not None:
                 if row[0] != digest:
-                    raise LedgerConflict(f"request id {request_id!r} was already used for a different request")
+                    raise LedgerConflict(
+                        f"request id {request_id!r} was already used for a different request", stored_digest=row[0]
+                    )
                 return bytes(row[2]) if row[1] == "released" else None
             plan_id = self._plan_for(request_id, event)
             # A planned release turns part of its plan's reserve into a release: the total stays the same.
@@ -197,7 +203,9 @@ class Ledger:
             row = db.execute("SELECT digest FROM plans WHERE plan_id = ?", (plan_id,)).fetchone()
             if row is not None:
                 if row[0] != digest:
-                    raise LedgerConflict(f"plan id {plan_id!r} was already used for a different plan")
+                    raise LedgerConflict(
+                        f"plan id {plan_id!r} was already used for a different plan", stored_digest=row[0]
+                    )
                 return
             for other in self.plans():
                 if other.request_prefix.startswith(request_prefix) or request_prefix.startswith(other.request_prefix):

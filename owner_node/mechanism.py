@@ -18,8 +18,8 @@ import torch
 from owner_node.data import PrivateData
 from owner_node.randomness import SecureRandom, check_sampler, noisy
 from shared.datasets import to_float
+from shared.messages import FeatureRequest
 from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, freeze, pass_chunk
-from shared.protocol import FeatureRequest
 from shared.statistic import class_sums, per_example_statistic, public_subspace, released_dim
 from shared.subspace import Subspace, basis_fingerprint
 

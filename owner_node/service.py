@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from typing import Any
 
 from owner_node.budget import budget_report, within_budget
 from owner_node.class_counts import published_counts
@@ -23,7 +24,7 @@ from shared.accounting import SampledGaussianEvent, epsilon
 from shared.datasets import ImageSet, to_float
 from shared.device import use_device
 from shared.images.classes import check_same_classes
-from shared.protocol import (
+from shared.messages import (
     BudgetReport,
     BudgetRequest,
     DescribeRequest,
@@ -35,15 +36,33 @@ from shared.protocol import (
     OwnerInfo,
     PlanReply,
     PlanRequest,
-    ProtocolError,
-    decode,
-    encode,
 )
+from shared.protocol import ProtocolError, decode, encode
 from shared.rpc.errors import OwnerCallError
 from shared.subspace import content_hash
 
 log = logging.getLogger("owner_node")
 # Which message kinds each RPC of shared/rpc/owner.proto accepts.
+# Marks digests of owner.proto v2 encodings; the ledger's older rows hold bare sha256 digests of
+# version 1's bytes, which no v2 request can match.
+DIGEST_PREFIX = "v2:"
+
+
+def request_digest(request: Any) -> str:
+    """What the ledger keeps to recognise a retry: a hash of the request's deterministic encoding."""
+    return DIGEST_PREFIX + hashlib.sha256(encode(request)).hexdigest()
+
+
+def _conflict(exc: LedgerConflict) -> RequestRefused:
+    if exc.stored_digest is not None and not exc.stored_digest.startswith(DIGEST_PREFIX):
+        return RequestRefused(
+            "old_wire_format",
+            f"{exc}: the ledger holds it from dpdistill's version 1 wire format, whose replies this owner "
+            "cannot re-send; the budget it spent stays counted. Start a new run (new request and plan ids).",
+        )
+    return RequestRefused("id_conflict", str(exc))
+
+
 KINDS_FOR_METHOD: dict[str, tuple[type, ...]] = {
     "Describe": (DescribeRequest,),
     "Release": (FeatureRequest, KipStepRequest, PlanRequest),
@@ -112,7 +131,7 @@ class OwnerService:
         try:
             request = decode(message, max_bytes=self.config.limits.max_message_bytes)
         except ProtocolError as exc:
-            raise RequestRefused("bad_message", str(exc)) from exc
+            raise RequestRefused(exc.code, str(exc)) from exc
         except Exception as exc:  # a decoder bug must still come back as a refusal, not a bare gRPC failure
             log.exception("internal error while decoding a message")
             reason = f"the owner failed to decode the message ({type(exc).__name__})"
@@ -175,7 +194,7 @@ class OwnerService:
         try:
             template = decode(request.template, max_bytes=self.config.limits.max_message_bytes)
         except ProtocolError as exc:
-            raise RequestRefused("bad_message", f"the plan's template request: {exc}") from exc
+            raise RequestRefused(exc.code, f"the plan's template request: {exc}") from exc
         if isinstance(template, FeatureRequest):
             event = self.validate(template)
         elif isinstance(template, KipStepRequest):
@@ -187,7 +206,7 @@ class OwnerService:
         if not 1 <= request.total_releases <= 10**7:
             raise RequestRefused("invalid_request", f"total_releases must be in 1..1e7, got {request.total_releases}")
         whole = SampledGaussianEvent(event.noise_multiplier, event.sample_rate, request.total_releases)
-        digest = hashlib.sha256(encode(request)).hexdigest()
+        digest = request_digest(request)
         with self._lock:
             try:
                 self.ledger.reserve_plan(
@@ -198,7 +217,7 @@ class OwnerService:
                     lambda events: within_budget(self.config, events),
                 )
             except LedgerConflict as exc:
-                raise RequestRefused("id_conflict", str(exc)) from exc
+                raise _conflict(exc) from exc
             except BudgetExceeded as exc:
                 raise self._over_budget(exc, whole, "releases") from exc
             committed = epsilon(self.ledger.committed(), self.config.delta, self.config.accountant)
@@ -267,14 +286,14 @@ class OwnerService:
     def _reserve_then_release(self, request, event: SampledGaussianEvent, compute) -> bytes:
         """The ledger row is written before any private computation and the reply recorded before it leaves;
         a repeated request id is answered from the ledger without spending again."""
-        digest = hashlib.sha256(encode(request)).hexdigest()
+        digest = request_digest(request)
         with self._lock:
             try:
                 stored = self.ledger.reserve(
                     request.request_id, digest, event, lambda events: within_budget(self.config, events)
                 )
             except LedgerConflict as exc:
-                raise RequestRefused("id_conflict", str(exc)) from exc
+                raise _conflict(exc) from exc
             except BudgetExceeded as exc:
                 unit = "draws" if isinstance(request, FeatureRequest) else "KIP steps (releases)"
                 raise self._over_budget(exc, event, unit) from exc

@@ -16,7 +16,7 @@ from owner_node.data import PrivateData
 from owner_node.randomness import inclusion_threshold
 from shared.accounting import SampledGaussianEvent
 from shared.augmentation import parse_strategy
-from shared.protocol import FeatureRequest, KipStepRequest
+from shared.messages import FeatureRequest, KipStepRequest
 from shared.statistic import signal_dim
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # used with fullmatch: "$" would let a trailing newline in

@@ -22,7 +22,8 @@ import pytest
 
 from deploy.certs import make_certs
 from owner_node.config import OwnerConfig, ServiceConfig, write_config
-from shared.protocol import BudgetRequest, encode
+from shared.messages import BudgetRequest
+from shared.protocol import encode
 from shared.rpc.channel import OwnerChannel, OwnerEndpoint
 from shared.rpc.errors import OwnerCallError
 from tests.conftest import make_owner_config

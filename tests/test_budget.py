@@ -14,9 +14,10 @@ import pytest
 
 from owner_node.config import OwnerConfig, write_config
 from owner_node.ledger import Ledger
-from owner_node.service import OwnerService
+from owner_node.service import OwnerService, request_digest
+from shared.messages import BudgetReport, BudgetRequest, ErrorReply, FeatureReply
 from shared.networks import NetworkSpec
-from shared.protocol import BudgetReport, BudgetRequest, ErrorReply, FeatureReply, decode, encode
+from shared.protocol import decode, encode
 from shared.statistic import signal_dim
 from tests.conftest import feature_request, make_owner_config
 
@@ -99,7 +100,7 @@ def test_crashed_reservation_counts_as_spent_and_retry_completes_without_new_spe
     request = feature_request(owner, "crashy")
     # Simulate a crash after the ledger reservation and before the reply was stored.
     event = owner.validate(request)
-    owner.ledger.reserve("crashy", _digest(request), event, lambda events: True)
+    owner.ledger.reserve("crashy", request_digest(request), event, lambda events: True)
     assert owner.budget().num_draws == 2
     reply = decode(owner.handle(encode(request)))
     assert isinstance(reply, FeatureReply)
@@ -107,17 +108,12 @@ def test_crashed_reservation_counts_as_spent_and_retry_completes_without_new_spe
     assert [r.state for r in owner.ledger.rows()] == ["released"]
 
 
-def _digest(request) -> str:
-    import hashlib
-
-    return hashlib.sha256(encode(request)).hexdigest()
-
-
 OWNER_LOOP = """
 import sys, json
 from owner_node.config import OwnerConfig
 from owner_node.service import OwnerService
-from shared.protocol import decode, encode, FeatureReply
+from shared.messages import FeatureReply
+from shared.protocol import decode, encode
 from tests.conftest import feature_request
 service = OwnerService(OwnerConfig.load(sys.argv[1]))
 received = open(sys.argv[2], "a")

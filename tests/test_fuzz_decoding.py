@@ -3,17 +3,16 @@
 ``shared.protocol.decode`` must return a known message or raise ``ProtocolError``; the service must
 answer with a reply or a ``RequestRefused`` with a known code, never spend budget on a refusal,
 and answer the same bytes the same way twice (a retry never spends again). Inputs are arbitrary
-bytes, arbitrary headers in a valid frame, and mutations (bit flips, truncation, splicing, field
-replacement) of valid encodings. Runs are derandomised and bounded so the suite stays fast and
-repeatable; every example also runs under a wall-clock alarm, so a hang fails instead of stalling.
+bytes and hand-written hostile encodings, arbitrary bodies inside a valid ``Message``, and mutations
+(bit flips, truncation, splicing, typed field replacement at any depth) of valid encodings. Runs are
+derandomised and bounded so the suite stays fast and repeatable; every example also runs under a
+wall-clock alarm, so a hang fails instead of stalling.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import signal
-import struct
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,29 +22,31 @@ from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from owner_node.service import OwnerService
 from owner_node.validation import MAX_NOISE_MULTIPLIER, RequestRefused
 from shared.accounting import SampledGaussianEvent
-from shared.protocol import (
-    MAGIC,
-    MESSAGES,
-    WIRE_VERSION,
+from shared.messages import (
+    MESSAGE_TYPES,
     BudgetReport,
     BudgetRequest,
     DescribeRequest,
     ErrorReply,
     FeatureReply,
     FeatureRequest,
+    KipStepReply,
     OwnerInfo,
-    ProtocolError,
-    decode,
-    encode,
+    PlanReply,
+    PlanRequest,
 )
+from shared.protocol import ProtocolError, decode, encode
+from shared.rpc import owner_pb2 as pb
 from shared.rpc.errors import STATUS_FOR_CODE
-from tests.conftest import feature_request, make_owner_config
+from tests.conftest import feature_request, kip_request, make_owner_config
+from tests.wire import length_delimited
 
 KNOWN_CODES = frozenset(STATUS_FOR_CODE) - {"internal_error"}  # internal_error would mean an owner bug
 EXAMPLE_TIME_LIMIT_S = 20.0  # generous for a loaded machine; a hang is what it catches
@@ -76,18 +77,10 @@ def time_limit(seconds: float) -> Iterator[None]:
 # ---------------------------------------------------------------- inputs
 
 
-def frame(head: bytes, body: bytes = b"", version: int = WIRE_VERSION) -> bytes:
-    return MAGIC + struct.pack("<BI", version, len(head)) + head + body
-
-
-def split(wire: bytes) -> tuple[dict, bytes]:
-    (head_len,) = struct.unpack("<I", wire[5:9])
-    return json.loads(wire[9 : 9 + head_len]), wire[9 + head_len :]
-
-
 def valid_messages() -> list[Any]:
     """One valid message of every kind; the feature request is one this test's owner would answer."""
     event = SampledGaussianEvent(5.0, 0.25, 1)
+    kip = kip_request("fz-k", num_steps=1)
     return [
         DescribeRequest(),
         BudgetRequest(),
@@ -96,139 +89,130 @@ def valid_messages() -> list[Any]:
         OwnerInfo("o", ("a", "b"), (3, 4), (1, 16, 16), (0.5, 0.5), "h" * 64, 1.0, {"max_draws_per_request": 3}),
         BudgetReport("o", 1.0, 1e-5, 0.5, 0.6, 1, 1, 1.0, (event,), ("class names",)),
         ErrorReply("budget_exceeded", "no"),
+        kip,
+        KipStepReply("fz-k", kip.images, kip.adam_m, kip.adam_v, 1, 2.0, 1.0, (event,)),
+        PlanRequest("fz-plan", "fz-run-0001", 3, b"\x00"),
+        PlanReply("fz-plan", event, 0.5, "prv", 1e-5),
     ]
 
 
 VALID = [encode(m) for m in valid_messages()]  # VALID[2] is the feature request
 VALID_REQUEST = valid_messages()[2]
-EDGE_INTS = st.sampled_from([0, -1, 1, 2**31, 2**63 - 1, 2**63, -(2**63), 10**30, 10**300, 10**400])
-SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    EDGE_INTS,
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12),
-)
-JSON_VALUES = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-    max_leaves=12,
-)
+KINDS = tuple(MESSAGE_TYPES)
+DECODED_TYPES = tuple(MESSAGE_TYPES.values())
+
+
+# Bytes a hostile peer can write and protobuf's own encoder never would: nesting past the parser's
+# recursion limit (sub-messages and groups), length prefixes beyond the data, over-long varints,
+# invalid UTF-8 in a string field, and version 1's framing.
+HOSTILE_SPECIALS = [
+    b"\x13" * 3000 + b"\x14" * 3000,
+    length_delimited(4, length_delimited(2, length_delimited(2, b"\x0a\xff\xff\xff\xff\x0f"))),
+    b"\x22" + b"\xff" * 10 + b"\x01",
+    length_delimited(4, length_delimited(1, b"\xc3\x28\xed\xa0\x80")),
+    length_delimited(5, length_delimited(2, b"\x12\x0b" + b"\xff" * 10 + b"\x01")),
+    b"DPDM\x01\x02\x00\x00\x00{}",
+    b"DPDM\x09\x00\x00\x00\x00",
+]
+nested = b""
+for _ in range(200):
+    nested = length_delimited(2, nested)
+HOSTILE_SPECIALS.append(length_delimited(4, nested))
 
 
 @st.composite
-def framed_headers(draw: st.DrawFn) -> bytes:
-    """A well-framed message whose JSON header is arbitrary: reaches every message's field checks."""
-    kind = draw(st.sampled_from([*MESSAGES, "nope"]))
-    fields = draw(st.dictionaries(st.sampled_from(_field_names()), JSON_VALUES, max_size=10))
-    head = {"kind": kind, "fields": fields, "arrays": draw(st.sampled_from([[], ["noisy_sums"]])), "body_bytes": 0}
-    if draw(st.booleans()):
-        head = draw(st.dictionaries(st.sampled_from(["kind", "fields", "arrays", "body_bytes"]), JSON_VALUES)) | {
-            k: v for k, v in head.items() if draw(st.booleans())
-        }
-    return frame(json.dumps(head).encode())
+def framed_bodies(draw: st.DrawFn) -> bytes:
+    """A well-formed Message whose body is arbitrary bytes: reaches every message's parser and checks."""
+    fd = draw(st.sampled_from(list(pb.Message.DESCRIPTOR.oneofs_by_name["body"].fields)))
+    payload = draw(st.one_of(st.binary(max_size=128), st.sampled_from(VALID).map(lambda w: w[2:])))
+    return length_delimited(fd.number, payload)
 
 
-def _field_names() -> list[str]:
-    names: set[str] = {"network"}
-    for wire in VALID:
-        head, _ = split(wire)
-        names |= set(head["fields"])
-    return sorted(names)
+FLOATS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -1.0, 5e-324, 1e-300, 0.29, 0.3, 5.0, 1e6, 1.5e6, 1e154, 1e300]),
+)
+INT32 = st.one_of(st.integers(-3, 70), st.sampled_from([0, -1, 2**31 - 1, -(2**31)]))
+INT64 = st.one_of(st.integers(-3, 70), st.sampled_from([0, -1, 2**31, 2**62, 2**63 - 1, -(2**63)]))
+TEXT = st.one_of(st.text(max_size=16), st.sampled_from(["", "convnet", "resnet", "fz", "none", "crop_flip", "r" * 129]))
+DTYPE_NAMES = st.one_of(TEXT, st.sampled_from(["float32", "float64", "int64", "uint8", "object", "<f4"]))
+REQUEST_IDS = st.sampled_from(["fz", "fz-1", "fz-2", "fz-3", "fz:4", "fz\n", "fz/5"])
+SCALAR_VALUES = {
+    FieldDescriptor.CPPTYPE_DOUBLE: FLOATS,
+    FieldDescriptor.CPPTYPE_INT32: INT32,
+    FieldDescriptor.CPPTYPE_INT64: INT64,
+    FieldDescriptor.CPPTYPE_STRING: TEXT,
+}
+
+
+def hostile_values(fd: FieldDescriptor) -> st.SearchStrategy:
+    """Values of the field's own type (so they get past parsing) but hostile: edge numbers, odd strings."""
+    if fd.name == "dtype":
+        return DTYPE_NAMES
+    if fd.type == FieldDescriptor.TYPE_BYTES:
+        return st.binary(max_size=64)
+    return SCALAR_VALUES[fd.cpp_type]
+
+
+def mutate(draw: st.DrawFn, msg: Any, weighted: tuple[str, ...] = ()) -> None:
+    """Give one field of ``msg`` (or of a message inside it) a hostile value, or clear it."""
+    fields = list(msg.DESCRIPTOR.fields) + [msg.DESCRIPTOR.fields_by_name[n] for n in weighted]
+    if not fields:
+        return
+    fd = draw(st.sampled_from(fields))
+    if draw(st.integers(0, 5)) == 0:
+        msg.ClearField(fd.name)
+    elif fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        value = getattr(msg, fd.name)
+        value.clear()
+        value.update(draw(st.dictionaries(TEXT, FLOATS, max_size=4)))
+    elif fd.message_type is not None and fd.is_repeated:
+        items = getattr(msg, fd.name)
+        mutate(draw, items[draw(st.integers(0, len(items) - 1))] if items and draw(st.booleans()) else items.add())
+    elif fd.message_type is not None:
+        mutate(draw, getattr(msg, fd.name))
+    elif fd.is_repeated:
+        del getattr(msg, fd.name)[:]
+        getattr(msg, fd.name).extend(draw(st.lists(hostile_values(fd), max_size=6)))
+    else:
+        setattr(msg, fd.name, draw(hostile_values(fd)))
 
 
 @st.composite
 def field_replaced(draw: st.DrawFn) -> bytes:
-    """A valid encoding with one header field (or network field, or framing key) replaced or dropped."""
-    head, body = split(draw(st.sampled_from(VALID)))
-    target = head
-    if "network" in head["fields"] and draw(st.booleans()):
-        target = head["fields"]["network"]
-    elif draw(st.booleans()):
-        target = head["fields"]
-    if not target:
-        target = head
-    key = draw(st.sampled_from(sorted(target)))
-    if draw(st.integers(0, 4)) == 0:
-        del target[key]
-    else:
-        target[key] = draw(JSON_VALUES)
-    return frame(json.dumps(head).encode(), body)
-
-
-FLOATS = st.one_of(  # JSON integers are valid in float fields too
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0.0, -1.0, 5e-324, 1e-300, 0.29, 0.3, 5.0, 1e6, 1.5e6, 1e154, 1e300]),
-    EDGE_INTS,
-)
-INTS = st.one_of(st.integers(-3, 70), EDGE_INTS)
-TEXT = st.one_of(st.text(max_size=16), st.sampled_from(["", "convnet", "resnet", "fz", "none", "crop_flip", "r" * 129]))
-REQUEST_IDS = st.sampled_from(["fz", "fz-1", "fz-2", "fz-3", "fz:4", "fz\n", "fz/5"])
-
-
-def typed_like(value: Any) -> st.SearchStrategy:
-    """Values of the same JSON type as ``value`` but hostile: edge numbers, odd strings, other lengths."""
-    if isinstance(value, bool):
-        return st.booleans()
-    if isinstance(value, int):
-        return INTS
-    if isinstance(value, float):
-        return FLOATS
-    if isinstance(value, str):
-        return TEXT
-    if isinstance(value, list):
-        return st.lists(typed_like(value[0]) if value else JSON_VALUES, max_size=6)
-    if isinstance(value, dict):
-        return st.fixed_dictionaries({k: typed_like(v) for k, v in value.items()})
-    return JSON_VALUES
-
-
-# JSON tokens that json.dumps would never write but a hostile peer can: overflowing and over-long numbers,
-# non-finite literals, nesting past the parser's recursion limit, lone surrogates.
-RAW_TOKENS = st.sampled_from(
-    ["1e999", "-1e999", "1E-400", "NaN", "-Infinity", str(10**400), "9" * 5000, "[" * 3000 + "]" * 3000, '"\\ud800"']
-)
+    """A valid encoding with one field (at any depth) given a hostile value of its type, or cleared."""
+    m = pb.Message()
+    m.ParseFromString(draw(st.sampled_from(VALID)))
+    mutate(draw, getattr(m, m.WhichOneof("body")))
+    return m.SerializeToString()
 
 
 @st.composite
 def typed_mutation(draw: st.DrawFn, requests_only: bool = False) -> bytes:
-    """A valid encoding with 0-3 fields (mostly one) given hostile values: of the right JSON type, so it
-    mostly gets past decoding, or now and then a raw JSON token spliced in.
+    """A valid encoding with 0-3 fields (mostly one) given hostile values of the right type, so it mostly
+    gets past decoding into the owner's validation.
 
-    Feature requests (the only messages that can spend) get ids from a small pool, so repeats and
+    Feature requests (the only messages here that can spend) get ids from a small pool, so repeats and
     id conflicts happen, and sometimes a consistent draw count (both seed lists of one length).
     """
-    head, body = split(draw(st.sampled_from(VALID[2:3] if requests_only else VALID)))
-    fields = head["fields"]
-    raw: dict[str, str] = {}
+    m = pb.Message()
+    m.ParseFromString(draw(st.sampled_from(VALID[2:3] if requests_only else VALID)))
+    body = getattr(m, m.WhichOneof("body"))
     # The privacy parameters weigh double: they decide what is spent.
-    keys = sorted(fields) + [k for k in ("noise_multiplier", "expected_group_size") if k in fields]
-    for i in range(draw(st.sampled_from([0, 1, 1, 1, 2, 3])) if fields else 0):
-        target = fields
-        key = draw(st.sampled_from(keys))
-        if key == "network":
-            target, key = fields["network"], draw(st.sampled_from(sorted(fields["network"])))
-        if draw(st.integers(0, 5)) == 0:
-            placeholder = f"@@raw{i}@@"
-            target[key] = placeholder
-            raw[json.dumps(placeholder)] = draw(RAW_TOKENS)
-        else:
-            target[key] = draw(typed_like(target[key]))
-    if head["kind"] == "feature_request":
-        fields["request_id"] = draw(REQUEST_IDS)
+    weighted = tuple(n for n in ("noise_multiplier", "expected_group_size") if n in body.DESCRIPTOR.fields_by_name)
+    for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2, 3]))):
+        mutate(draw, body, weighted)
+    if m.WhichOneof("body") == "feature_request":
+        body.request_id = draw(REQUEST_IDS)
         if draw(st.booleans()):
             draws = draw(st.sampled_from([0, 1, 2, 51, 1000]))
-            fields["network_seeds"] = list(range(draws))
-            fields["augment_seeds"] = list(range(100, 100 + draws))
-        seeds = (fields.get("network_seeds"), fields.get("augment_seeds"))
-        if all(isinstance(v, list) for v in seeds) and draw(st.integers(0, 3)):  # mostly keep them paired
-            n = min(map(len, seeds))
-            fields["network_seeds"], fields["augment_seeds"] = seeds[0][:n], seeds[1][:n]
-    text = json.dumps(head)
-    for placeholder, token in raw.items():
-        text = text.replace(placeholder, token)
-    return frame(text.encode(), body)
+            del body.network_seeds[:], body.augment_seeds[:]
+            body.network_seeds.extend(range(draws))
+            body.augment_seeds.extend(range(100, 100 + draws))
+        if draw(st.integers(0, 3)):  # mostly keep them paired
+            n = min(len(body.network_seeds), len(body.augment_seeds))
+            del body.network_seeds[n:], body.augment_seeds[n:]
+    return m.SerializeToString()
 
 
 @st.composite
@@ -254,13 +238,16 @@ def byte_mutated(draw: st.DrawFn) -> bytes:
 
 ANY_BYTES = st.one_of(
     st.binary(max_size=256),
-    st.binary(max_size=256).map(lambda b: MAGIC + b),
-    st.binary(max_size=256).map(lambda b: frame(b)),
+    st.sampled_from(HOSTILE_SPECIALS),
+    st.binary(max_size=256).map(lambda b: b"DPDM" + b),
+    st.tuples(st.sampled_from(KINDS), st.binary(max_size=64)).map(
+        lambda kb: length_delimited(pb.Message.DESCRIPTOR.fields_by_name[kb[0]].number, kb[1])
+    ),
 )
 # Nearly half of the service's inputs are well-typed mutations of a valid request: those reach validation,
 # the ledger and the mechanism; the rest exercise the decoder's refusals. (Nested one_of would flatten
 # into equal weights per leaf, hence the explicit list.)
-SERVICE_BRANCHES = [ANY_BYTES, framed_headers(), byte_mutated(), field_replaced()] + [typed_mutation(True)] * 3
+SERVICE_BRANCHES = [ANY_BYTES, framed_bodies(), byte_mutated(), field_replaced()] + [typed_mutation(True)] * 3
 HOSTILE_INPUTS = st.sampled_from(SERVICE_BRANCHES).flatmap(lambda branch: branch)
 
 
@@ -275,7 +262,7 @@ def check_decodes_or_refuses(data: bytes) -> None:
             assert str(exc), "a refusal must say why"
             event("refused")
             return
-    assert type(message) in MESSAGES.values()
+    assert isinstance(message, DECODED_TYPES)
     event(f"decoded {message.kind}")
     # Whatever is accepted is a faithful message: it re-encodes to bytes that decode to the same thing.
     again = encode(message)
@@ -289,8 +276,8 @@ def test_decode_arbitrary_bytes(data: bytes) -> None:
 
 
 @settings(FUZZ, max_examples=400)
-@given(data=framed_headers())
-def test_decode_arbitrary_headers(data: bytes) -> None:
+@given(data=framed_bodies())
+def test_decode_arbitrary_bodies(data: bytes) -> None:
     check_decodes_or_refuses(data)
 
 

@@ -15,7 +15,8 @@ from owner_node.data import PrivateData
 from owner_node.randomness import SecureRandom
 from owner_node.service import OwnerService
 from shared.datasets import ImageSet, save_npz
-from shared.protocol import ErrorReply, FeatureReply, OwnerInfo, decode, encode
+from shared.messages import ErrorReply, FeatureReply, OwnerInfo
+from shared.protocol import decode, encode
 from tests.conftest import feature_request, make_owner_config
 
 COUNTS = (400, 20, 100, 40)  # 20:1 between the largest and the smallest class

@@ -7,7 +7,8 @@ import pytest
 from owner_node.ledger import Ledger
 from owner_node.service import OwnerService
 from shared.accounting import SampledGaussianEvent, epsilon, noise_for_budget
-from shared.protocol import BudgetReport, BudgetRequest, ErrorReply, decode, encode
+from shared.messages import BudgetReport, BudgetRequest, ErrorReply
+from shared.protocol import decode, encode
 from tests.conftest import feature_request, make_owner_config
 from tests.second_accountant import PLD_TOLERANCE, check_reported, pld_epsilon
 

@@ -20,7 +20,8 @@ from distiller_node.sampling import SamplingConfig, make_plan
 from owner_node.kip_mechanism import adam_update
 from owner_node.ledger import Ledger
 from shared.datasets import DataNotFound, fashion_mnist_root
-from shared.protocol import ErrorReply, KipStepReply, KipStepRequest, ProtocolError, decode, encode
+from shared.messages import ErrorReply, KipStepReply, KipStepRequest
+from shared.protocol import ProtocolError, decode, encode
 from shared.statistic import KIP_SYNC
 from tests.conftest import NUM_CLASSES, kip_request
 from tests.second_accountant import check_reported

@@ -13,7 +13,8 @@ from deploy.cli import main
 from distiller_node.sampling import SamplingConfig, check_compatible, make_plan
 from distiller_node.signal_store import SignalStore
 from shared.accounting import SampledGaussianEvent
-from shared.protocol import FeatureReply, OwnerInfo, decode, encode
+from shared.messages import FeatureReply, OwnerInfo
+from shared.protocol import decode, encode
 
 INFO = dict(
     class_names=("a", "b"),

@@ -10,8 +10,8 @@ import torch
 from distiller_node.sampling import SamplingConfig, make_plan
 from owner_node.config import Limits
 from shared.evaluation import EvaluationConfig, evaluate
+from shared.messages import OwnerInfo
 from shared.networks import NetworkSpec, build_network, depth_for_image_size
-from shared.protocol import OwnerInfo
 
 
 @pytest.mark.parametrize("size, depth", [(28, 3), (32, 3), (64, 4), (128, 5), (224, 6), (256, 6), (512, 7)])

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from owner_node.mechanism import clean_class_sums
-from shared.protocol import ErrorReply, FeatureReply, decode, encode
+from shared.messages import ErrorReply, FeatureReply
+from shared.protocol import decode, encode
 from shared.statistic import SIGNALS
 from tests.conftest import feature_request
 

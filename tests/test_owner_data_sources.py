@@ -13,7 +13,8 @@ from owner_node.config import OwnerConfig, write_config
 from owner_node.data import public_normalization
 from owner_node.service import OwnerService
 from shared.datasets import ImageSet, save_npz
-from shared.protocol import FeatureReply, decode, encode
+from shared.messages import FeatureReply
+from shared.protocol import decode, encode
 from tests.conftest import SPEC, feature_request, make_owner_config
 
 CLASSES = ("benign", "malignant", "normal", "other")

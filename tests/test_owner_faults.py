@@ -31,7 +31,8 @@ import pytest
 
 from owner_node.ledger import Ledger, LedgerRow
 from shared.accounting import epsilon
-from shared.protocol import BudgetReport, BudgetRequest, FeatureReply, decode, encode
+from shared.messages import BudgetReport, BudgetRequest, FeatureReply
+from shared.protocol import decode, encode
 from shared.rpc.channel import OwnerChannel, OwnerEndpoint
 from shared.rpc.errors import OwnerCallError
 from tests.conftest import feature_request
@@ -170,7 +171,7 @@ def lose_a_reply(setup: TlsOwnerSetup, request_id: str) -> bytes | None:
         call = impatient.start("Release", encode(request))
         wait_for_state(setup.config.ledger_path, request_id, ("reserved", "released"))
         if not call.cancel():  # already answered
-            return call.result().dpdm
+            return call.result()
     wait_for_state(setup.config.ledger_path, request_id, ("released",))
     return None
 

@@ -11,7 +11,8 @@ import pytest
 from distiller_node.client import OwnerClient, OwnerRefused
 from owner_node.config import OwnerConfig, ServiceConfig
 from owner_node.ledger import Ledger
-from shared.protocol import DescribeRequest, FeatureReply, decode, encode
+from shared.messages import DescribeRequest, FeatureReply
+from shared.protocol import decode, encode
 from shared.rpc.channel import OwnerChannel, OwnerEndpoint
 from shared.rpc.errors import OwnerCallError
 from tests.conftest import feature_request
@@ -52,8 +53,11 @@ def test_refusals_arrive_as_grpc_errors_with_their_code(tls_owner) -> None:
         channel.call("Describe", encode(feature_request(None, "wrong-rpc")))
     assert err.value.code == "wrong_method"
     with pytest.raises(OwnerCallError) as err:
-        channel.call("Release", b"DPDM garbage")
+        channel.call("Release", b"garbage\xff")
     assert err.value.code == "bad_message"
+    with pytest.raises(OwnerCallError) as err:
+        channel.call("Release", b"DPDM garbage")  # version 1's framing
+    assert err.value.code == "old_wire_format" and "version 1" in err.value.message
     # Larger than the owner's configured max_message_bytes: gRPC refuses it before the service sees it.
     with pytest.raises(OwnerCallError) as err:
         channel.call("Release", b"x" * 300_000)

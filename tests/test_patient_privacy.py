@@ -19,8 +19,9 @@ from owner_node.mechanism import clean_class_sums, patient_clipped_sums
 from owner_node.randomness import SecureRandom
 from owner_node.service import OwnerService
 from shared.datasets import ImageSet
+from shared.messages import ErrorReply, FeatureReply
 from shared.networks import NetworkSpec, build_network, freeze
-from shared.protocol import ErrorReply, FeatureReply, decode, encode
+from shared.protocol import decode, encode
 from shared.statistic import SIGNALS, public_subspace
 from tests.conftest import feature_request, kip_request, make_owner_config
 

@@ -17,7 +17,8 @@ from owner_node.service import OwnerService
 from shared.accounting import SampledGaussianEvent, epsilon
 from shared.datasets import load_npz
 from shared.evaluation import EvaluationConfig
-from shared.protocol import ErrorReply, OwnerInfo, PlanReply, decode, encode
+from shared.messages import ErrorReply, OwnerInfo, PlanReply
+from shared.protocol import decode, encode
 from tests.conftest import make_owner_config, random_image_set
 
 SAMPLING = SamplingConfig(
@@ -42,7 +43,7 @@ def test_describe_publishes_every_rule_a_plan_must_respect(tmp_path: Path) -> No
 
 
 def encode_describe() -> bytes:
-    from shared.protocol import DescribeRequest
+    from shared.messages import DescribeRequest
 
     return encode(DescribeRequest())
 

@@ -21,8 +21,9 @@ from distiller_node.signal_store import SignalStore
 from owner_node.mechanism import FeatureMechanism
 from owner_node.validation import RequestRefused
 from shared.datasets import to_float
+from shared.messages import ErrorReply, FeatureReply
 from shared.networks import NetworkSpec
-from shared.protocol import ErrorReply, FeatureReply, decode, encode
+from shared.protocol import decode, encode
 from shared.statistic import public_subspace
 from shared.subspace import (
     FINGERPRINT_TOL,

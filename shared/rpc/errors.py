@@ -12,6 +12,7 @@ ERROR_CODE_KEY = "dpdistill-error-code"
 # The owner's refusal codes (owner_node/service.py) and the gRPC status each travels as.
 STATUS_FOR_CODE: dict[str, grpc.StatusCode] = {
     "bad_message": grpc.StatusCode.INVALID_ARGUMENT,
+    "old_wire_format": grpc.StatusCode.FAILED_PRECONDITION,
     "wrong_method": grpc.StatusCode.INVALID_ARGUMENT,
     "invalid_request": grpc.StatusCode.INVALID_ARGUMENT,
     "unsupported_network": grpc.StatusCode.INVALID_ARGUMENT,

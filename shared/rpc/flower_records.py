@@ -1,7 +1,8 @@
 """How a call to an owner and its answer travel inside Flower messages.
 
-The DPDM bytes go in an ArrayRecord as one raw uint8 array, which Flower moves in 5 MiB chunks;
-the RPC name and any refusal go in a ConfigRecord. No torch, no numpy: the relay imports this.
+The serialised Message bytes (owner.proto) go in an ArrayRecord as one raw uint8 array, which
+Flower moves in 5 MiB chunks; the RPC name and any refusal go in a ConfigRecord. No torch, no
+numpy: the relay imports this.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ MESSAGE_TYPE = "query"
 
 
 def _blob(body: bytes) -> ArrayRecord:
-    return ArrayRecord({"dpdm": Array(dtype="uint8", shape=(len(body),), stype="raw", data=body)})
+    return ArrayRecord({"message": Array(dtype="uint8", shape=(len(body),), stype="raw", data=body)})
 
 
 def pack_call(method: str, body: bytes) -> RecordDict:
@@ -20,7 +21,7 @@ def pack_call(method: str, body: bytes) -> RecordDict:
 
 
 def unpack_call(content: RecordDict) -> tuple[str, bytes]:
-    return str(content["call"]["method"]), bytes(content["body"]["dpdm"].data)
+    return str(content["call"]["method"]), bytes(content["body"]["message"].data)
 
 
 def pack_reply(body: bytes) -> RecordDict:
@@ -36,4 +37,4 @@ def unpack_reply(content: RecordDict) -> tuple[bytes | None, tuple[str, str] | N
     if "error" in content:
         err = content["error"]
         return None, (str(err["code"]), str(err["message"]))
-    return bytes(content["body"]["dpdm"].data), None
+    return bytes(content["body"]["message"].data), None

@@ -24,15 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shared/rpc/owner.proto\x12\x12\x64pdistill.owner.v1\"\x18\n\x08\x45nvelope\x12\x0c\n\x04\x64pdm\x18\x01 \x01(\x0c\x32\xdc\x01\n\x05Owner\x12\x46\n\x08\x44\x65scribe\x12\x1c.dpdistill.owner.v1.Envelope\x1a\x1c.dpdistill.owner.v1.Envelope\x12\x45\n\x07Release\x12\x1c.dpdistill.owner.v1.Envelope\x1a\x1c.dpdistill.owner.v1.Envelope\x12\x44\n\x06\x42udget\x12\x1c.dpdistill.owner.v1.Envelope\x1a\x1c.dpdistill.owner.v1.Envelopeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shared/rpc/owner.proto\x12\x12\x64pdistill.owner.v2\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"t\n\x0bNetworkSpec\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x12\n\nimage_size\x18\x05 \x01(\x05\x12\x13\n\x0bnum_classes\x18\x06 \x01(\x05\"L\n\x0cPrivacyEvent\x12\x18\n\x10noise_multiplier\x18\x01 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x11\n\x0f\x44\x65scribeRequest\"\xeb\x02\n\tOwnerInfo\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x02 \x03(\t\x12\x14\n\x0c\x63lass_counts\x18\x03 \x03(\x03\x12\x13\n\x0bimage_shape\x18\x04 \x03(\x03\x12\x15\n\rnormalization\x18\x05 \x03(\x01\x12\x10\n\x08\x61ux_hash\x18\x06 \x01(\t\x12\x11\n\tclip_norm\x18\x07 \x01(\x01\x12\x39\n\x06limits\x18\x08 \x03(\x0b\x32).dpdistill.owner.v2.OwnerInfo.LimitsEntry\x12\x16\n\x0e\x65psilon_budget\x18\t \x01(\x01\x12\r\n\x05\x64\x65lta\x18\n \x01(\x01\x12\x12\n\naccountant\x18\x0b \x01(\t\x12\x15\n\rnoise_sampler\x18\x0c \x01(\t\x12\x14\n\x0cprivacy_unit\x18\r \x01(\t\x1a-\n\x0bLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x89\x02\n\x0e\x46\x65\x61tureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x07network\x18\x02 \x01(\x0b\x32\x1f.dpdistill.owner.v2.NetworkSpec\x12\x15\n\rnetwork_seeds\x18\x03 \x03(\x03\x12\x15\n\raugment_seeds\x18\x04 \x03(\x03\x12\x14\n\x0c\x61ugmentation\x18\x05 \x01(\t\x12\x14\n\x0csubspace_dim\x18\x06 \x01(\x05\x12\x10\n\x08\x61ux_hash\x18\x07 \x01(\t\x12\x1b\n\x13\x65xpected_group_size\x18\x08 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\t \x01(\x01\x12\x0e\n\x06signal\x18\n \x01(\t\"\x82\x02\n\x0c\x46\x65\x61tureReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\nnoisy_sums\x18\x02 \x01(\x0b\x32\x1a.dpdistill.owner.v2.Tensor\x12\x17\n\x0f\x65xpected_counts\x18\x03 \x03(\x01\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x11\n\tclip_norm\x18\x05 \x01(\x01\x12\x30\n\x06\x65vents\x18\x06 \x03(\x0b\x32 .dpdistill.owner.v2.PrivacyEvent\x12\x36\n\x12\x62\x61sis_fingerprints\x18\x07 \x01(\x0b\x32\x1a.dpdistill.owner.v2.Tensor\"\x99\x02\n\x0eKipStepRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x06images\x18\x02 \x01(\x0b\x32\x1a.dpdistill.owner.v2.Tensor\x12*\n\x06\x61\x64\x61m_m\x18\x03 \x01(\x0b\x32\x1a.dpdistill.owner.v2.Tensor\x12*\n\x06\x61\x64\x61m_v\x18\x04 \x01(\x0b\x32\x1a.dpdistill.owner.v2.Tensor\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x11\n\tnum_steps\x18\x06 \x01(\x03\x12\x1b\n\x13\x65xpected_group_size\x18\x07 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x08 \x01(\x01\x12\n\n\x02lr\x18\t \x01(\x01\x12\x0b\n\x03reg\x18\n \x01(\x01\"\x93\x02\n\x0cKipStepReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x06images\x18\x02 \x01(\x0b\x32\x1a.dpdistill.owner.v2.Tensor\x12*\n\x06\x61\x64\x61m_m\x18\x03 \x01(\x0b\x32\x1a.dpdistill.owner.v2.Tensor\x12*\n\x06\x61\x64\x61m_v\x18\x04 \x01(\x0b\x32\x1a.dpdistill.owner.v2.Tensor\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x18\n\x10noise_multiplier\x18\x06 \x01(\x01\x12\x11\n\tclip_norm\x18\x07 \x01(\x01\x12\x30\n\x06\x65vents\x18\x08 \x03(\x0b\x32 .dpdistill.owner.v2.PrivacyEvent\"`\n\x0bPlanRequest\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x16\n\x0erequest_prefix\x18\x02 \x01(\t\x12\x16\n\x0etotal_releases\x18\x03 \x01(\x03\x12\x10\n\x08template\x18\x04 \x01(\x0c\"\x8b\x01\n\tPlanReply\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12/\n\x05\x65vent\x18\x02 \x01(\x0b\x32 .dpdistill.owner.v2.PrivacyEvent\x12\x19\n\x11\x65psilon_committed\x18\x03 \x01(\x01\x12\x12\n\naccountant\x18\x04 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\"\x0f\n\rBudgetRequest\"\xd0\x02\n\x0c\x42udgetReport\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65psilon_budget\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x13\n\x0b\x65psilon_prv\x18\x04 \x01(\x01\x12\x13\n\x0b\x65psilon_rdp\x18\x05 \x01(\x01\x12\x14\n\x0cnum_requests\x18\x06 \x01(\x03\x12\x11\n\tnum_draws\x18\x07 \x01(\x03\x12\x11\n\tclip_norm\x18\x08 \x01(\x01\x12\x30\n\x06\x65vents\x18\t \x03(\x0b\x32 .dpdistill.owner.v2.PrivacyEvent\x12\x0e\n\x06public\x18\n \x03(\t\x12\x12\n\naccountant\x18\x0b \x01(\t\x12\x19\n\x11\x65psilon_committed\x18\x0c \x01(\x01\x12\x19\n\x11reserved_releases\x18\r \x01(\x03\x12\x15\n\rnoise_sampler\x18\x0e \x01(\t\"+\n\nErrorReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9a\x05\n\x07Message\x12?\n\x10\x64\x65scribe_request\x18\x02 \x01(\x0b\x32#.dpdistill.owner.v2.DescribeRequestH\x00\x12\x33\n\nowner_info\x18\x03 \x01(\x0b\x32\x1d.dpdistill.owner.v2.OwnerInfoH\x00\x12=\n\x0f\x66\x65\x61ture_request\x18\x04 \x01(\x0b\x32\".dpdistill.owner.v2.FeatureRequestH\x00\x12\x39\n\rfeature_reply\x18\x05 \x01(\x0b\x32 .dpdistill.owner.v2.FeatureReplyH\x00\x12>\n\x10kip_step_request\x18\x06 \x01(\x0b\x32\".dpdistill.owner.v2.KipStepRequestH\x00\x12:\n\x0ekip_step_reply\x18\x07 \x01(\x0b\x32 .dpdistill.owner.v2.KipStepReplyH\x00\x12\x37\n\x0cplan_request\x18\x08 \x01(\x0b\x32\x1f.dpdistill.owner.v2.PlanRequestH\x00\x12\x33\n\nplan_reply\x18\t \x01(\x0b\x32\x1d.dpdistill.owner.v2.PlanReplyH\x00\x12;\n\x0e\x62udget_request\x18\n \x01(\x0b\x32!.dpdistill.owner.v2.BudgetRequestH\x00\x12\x39\n\rbudget_report\x18\x0b \x01(\x0b\x32 .dpdistill.owner.v2.BudgetReportH\x00\x12/\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x1e.dpdistill.owner.v2.ErrorReplyH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x01\x10\x02\x32\xd6\x01\n\x05Owner\x12\x44\n\x08\x44\x65scribe\x12\x1b.dpdistill.owner.v2.Message\x1a\x1b.dpdistill.owner.v2.Message\x12\x43\n\x07Release\x12\x1b.dpdistill.owner.v2.Message\x1a\x1b.dpdistill.owner.v2.Message\x12\x42\n\x06\x42udget\x12\x1b.dpdistill.owner.v2.Message\x1a\x1b.dpdistill.owner.v2.Messageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shared.rpc.owner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENVELOPE']._serialized_start=46
-  _globals['_ENVELOPE']._serialized_end=70
-  _globals['_OWNER']._serialized_start=73
-  _globals['_OWNER']._serialized_end=293
+  _globals['_OWNERINFO_LIMITSENTRY']._loaded_options = None
+  _globals['_OWNERINFO_LIMITSENTRY']._serialized_options = b'8\001'
+  _globals['_TENSOR']._serialized_start=46
+  _globals['_TENSOR']._serialized_end=98
+  _globals['_NETWORKSPEC']._serialized_start=100
+  _globals['_NETWORKSPEC']._serialized_end=216
+  _globals['_PRIVACYEVENT']._serialized_start=218
+  _globals['_PRIVACYEVENT']._serialized_end=294
+  _globals['_DESCRIBEREQUEST']._serialized_start=296
+  _globals['_DESCRIBEREQUEST']._serialized_end=313
+  _globals['_OWNERINFO']._serialized_start=316
+  _globals['_OWNERINFO']._serialized_end=679
+  _globals['_OWNERINFO_LIMITSENTRY']._serialized_start=634
+  _globals['_OWNERINFO_LIMITSENTRY']._serialized_end=679
+  _globals['_FEATUREREQUEST']._serialized_start=682
+  _globals['_FEATUREREQUEST']._serialized_end=947
+  _globals['_FEATUREREPLY']._serialized_start=950
+  _globals['_FEATUREREPLY']._serialized_end=1208
+  _globals['_KIPSTEPREQUEST']._serialized_start=1211
+  _globals['_KIPSTEPREQUEST']._serialized_end=1492
+  _globals['_KIPSTEPREPLY']._serialized_start=1495
+  _globals['_KIPSTEPREPLY']._serialized_end=1770
+  _globals['_PLANREQUEST']._serialized_start=1772
+  _globals['_PLANREQUEST']._serialized_end=1868
+  _globals['_PLANREPLY']._serialized_start=1871
+  _globals['_PLANREPLY']._serialized_end=2010
+  _globals['_BUDGETREQUEST']._serialized_start=2012
+  _globals['_BUDGETREQUEST']._serialized_end=2027
+  _globals['_BUDGETREPORT']._serialized_start=2030
+  _globals['_BUDGETREPORT']._serialized_end=2366
+  _globals['_ERRORREPLY']._serialized_start=2368
+  _globals['_ERRORREPLY']._serialized_end=2411
+  _globals['_MESSAGE']._serialized_start=2414
+  _globals['_MESSAGE']._serialized_end=3080
+  _globals['_OWNER']._serialized_start=3083
+  _globals['_OWNER']._serialized_end=3297
 # @@protoc_insertion_point(module_scope)

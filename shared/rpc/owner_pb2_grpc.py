@@ -35,19 +35,19 @@ class OwnerStub:
             channel: A grpc.Channel.
         """
         self.Describe = channel.unary_unary(
-                '/dpdistill.owner.v1.Owner/Describe',
-                request_serializer=shared_dot_rpc_dot_owner__pb2.Envelope.SerializeToString,
-                response_deserializer=shared_dot_rpc_dot_owner__pb2.Envelope.FromString,
+                '/dpdistill.owner.v2.Owner/Describe',
+                request_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+                response_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
                 _registered_method=True)
         self.Release = channel.unary_unary(
-                '/dpdistill.owner.v1.Owner/Release',
-                request_serializer=shared_dot_rpc_dot_owner__pb2.Envelope.SerializeToString,
-                response_deserializer=shared_dot_rpc_dot_owner__pb2.Envelope.FromString,
+                '/dpdistill.owner.v2.Owner/Release',
+                request_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+                response_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
                 _registered_method=True)
         self.Budget = channel.unary_unary(
-                '/dpdistill.owner.v1.Owner/Budget',
-                request_serializer=shared_dot_rpc_dot_owner__pb2.Envelope.SerializeToString,
-                response_deserializer=shared_dot_rpc_dot_owner__pb2.Envelope.FromString,
+                '/dpdistill.owner.v2.Owner/Budget',
+                request_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+                response_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
                 _registered_method=True)
 
 
@@ -63,8 +63,9 @@ class OwnerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """FeatureRequest -> FeatureReply: clipped, noised per-class sums; counted in the owner's ledger
-        before the reply leaves. Idempotent by request_id.
+        """FeatureRequest, KipStepRequest or PlanRequest -> FeatureReply, KipStepReply or PlanReply:
+        clipped, noised statistics, counted in the owner's ledger before the reply leaves.
+        Idempotent by request_id (and plan_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,24 +83,24 @@ def add_OwnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
-                    request_deserializer=shared_dot_rpc_dot_owner__pb2.Envelope.FromString,
-                    response_serializer=shared_dot_rpc_dot_owner__pb2.Envelope.SerializeToString,
+                    request_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
+                    response_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
-                    request_deserializer=shared_dot_rpc_dot_owner__pb2.Envelope.FromString,
-                    response_serializer=shared_dot_rpc_dot_owner__pb2.Envelope.SerializeToString,
+                    request_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
+                    response_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
             ),
             'Budget': grpc.unary_unary_rpc_method_handler(
                     servicer.Budget,
-                    request_deserializer=shared_dot_rpc_dot_owner__pb2.Envelope.FromString,
-                    response_serializer=shared_dot_rpc_dot_owner__pb2.Envelope.SerializeToString,
+                    request_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
+                    response_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'dpdistill.owner.v1.Owner', rpc_method_handlers)
+            'dpdistill.owner.v2.Owner', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('dpdistill.owner.v1.Owner', rpc_method_handlers)
+    server.add_registered_method_handlers('dpdistill.owner.v2.Owner', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -120,9 +121,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/dpdistill.owner.v1.Owner/Describe',
-            shared_dot_rpc_dot_owner__pb2.Envelope.SerializeToString,
-            shared_dot_rpc_dot_owner__pb2.Envelope.FromString,
+            '/dpdistill.owner.v2.Owner/Describe',
+            shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+            shared_dot_rpc_dot_owner__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,
@@ -147,9 +148,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/dpdistill.owner.v1.Owner/Release',
-            shared_dot_rpc_dot_owner__pb2.Envelope.SerializeToString,
-            shared_dot_rpc_dot_owner__pb2.Envelope.FromString,
+            '/dpdistill.owner.v2.Owner/Release',
+            shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+            shared_dot_rpc_dot_owner__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,
@@ -174,9 +175,9 @@ class Owner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/dpdistill.owner.v1.Owner/Budget',
-            shared_dot_rpc_dot_owner__pb2.Envelope.SerializeToString,
-            shared_dot_rpc_dot_owner__pb2.Envelope.FromString,
+            '/dpdistill.owner.v2.Owner/Budget',
+            shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+            shared_dot_rpc_dot_owner__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,7 +9,8 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from shared.protocol import DescribeRequest, encode
+from shared.messages import DescribeRequest
+from shared.protocol import encode
 
 app = ServerApp()
 
