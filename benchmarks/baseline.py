@@ -11,17 +11,28 @@ data and networks, so the ratio holds on whatever machine runs it:
   rescaled sum to the noisy one; one backward pass and one SGD step.
 
 The statistics are the same function as the project's (``shared.statistic``): only the way the
-work is organised differs. The noise here comes from a seeded ``torch.Generator``: this is timing
-code, never a release.
+work is organised differs, and the network pools with PyTorch's ``nn.AvgPool2d`` as the authors'
+ConvNet does (the project's own ``AvgPool2x2`` computes the same means with faster CPU kernels).
+The noise here comes from a seeded ``torch.Generator``: this is timing code, never a release.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from shared.augmentation import augment
-from shared.networks import ConvNet, NetworkSpec, build_network, freeze
+from shared.networks import AvgPool2x2, ConvNet, NetworkSpec, build_network, freeze
 from shared.statistic import clip_rows
+
+
+def authors_network(spec: NetworkSpec, seed: int) -> ConvNet:
+    """The seed's network (same weights) with the authors' pooling layer."""
+    net = build_network(spec, seed)
+    for i, layer in enumerate(net.features):
+        if isinstance(layer, AvgPool2x2):
+            net.features[i] = nn.AvgPool2d(kernel_size=2, stride=2)
+    return net
 
 
 class StraightforwardDistillation:
@@ -37,7 +48,7 @@ class StraightforwardDistillation:
     def draw(
         self, net_seed: int, aug_seed: int, strategy: str, by_class: list[torch.Tensor], group: int, g: torch.Generator
     ) -> None:
-        net = freeze(build_network(self.spec, net_seed))
+        net = freeze(authors_network(self.spec, net_seed))
         with torch.no_grad():
             emb = net.embed(self.aux)
             mean = emb.mean(0)
@@ -64,4 +75,4 @@ class StraightforwardDistillation:
             loss = loss + (z.sum(0) * (group / images.shape[1]) - self.targets[draw][c]).square().sum()
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())

@@ -33,6 +33,7 @@ def cmd_speed(a: argparse.Namespace) -> int:
             precisions=tuple(a.precisions),
             baseline=not a.no_baseline,
             device=a.device,
+            repeats=a.repeats,
         ),
     )
     return 0
@@ -210,6 +211,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--subspace-dim", type=int, default=200)
     sp.add_argument("--draws", type=int, default=10)
     sp.add_argument("--iterations", type=int, default=50)
+    sp.add_argument("--repeats", type=int, default=3, help="each measurement in turn this many times; the fastest kept")
     sp.add_argument("--data-root")
     sp.add_argument("--precisions", nargs="+", choices=("float32", "bf16"), default=["float32", "bf16"])
     sp.add_argument("--no-baseline", action="store_true", help="skip the straightforward implementation")

@@ -43,3 +43,60 @@ def test_evaluation_network_follows_the_image_size() -> None:
     x, y = torch.randn(4, 3, 64, 64, generator=g), torch.tensor([0, 1, 0, 1])
     result = evaluate(x, y, x, y, 2, EvaluationConfig(runs=1, epochs=1, width=4, batch_size=4), show_progress=False)
     assert 0.0 <= result.mean <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("side", [28, 7, 5])
+def test_pooling_is_the_authors_average_pooling(dtype: torch.dtype, side: int) -> None:
+    """The CPU's faster pooling (``AvgPool2x2``) gives nn.AvgPool2d(2, 2)'s values and gradients, odd sides included."""
+    from shared.networks import AvgPool2x2
+
+    g = torch.Generator().manual_seed(side)
+    x = torch.randn(3, 4, side, side, generator=g).to(dtype)
+    ours, ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y, y_ref = AvgPool2x2()(ours), torch.nn.AvgPool2d(2, 2)(ref)
+    w = torch.randn(y_ref.shape, generator=g).to(dtype)
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-6, "rtol": 1e-6}
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    assert type(y.grad_fn).__name__.startswith("_CpuAvgPool2x2")  # the CPU path ran, not avg_pool2d
+    torch.testing.assert_close(y, y_ref, **tol)
+    torch.testing.assert_close(ours.grad, ref.grad, **tol)
+
+
+def test_embeddings_with_and_without_gradients_agree() -> None:
+    """The owner embeds without gradients (avg_pool2d), the distiller with them (the CPU pooling path):
+    the statistics they match must be the same function of the images."""
+    net = build_network(NetworkSpec(width=16), 3)
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        released = net.embed(x)
+    optimised = net.embed(x.clone().requires_grad_(True))
+    assert optimised.grad_fn is not None
+    torch.testing.assert_close(optimised.detach(), released, atol=1e-6, rtol=1e-6)
+
+
+def test_baseline_network_has_the_same_weights_and_embedding() -> None:
+    from benchmarks.baseline import authors_network
+
+    spec = NetworkSpec(width=16)
+    ours, theirs = build_network(spec, 7), authors_network(spec, 7)
+    assert any(isinstance(m, torch.nn.AvgPool2d) for m in theirs.modules())
+    x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ours.embed(x), theirs.embed(x), atol=1e-6, rtol=1e-6)
+
+
+def test_pooling_supports_gradients_of_gradients_and_vmap() -> None:
+    """Gradient signals differentiate a per-example gradient (vmap over grad), through every pool."""
+    from torch.func import grad, vmap
+
+    from shared.networks import AvgPool2x2
+
+    pool = AvgPool2x2()
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    assert torch.autograd.gradcheck(pool, (x,))
+    assert torch.autograd.gradgradcheck(pool, (x,))
+    per_example = vmap(grad(lambda v: pool(v.unsqueeze(0)).square().sum()))(x.detach())
+    ref = vmap(grad(lambda v: torch.nn.functional.avg_pool2d(v.unsqueeze(0), 2, 2).square().sum()))(x.detach())
+    torch.testing.assert_close(per_example, ref)
