@@ -87,10 +87,11 @@ def _chart(points: list[Point], refusals: list[AuditRow], budget: float, path: P
     ax.set_ylim(0, top * 1.15)
     ax.set_ylabel("epsilon")
     ax.set_title("Privacy budget: epsilon committed over time (spent plus held by accepted run plans)")
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -99,9 +100,10 @@ def _chart(points: list[Point], refusals: list[AuditRow], budget: float, path: P
 def _table(headers: list[str], rows: list[list[object]], empty: str) -> str:
     if not rows:
         return f"<p class='empty'>{html.escape(empty)}</p>"
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers) if any(headers) else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if head else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 STYLE = """

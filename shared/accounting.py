@@ -247,6 +247,8 @@ def epsilon_lower_bound(events: Iterable[SampledGaussianEvent], delta: float, ta
         if best > target or count >= worst.count:
             return best
         count = min(worst.count, count * 2)
+        if prv_points([_part(worst, count)], delta) > MAX_PRV_POINTS / 4:  # the proof stays well within the bound
+            return best
 
 
 def _part(event: SampledGaussianEvent, count: int) -> SampledGaussianEvent:
