@@ -52,17 +52,24 @@ class Setup:
         # A certificate from owner a's own relay CA, but for another name (say, a second tool).
         ca_key = serialization.load_pem_private_key((self.certs / "offline" / "relay-ca-a.key").read_bytes(), None)
         ca_cert = x509.load_pem_x509_certificate((self.certs / "relay-ca-a.pem").read_bytes())
-        cert, key = _issue("relay-intruder", ca_key, ca_cert, ["relay-intruder"], ExtendedKeyUsageOID.CLIENT_AUTH)
-        (folder / "intruder.pem").write_bytes(cert)
-        (folder / "intruder.key").write_bytes(key)
-        self.intruder = (str(folder / "intruder.pem"), str(folder / "intruder.key"))
+        self.intruder = self._issue(folder, "intruder", "relay-intruder", ca_key, ca_cert)
+        # One whose name imitates relay-a and would forge a log line if written as it is.
+        self.forger = self._issue(folder, "forger", "relay-a\nINFO accepted relay-a", ca_key, ca_cert)
+
+    @staticmethod
+    def _issue(folder: Path, stem: str, name: str, ca_key, ca_cert) -> tuple[str, str]:
+        sans = [] if "\n" in name else [name]  # a DNS name cannot hold a newline; the common name can
+        cert, key = _issue(name, ca_key, ca_cert, sans, ExtendedKeyUsageOID.CLIENT_AUTH)
+        (folder / f"{stem}.pem").write_bytes(cert)
+        (folder / f"{stem}.key").write_bytes(key)
+        return str(folder / f"{stem}.pem"), str(folder / f"{stem}.key")
 
     def endpoint(self, relay: str | None = "a", ca: Path | None = None) -> OwnerEndpoint:
         ca = ca or self.certs / "ca.pem"
         if relay is None:
             return OwnerEndpoint(self.address, str(ca))
-        if relay == "intruder":
-            return OwnerEndpoint(self.address, str(ca), *self.intruder)
+        if relay in ("intruder", "forger"):
+            return OwnerEndpoint(self.address, str(ca), *getattr(self, relay))
         return OwnerEndpoint(
             self.address, str(ca), str(self.certs / f"relay-{relay}.pem"), str(self.certs / f"relay-{relay}.key")
         )
@@ -142,6 +149,14 @@ def test_a_certificate_of_its_own_ca_under_another_name_is_refused_on_every_rpc(
         channel.close()
     log = owner_a.log.read_text()
     assert "peer not allowed: CN=relay-intruder SAN=relay-intruder from ipv4:127.0.0.1:" in log
+
+
+def test_a_name_imitating_the_relay_is_refused_and_logged_escaped(owner_a) -> None:
+    err = refusal(owner_a.endpoint("forger"))
+    assert err.code == "peer_not_allowed"
+    log = owner_a.log.read_text()
+    assert "peer not allowed: CN=relay-a\\nINFO accepted relay-a from ipv4:127.0.0.1:" in log
+    assert "\nINFO accepted relay-a" not in log
 
 
 def test_a_relay_without_a_certificate_or_trusting_another_ca_says_so(owner_a) -> None:
