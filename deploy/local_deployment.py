@@ -113,7 +113,8 @@ class LocalDeployment:
                 listen=f"127.0.0.1:{port}",
                 tls_cert=self.certs / f"owner-{n}.pem",
                 tls_key=self.certs / f"owner-{n}.key",
-                client_ca=self.certs / "ca.pem",
+                client_ca=self.certs / f"relay-ca-{n}.pem",  # this owner's own relay CA
+                client_names=(f"relay-{n}",),
             )
             for n, port in zip(self.names, self.layout.owner_ports, strict=True)
         ]

@@ -4,6 +4,8 @@ Each owner is found by asking every connected node to describe its owner (the re
 call to its own owner service), so the distiller addresses owners by owner id, not by Flower node
 id. A node that vanishes (killed SuperNode, lost connection) is a retryable failure: the client
 retries the same request id, rediscovering nodes first, and the owner's ledger makes the retry free.
+A fault that waiting cannot mend (a relay that is misconfigured, a certificate refused, a relay
+Flower could not run) is raised at once, naming the node, also while owners are being discovered.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from shared.messages import DescribeRequest, OwnerInfo
 from shared.protocol import decode, encode
 from shared.rpc.errors import OwnerCallError
 from shared.rpc.flower_records import MESSAGE_TYPE, pack_call, unpack_reply
+
+# Flower's error codes (flwr.common.constant.ErrorCode) that say the relay itself could not run: the
+# ClientApp failed to load (1), raised (2) or came in an invalid FAB (7). Retrying does not help.
+RELAY_FAILED_ERRORS = frozenset({1, 2, 7})
 
 
 class GridRouter:
@@ -66,7 +72,8 @@ class GridRouter:
             time.sleep(self.poll_s)
         reply = replies[0]
         if reply.has_error():
-            raise OwnerCallError("node_unavailable", f"Flower error {reply.error.code}: {reply.error.reason}")
+            code = "relay_failed" if reply.error.code in RELAY_FAILED_ERRORS else "node_unavailable"
+            raise OwnerCallError(code, f"node {node_id}: Flower error {reply.error.code}: {reply.error.reason}")
         body, error = unpack_reply(reply.content)
         if error is not None:
             raise OwnerCallError(*error)
@@ -83,6 +90,8 @@ class GridRouter:
                     try:
                         info = decode(self.call_node(node, "Describe", encode(DescribeRequest()), timeout_s))
                     except OwnerCallError as exc:
+                        if not exc.retryable:
+                            raise OwnerCallError(exc.code, f"node {node}, asked for its owner: {exc.message}") from None
                         self.log(f"node {node} did not describe its owner ({exc}); will retry")
                         continue
                     if isinstance(info, OwnerInfo):

@@ -69,16 +69,41 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Where the owner service listens. Off loopback it must use TLS; with ``client_ca`` it demands client certs."""
+    """Where the owner service listens. Off loopback it must use TLS; with ``client_ca`` it demands client certs.
+
+    ``client_names`` are the only client certificates it answers (common name or DNS subject
+    alternative name, see owner_node.peers): ``client_ca`` says which CA vouches for a caller, these
+    say which caller. Mutual TLS without them is refused, so that a CA signing other clients (another
+    hospital's relay, a colleague's tool) cannot open this owner.
+    """
 
     listen: str = "127.0.0.1:50051"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    client_names: tuple[str, ...] = ()
     max_workers: int = bounded(4, int, 1, 256, key="[service] max_workers")
 
     def __post_init__(self) -> None:
         check_settings(self, "[service]")
+        names = self.client_names
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f'[service] client_names must be a list of names, e.g. ["relay-a"], not {names!r}')
+        for name in names:
+            if not name or name != name.strip() or "*" in name:
+                raise ValueError(
+                    f"[service] client_names entry {name!r}: give a certificate's exact name "
+                    "(no blanks around it, no wildcard)"
+                )
+        object.__setattr__(self, "client_names", tuple(names))
+        if self.client_names and self.client_ca is None:
+            raise ValueError("[service] client_names needs client_ca (names are only checked on verified certificates)")
+        if self.client_ca is not None and not self.client_names:
+            raise ValueError(
+                "[service] client_ca is set but client_names is empty: the service would answer any certificate "
+                'that CA signs. List the relay certificate\'s name, e.g. client_names = ["relay-a"] '
+                "(deploy/make_certs.sh prints it)"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("[service] needs both tls_cert and tls_key, or neither")
         if self.tls_cert is None and not is_loopback(self.listen):
@@ -389,4 +414,6 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
     for key in ("tls_cert", "tls_key", "client_ca"):
         if getattr(svc, key) is not None:
             lines.append(f"{key} = {q(getattr(svc, key))}")
+    if svc.client_names:
+        lines.append("client_names = [" + ", ".join(q(n) for n in svc.client_names) + "]")
     Path(path).write_text("\n".join(lines) + "\n")

@@ -2,7 +2,9 @@
 
 It alone opens the private data and the ledger. Every RPC goes through ``OwnerService.answer``,
 the same path the in-process simulation uses; a refusal becomes a gRPC error whose details are the
-message and whose trailing metadata carries the refusal code.
+message and whose trailing metadata carries the refusal code. With mutual TLS, every RPC (of either
+API version) first checks the caller's certificate names against ``[service] client_names``
+(owner_node.peers) and refuses any other caller with ``peer_not_allowed``, logging who it was.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from functools import partial
 
 import grpc
 
 from owner_node.config import OwnerConfig
+from owner_node.peers import allowed, certificate_names, peer_identity
 from owner_node.service import OwnerService
 from owner_node.validation import RequestRefused
 from shared.rpc.channel import MAX_MESSAGE_BYTES, METHODS, SERVICE, V1_SERVICE
@@ -24,24 +28,15 @@ from shared.rpc.errors import ERROR_CODE_KEY, STATUS_FOR_CODE
 log = logging.getLogger("owner_node")
 
 
-def peer_of(context: grpc.ServicerContext) -> str:
-    """Who sent a call, for the audit trail: the client certificate's names (mutual TLS) and the address."""
-    auth = context.auth_context() or {}
-    names = [v.decode(errors="replace") for v in auth.get("x509_common_name", ())]
-    names += [v.decode(errors="replace") for v in auth.get("x509_subject_alternative_name", ()) if v]
-    who = ",".join(dict.fromkeys(names))
-    return f"{who} at {context.peer()}" if who else str(context.peer())
-
-
 def _answer(service: OwnerService, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
     try:
-        return service.answer(request, method, peer=peer_of(context))
+        return service.answer(request, method, peer=peer_identity(context))
     except RequestRefused as exc:
         _refuse(context, method, exc.code, str(exc))
 
 
 def _refuse(context: grpc.ServicerContext, method: str, code: str, message: str) -> None:
-    log.info("refused %s from %s: %s (%s)", method, context.peer(), message, code)
+    log.info("refused %s from %s: %s (%s)", method, peer_identity(context), message, code)
     context.set_trailing_metadata(((ERROR_CODE_KEY, code),))
     context.abort(STATUS_FOR_CODE.get(code, grpc.StatusCode.INVALID_ARGUMENT), message)
 
@@ -56,15 +51,52 @@ def _refuse_v1(method: str, request: bytes, context: grpc.ServicerContext) -> by
     )
 
 
+def _checked(service: OwnerService, method: str, answer: Callable[..., bytes]) -> Callable[..., bytes]:
+    """``answer`` behind the peer check: a caller whose certificate is not named in client_names is refused
+    (and recorded in the audit trail, so a probe by someone else's relay shows afterwards)."""
+    client_names = service.config.service.client_names
+    if not client_names:  # plaintext on loopback, or TLS without client certificates
+        return answer
+
+    def checked(request: bytes, context: grpc.ServicerContext) -> bytes:
+        if not allowed(context, client_names):
+            who = peer_identity(context)
+            log.warning("peer not allowed: %s called %s", who, method)
+            service.ledger.audit(
+                peer=who,
+                method=method,
+                kind="not_decoded",
+                code="peer_not_allowed",
+                detail=f"certificate names {certificate_names(context)} not in [service] client_names",
+                epsilon_committed=service.epsilon_committed(),
+            )
+            _refuse(
+                context,
+                method,
+                "peer_not_allowed",
+                "this owner service answers only the client certificates named in its [service] client_names; "
+                f"yours names {certificate_names(context)}",
+            )
+        return answer(request, context)
+
+    return checked
+
+
 def handlers(service: OwnerService) -> list[grpc.GenericRpcHandler]:
     """The Owner service of owner.proto, taking and giving the serialised ``Message`` bytes as they are
-    (the owner's own decoder checks them), and version 1's service refusing every call by name."""
+    (the owner's own decoder checks them), and version 1's service refusing every call by name; both
+    behind the peer check of ``[service] client_names``."""
     return [
         grpc.method_handlers_generic_handler(
-            SERVICE, {m: grpc.unary_unary_rpc_method_handler(partial(_answer, service, m)) for m in METHODS}
+            SERVICE,
+            {
+                m: grpc.unary_unary_rpc_method_handler(_checked(service, m, partial(_answer, service, m)))
+                for m in METHODS
+            },
         ),
         grpc.method_handlers_generic_handler(
-            V1_SERVICE, {m: grpc.unary_unary_rpc_method_handler(partial(_refuse_v1, m)) for m in METHODS}
+            V1_SERVICE,
+            {m: grpc.unary_unary_rpc_method_handler(_checked(service, m, partial(_refuse_v1, m))) for m in METHODS},
         ),
     ]
 
@@ -99,7 +131,14 @@ def serve(config: OwnerConfig) -> None:
     """Run until SIGTERM or SIGINT; replies already recorded stay valid across restarts."""
     service = OwnerService(config)
     server, port = start_server(service)
-    mode = "mutual TLS" if config.service.client_ca else "TLS" if config.service.tls_cert else "plaintext (loopback)"
+    svc = config.service
+    mode = (
+        f"mutual TLS, answering {', '.join(svc.client_names)}"
+        if svc.client_ca
+        else "TLS"
+        if svc.tls_cert
+        else "plaintext (loopback)"
+    )
     host = config.service.listen.rsplit(":", 1)[0]
     print(
         f"owner service '{config.owner_id}' listening on {host}:{port} ({mode}); ledger {config.ledger_path}",

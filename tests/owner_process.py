@@ -100,7 +100,8 @@ def prepare_tls_owner(folder: Path, epsilon: float, **limits: Any) -> TlsOwnerSe
             listen=f"127.0.0.1:{port}",
             tls_cert=certs / "owner-a.pem",
             tls_key=certs / "owner-a.key",
-            client_ca=certs / "ca.pem",
+            client_ca=certs / "relay-ca-a.pem",
+            client_names=("relay-a",),
         ),
     )
     config_path = folder / "owner" / "owner.toml"

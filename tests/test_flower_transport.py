@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -24,6 +25,7 @@ class MemoryGrid:
     def __init__(self, nodes: dict[int, OwnerService]):
         self.nodes = dict(nodes)
         self.hanging: set[int] = set()
+        self.broken: dict[int, object] = {}  # node -> the reply its relay gives instead of relaying
         self.replies: dict[str, SimpleNamespace] = {}
         self.ids = itertools.count()
 
@@ -35,7 +37,9 @@ class MemoryGrid:
         for msg in messages:
             mid = str(next(self.ids))
             node = msg.metadata.dst_node_id
-            if node in self.nodes and node not in self.hanging:
+            if node in self.broken:
+                self.replies[mid] = self.broken[node]
+            elif node in self.nodes and node not in self.hanging:
                 method, body = unpack_call(msg.content)
                 try:
                     content = pack_reply(self.nodes[node].call(method, body))
@@ -115,6 +119,42 @@ def test_a_node_that_vanishes_mid_call_is_a_retryable_failure(owners) -> None:
     client = OwnerClient(node_leaves, "owner-a", retry_window_s=0.5, log=lambda *_: None)
     with pytest.raises(OwnerUnreachable):  # retried, then given up with a clear message
         client.budget()
+
+
+def test_a_relay_that_cannot_reach_its_owner_for_good_is_reported_at_once(owners) -> None:
+    # Issue 25 item 5: a misconfigured relay or a refused certificate used to be retried for 600 s
+    # (discovery) and then 900 s (each call); it never heals by waiting, so it is raised at once.
+    grid = MemoryGrid({11: owners[0], 22: owners[1]})
+    misconfigured = pack_error("relay_misconfigured", "cannot read the relay key /srv/St John's/relay.key")
+    grid.broken[22] = SimpleNamespace(content=misconfigured, has_error=lambda: False)
+    router = GridRouter(grid, poll_s=0.01, log=lambda *_: None)
+    start = time.monotonic()
+    with pytest.raises(OwnerCallError) as exc:
+        router.discover(2, wait_s=30)
+    assert time.monotonic() - start < 5
+    assert exc.value.code == "relay_misconfigured" and "node 22" in exc.value.message and not exc.value.retryable
+
+    grid.broken.clear()
+    router.discover(2)
+    for code in ("unauthenticated", "peer_not_allowed"):
+        grid.broken[22] = SimpleNamespace(content=pack_error(code, "refused"), has_error=lambda: False)
+        client = OwnerClient(router.transport("owner-b"), "owner-b", retry_window_s=30, log=lambda *_: None)
+        start = time.monotonic()
+        with pytest.raises(OwnerRefused) as refused:
+            client.budget()
+        assert refused.value.code == code and time.monotonic() - start < 5
+
+
+def test_a_relay_flower_could_not_run_is_not_retried(owners) -> None:
+    grid = MemoryGrid({11: owners[0]})
+    router = GridRouter(grid, poll_s=0.01, log=lambda *_: None)
+    router.discover(1)
+    for flower_code, code in ((2, "relay_failed"), (1, "relay_failed"), (5, "node_unavailable")):
+        error = SimpleNamespace(code=flower_code, reason="boom")
+        grid.broken[11] = SimpleNamespace(content=None, has_error=lambda: True, error=error)
+        with pytest.raises(OwnerCallError) as exc:
+            router.call_node(11, "Budget", b"", timeout_s=5)
+        assert exc.value.code == code and exc.value.retryable == (code == "node_unavailable")
 
 
 @pytest.mark.parametrize(("value", "expected"), [(-1, PRESETS["default"]["subspace_dim"]), (0, 0), (64, 64)])

@@ -6,6 +6,7 @@
 #   CA, NODE_KEY        CA certificate of the SuperLink; this SuperNode's private auth key (OpenSSH)
 #   SUPERLINK_ADDRESS   host:port of the SuperLink
 #   OWNER_ADDRESS       host:port of the owner service; OWNER_CA, RELAY_CERT, RELAY_KEY for its TLS
+#                       (any path: spaces, quotes, non-ASCII; checked readable by this user before start)
 #   RUNTIME_PORT        local port of the SuperNode's runtime API (default 9094; one per SuperNode)
 #   FLWR_HOME           where Flower keeps the apps it runs
 set -uo pipefail
@@ -13,10 +14,6 @@ source "$(dirname "$0")/common.sh"
 need CA NODE_KEY SUPERLINK_ADDRESS OWNER_ADDRESS FLWR_HOME
 export FLWR_HOME
 mkdir -p "$FLWR_HOME"
-node_config="owner-address='$OWNER_ADDRESS'"
-for pair in "owner-ca:${OWNER_CA:-}" "relay-cert:${RELAY_CERT:-}" "relay-key:${RELAY_KEY:-}"; do
-    [ -n "${pair#*:}" ] && node_config+=" ${pair%%:*}='${pair#*:}'"
-done
 sandbox=()
 if [ "$(id -u)" = 0 ]; then
     if command -v setpriv >/dev/null 2>&1; then
@@ -25,6 +22,11 @@ if [ "$(id -u)" = 0 ]; then
         echo "supernode.sh: WARNING: running as root without setpriv (util-linux); run as an unprivileged user" >&2
     fi
 fi
+# The relay's settings as Flower's --node-config parser reads them back exactly (shared/rpc/relay_config.py
+# escapes every character that parser could cut at), after checking that this user, with the
+# capabilities the SuperNode will have, can read and use the TLS files.
+export OWNER_ADDRESS OWNER_CA RELAY_CERT RELAY_KEY
+node_config=$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${sandbox[@]}" python -m shared.rpc.relay_config) || exit 2
 # After a crash the SuperLink refuses the same node until it has missed its heartbeats (about a
 # minute; "Failed to activate SuperNode", Flower exit code 305, process status 1), so a failed
 # start is retried every 5 s, up to RETRIES times (default 36: three minutes).

@@ -7,6 +7,8 @@ torch, numpy or any access to the data.
 from __future__ import annotations
 
 import ipaddress
+import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +69,31 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def _read(path: str | Path | None) -> bytes | None:
-    return Path(path).read_bytes() if path else None
+def split_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a TCP address as gRPC reads it (port 443 when none is given); None for ``unix:``."""
+    if address.startswith("unix:"):
+        return None
+    split = _split_host(address)
+    if split is None:
+        return None
+    host, bracketed = split
+    if bracketed:
+        port = address.rsplit("]", 1)[1].lstrip(":")
+    else:
+        port = address.split(":")[1] if address.count(":") == 1 else ""
+    return host, int(port) if port else 443
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    """The file's bytes; a file this user cannot read is ``relay_misconfigured``, naming it and the uid."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise OwnerCallError(
+            "relay_misconfigured", f"cannot read the {what} {path} as uid {os.geteuid()}: {exc.strerror or exc}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -88,9 +113,50 @@ class OwnerEndpoint:
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("mutual TLS needs both a client certificate and its key")
 
+    def tls_files(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """(CA, client key, client certificate) as bytes, each checked to be a usable PEM.
+
+        Any fault (missing, unreadable, not PEM, key not matching the certificate) is
+        ``OwnerCallError("relay_misconfigured")`` naming the file, raised before any connection, so it
+        is reported as what it is rather than as an owner that cannot be reached.
+        """
+        files = (
+            _read(self.root_cert, "CA certificate of the owner service"),
+            _read(self.client_key, "relay key"),
+            _read(self.client_cert, "relay certificate"),
+        )
+        if self.root_cert is not None:
+            self.tls_context()
+        return files
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A client TLS context with this endpoint's CA and client certificate (used to check and to probe)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(cadata=_read(self.root_cert, "CA certificate of the owner service").decode())
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+            raise OwnerCallError(
+                "relay_misconfigured",
+                f"the CA certificate of the owner service {self.root_cert} is not a PEM certificate: {exc}",
+            ) from None
+        if self.client_cert is not None:
+            _read(self.client_cert, "relay certificate")
+            _read(self.client_key, "relay key")
+            try:
+                context.load_cert_chain(self.client_cert, self.client_key)
+            except (ssl.SSLError, OSError) as exc:
+                raise OwnerCallError(
+                    "relay_misconfigured",
+                    f"the relay certificate {self.client_cert} and key {self.client_key} do not work together: {exc}",
+                ) from None
+        return context
+
 
 class OwnerChannel:
+    """Calls to one owner service. Building it reads and checks the TLS files (``relay_misconfigured``)."""
+
     def __init__(self, endpoint: OwnerEndpoint, timeout_s: float = 3600.0):
+        self.endpoint = endpoint
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -98,11 +164,8 @@ class OwnerChannel:
         if endpoint.root_cert is None:
             self._channel = grpc.insecure_channel(endpoint.address, options=options)
         else:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(endpoint.root_cert),
-                private_key=_read(endpoint.client_key),
-                certificate_chain=_read(endpoint.client_cert),
-            )
+            root, key, chain = endpoint.tls_files()
+            creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
             self._channel = grpc.secure_channel(endpoint.address, creds, options=options)
         # The bytes go out and come back as they are: they already are serialised Messages, and the
         # relay forwarding them needs neither to parse them nor to know their kinds.
@@ -115,12 +178,22 @@ class OwnerChannel:
         return self._calls[method]
 
     def call(self, method: str, body: bytes) -> bytes:
-        """Send one serialised Message to the named RPC; raise ``OwnerCallError`` if no answer comes back."""
+        """Send one serialised Message to the named RPC; raise ``OwnerCallError`` if no answer comes back.
+
+        gRPC reports a TLS handshake the owner refused as it reports an owner that is down
+        (``UNAVAILABLE``); such a failure is looked into (``shared.rpc.tls_probe``) so that a
+        certificate problem comes back as ``unauthenticated``, which is not retried.
+        """
         rpc = self._rpc(method)
         try:
             return rpc(body, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            error = error_from_rpc(exc)
+        if error.code == "owner_unavailable" and self.endpoint.root_cert is not None:
+            from shared.rpc import tls_probe  # only on this failure path (it imports this module)
+
+            error = tls_probe.diagnose(self.endpoint, error)
+        raise error
 
     def start(self, method: str, body: bytes) -> grpc.Future:
         """Send without waiting: the caller may ``cancel()`` the call (the owner still records its reply)."""

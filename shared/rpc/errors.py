@@ -27,10 +27,15 @@ STATUS_FOR_CODE: dict[str, grpc.StatusCode] = {
     "too_large": grpc.StatusCode.INVALID_ARGUMENT,
     "accounting_failed": grpc.StatusCode.FAILED_PRECONDITION,
     "owner_busy": grpc.StatusCode.ABORTED,
+    # The client certificate verified but is not one [service] client_names lists (owner_node.peers).
+    "peer_not_allowed": grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # Failures of the path to the owner rather than refusals by it: safe to retry, because a release
 # is idempotent by request id (the owner answers a repeated id from its ledger without spending).
+# Everything else is reported at once, notably the deployment faults that never heal by waiting:
+# ``relay_misconfigured`` (the relay's settings or TLS files), ``unauthenticated`` (a certificate
+# refused, either way), ``peer_not_allowed`` and ``relay_failed`` (Flower could not run the relay).
 RETRYABLE_CODES = frozenset({"owner_unavailable", "node_unavailable", "timeout", "owner_busy"})
 
 
