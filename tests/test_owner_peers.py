@@ -149,6 +149,14 @@ def test_a_certificate_of_its_own_ca_under_another_name_is_refused_on_every_rpc(
         channel.close()
     log = owner_a.log.read_text()
     assert "peer not allowed: CN=relay-intruder SAN=relay-intruder from ipv4:127.0.0.1:" in log
+    # The probe is in the owner's audit trail too (issue 25 item 8), with who sent it.
+    from owner_node.config import OwnerConfig
+    from owner_node.ledger import Ledger
+
+    ledger = Ledger(OwnerConfig.load(owner_a.config_path).ledger_path)
+    refused = [r for r in ledger.audit_rows() if r.code == "peer_not_allowed"]
+    ledger.close()
+    assert len(refused) >= len(METHODS) + 2 and all("CN=relay-intruder" in r.peer for r in refused)
 
 
 def test_a_name_imitating_the_relay_is_refused_and_logged_escaped(owner_a) -> None:
