@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from shared.rpc.relay_config import toml_string
+
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 
 
@@ -30,8 +32,17 @@ def _flwr(args: list[str], env: dict | None = None, timeout_s: float = 120) -> d
 
 
 def format_run_config(rc: dict) -> str:
-    """A dict as ``flwr run --run-config`` text (strings quoted, TOML style)."""
-    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in rc.items())
+    """A dict as ``flwr run --run-config`` text that Flower's parser reads back exactly: strings as
+    escaped TOML strings (any path: spaces, quotes, backslashes, non-ASCII), booleans and numbers as TOML."""
+
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return toml_string(str(v))
+
+    return " ".join(f"{k}={value(v)}" for k, v in rc.items())
 
 
 def submit(federation: str, run_config: str | dict, env: dict | None = None, app_dir: Path = APP_DIR) -> int:

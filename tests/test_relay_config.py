@@ -188,3 +188,11 @@ def test_the_relay_answers_a_code_not_an_exception_when_its_settings_are_wrong(o
     # A call that is not a call is the relay's error, also not retried.
     body, error = unpack_reply(answer(RecordDict(), good))
     assert body is None and error[0] == "relay_error"
+
+
+def test_run_config_text_survives_any_path() -> None:
+    """``flwr run --run-config`` had the same quoting fault as the node config (repr of the value)."""
+    from deploy.flower_runs import format_run_config
+
+    rc = {"out": "/srv/St John's \"x\"/r\\uns é", "epsilon": 1e-06, "pea": True, "owners": 2, "lr": 0.3}
+    assert parse_config_args([format_run_config(rc)]) == rc
