@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deploy.presets import PRESETS, distiller_config
-from distiller_node.pipeline import DistillerConfig
+
+if TYPE_CHECKING:
+    from distiller_node.pipeline import DistillerConfig
 
 
 def distiller_config_from_args(a: argparse.Namespace) -> DistillerConfig:

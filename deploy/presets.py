@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from distiller_node.optimisation import OptimisationConfig
-from distiller_node.pipeline import DistillerConfig
-from distiller_node.sampling import SamplingConfig
-from shared.evaluation import EvaluationConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the configs import torch; presets are read by every command's --help
+    from distiller_node.pipeline import DistillerConfig
 
 # Gradient-signal settings, chosen by measurement (see README, "Gradient signals").
 GRADIENT_DRAWS = 100
@@ -159,6 +159,11 @@ def distiller_config(
 ) -> DistillerConfig:
     """A preset's values, replaced by any override that is not None. ``precision`` ("float32" or
     "bf16") is that of the distiller's network passes, in optimisation and evaluation."""
+    from distiller_node.optimisation import OptimisationConfig
+    from distiller_node.pipeline import DistillerConfig
+    from distiller_node.sampling import SamplingConfig
+    from shared.evaluation import EvaluationConfig
+
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     unknown = set(overrides) - set(PRESETS[preset])
