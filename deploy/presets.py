@@ -43,7 +43,9 @@ PRESETS = {
         aux_per_class=50,
         signal="features",
         steps_per_draw=1,
-        init="noise",
+        # Chosen on public validation data by the frontier benchmark (issue 16): 79.73% from public
+        # auxiliary images against 78.20% from noise at epsilon 1; `--init noise` keeps the other.
+        init="aux",
     ),
     "reference": dict(
         width=128,
