@@ -10,6 +10,7 @@ import torch
 from owner_node.config import OwnerConfig
 from owner_node.randomness import SecureRandom
 from shared.datasets import ImageSet, load_npz, to_float
+from shared.identifiers import normalise_identifier
 from shared.images.source import load_source
 
 
@@ -90,10 +91,14 @@ class PrivateData:
         return torch.cat(chosen)
 
 
-def patient_index(ids: Sequence[str]) -> torch.Tensor:
-    """Each image's patient as an index 0..P-1 (in order of first appearance)."""
+def patient_index(ids: Sequence[object]) -> torch.Tensor:
+    """Each image's patient as an index 0..P-1 (in order of first appearance).
+
+    Ids are compared normalised (``shared.identifiers``: NFC, no surrounding spaces), so one patient
+    written two ways is one record, clipped to C once.
+    """
     seen: dict[str, int] = {}
-    return torch.tensor([seen.setdefault(str(i), len(seen)) for i in ids], dtype=torch.int64)
+    return torch.tensor([seen.setdefault(normalise_identifier(i), len(seen)) for i in ids], dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -156,15 +161,16 @@ def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[Owner
     result = load_source(config.image_source(), progress=progress, cache_dir=config.image_cache_dir)
     patients = None
     if config.privacy_unit == "patient":
-        column = result.columns.get(config.patient_column)
+        name = normalise_identifier(config.patient_column)
+        column = result.columns.get(name)
         if column is None:
             raise ValueError(
-                f'[privacy] unit = "patient": the manifest {config.data_path} has no {config.patient_column!r} '
+                f'[privacy] unit = "patient": the manifest {config.data_path} has no {name!r} '
                 f"column (columns: path, label, {', '.join(result.columns) or 'nothing else'})"
             )
-        empty = [i for i, v in enumerate(column) if not str(v).strip()]
+        empty = [i for i, v in enumerate(column) if not normalise_identifier(v)]
         if empty:
-            raise ValueError(f"{config.data_path}: {len(empty)} images have an empty {config.patient_column!r}")
+            raise ValueError(f"{config.data_path}: {len(empty)} images have an empty {name!r}")
         patients = patient_index(column)
     images = OwnerImages(result.data, patients)
     if not config.holdout:

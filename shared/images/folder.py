@@ -1,6 +1,8 @@
 """Class-folder collections (torchvision's ``ImageFolder`` layout): ``root/<class name>/...``.
 
-* Every non-hidden folder directly under ``root`` is a class; its name is the class name.
+* Every non-hidden folder directly under ``root`` is a class; its name (Unicode NFC, surrounding spaces
+  removed: ``shared.identifiers``) is the class name. Two folders whose names are the same once
+  normalised (NFC and NFD spellings, as macOS writes them) are refused, naming both.
 * Images may sit at any depth below their class folder (``root/pneumonia/patient7/img1.png``), as
   hospital exports often nest by patient or study; every image below a class folder belongs to it.
 * Image files: ``.png .jpg .jpeg .tif .tiff .bmp`` (any case), ``.dcm``/``.dicom`` and files with the
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.datasets import DataNotFound
+from shared.identifiers import normalise_identifier
 from shared.images.cache import ImageCache
 from shared.images.classes import natural_key, resolve_classes
 from shared.images.collection import Listing, load_listing
@@ -79,8 +82,14 @@ def scan_image_folder(root: str | Path, classes: Sequence[str] | None = None) ->
     for entry in sorted(root.iterdir(), key=lambda p: natural_key(p.name)):
         if is_hidden(entry.name) or not entry.is_dir():
             ignored.add(entry)
-        else:
-            class_dirs[entry.name] = entry
+            continue
+        name = normalise_identifier(entry.name)
+        if name in class_dirs:  # "Café" written NFC and NFD, or "cat" and "cat ": which is meant is unknowable
+            raise ImageSourceError(
+                f"class folders {class_dirs[name]} and {entry} are two spellings of one class name {name!r} "
+                "(Unicode NFC, surrounding spaces removed); merge them into one folder or rename one"
+            )
+        class_dirs[name] = entry
     if not class_dirs:
         raise ImageSourceError(
             f"image folder {root} holds no class folders (expected {root}/<class name>/<images>; "

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from shared.datasets import DataNotFound, ImageSet, load_fashion_mnist, load_npz
+from shared.identifiers import distinct_identifiers
 from shared.images.cache import CACHE_CHECKS, ImageCache
 from shared.images.classes import check_same_classes
 from shared.images.folder import load_folder
@@ -54,7 +55,7 @@ class ImageSource:
         if self.kind not in SOURCE_KINDS:
             raise ValueError(f"unknown image source kind {self.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
         if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+            object.__setattr__(self, "classes", distinct_identifiers(self.classes, "the classes list"))
         check_resize_policy(self.resize)
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
