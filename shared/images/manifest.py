@@ -28,6 +28,7 @@ from shared.images.cache import ImageCache
 from shared.images.classes import resolve_classes
 from shared.images.collection import Listing, load_listing
 from shared.images.errors import ImageSourceError
+from shared.images.policy import ReadPolicy
 from shared.images.report import LoadResult
 from shared.images.resize import TargetFormat
 
@@ -137,10 +138,8 @@ def load_manifest(
     cache: ImageCache | None = None,
     cache_check: str = "stat",
     progress: bool = True,
-    skip_unreadable: bool = False,
+    reading: ReadPolicy | None = None,
 ) -> LoadResult:
     """A manifest's images decoded to ``target``, with its extra columns aligned to them."""
     listing = read_manifest(csv_path, classes)
-    return load_listing(
-        listing, target, cache=cache, cache_check=cache_check, progress=progress, skip_unreadable=skip_unreadable
-    )
+    return load_listing(listing, target, cache=cache, cache_check=cache_check, progress=progress, reading=reading)
