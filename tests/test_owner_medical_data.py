@@ -64,6 +64,8 @@ def test_a_dicom_folder_without_a_manifest_takes_its_patients_from_patient_id(tm
     assert int(images.patients.max()) + 1 == 4  # Zoë (two spellings), p2, p3, and the volume's p9
     volume = images.patients[images.data.labels == 0][-10:]  # "finding" sorts first; its volume last
     assert len(volume.unique()) == 1
+    again, _ = load_owner_images(_owner(tmp_path, privacy_unit="patient", patient_from="dicom"), progress=False)
+    assert again.patients.tolist() == images.patients.tolist()  # the same patients from the decoded-image cache
     _dicom(tmp_path / "data" / "normal" / "anonymous.dcm", "MR_small.dcm", None)
     with pytest.raises(ValueError, match=r"1 files have an empty DICOM PatientID \(e\.g\. .*anonymous\.dcm"):
         load_owner_images(_owner(tmp_path, privacy_unit="patient", patient_from="dicom"), progress=False)
