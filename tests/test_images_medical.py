@@ -243,3 +243,17 @@ def test_nifti_volumes_in_a_folder_are_one_file_each(tmp_path: Path) -> None:
     result = load_folder(tmp_path, T, progress=False, reading=ReadPolicy(slice_range=(0.0, 0.5)))
     assert result.data.class_counts() == [3, 3] and result.report.volumes == 2
     assert len(set(result.files)) == 2
+
+
+def test_a_manifest_row_that_is_no_image_is_ignored_and_a_class_of_none_is_refused(tmp_path: Path) -> None:
+    from shared.images.manifest import load_manifest
+
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8), "L").save(tmp_path / f"{i}.png")
+    shutil.copy(dicom_file("test-SR.dcm"), tmp_path / "sr.dcm")
+    (tmp_path / "m.csv").write_text("path,label\n0.png,a\n1.png,b\nsr.dcm,b\n")
+    result = load_manifest(tmp_path / "m.csv", T, progress=False)
+    assert len(result.data) == 2 and dict(result.report.ignored_by_reason) == {"DICOM without pixel data": 1}
+    (tmp_path / "m.csv").write_text("path,label\n0.png,a\nsr.dcm,b\n")
+    with pytest.raises(ImageSourceError, match=r"\['b'\] have no readable image left .*hold no image"):
+        load_manifest(tmp_path / "m.csv", T, progress=False)

@@ -126,7 +126,9 @@ def load_listing(
     labels = np.asarray(listing.labels, dtype=np.int64)[kept]
     emptied = [n for c, n in enumerate(listing.class_names) if not (labels == c).any()]
     if emptied:
-        raise ImageSourceError(f"classes {emptied} have no readable image left after skipping unreadable files")
+        raise ImageSourceError(
+            f"classes {emptied} have no readable image left (their files were skipped as unreadable or hold no image)"
+        )
     data = ImageSet(torch.from_numpy(entry.images), torch.from_numpy(labels), listing.class_names)
     base = str(listing.base)
     ignored = list(listing.ignored) + [(os.path.relpath(f, base), r) for f, r in entry.ignored]

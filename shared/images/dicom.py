@@ -83,26 +83,17 @@ def _voi_range(ds) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _without_window(ds):
-    """``ds`` as apply_voi_lut should see it: an invalid window removed (a copy; the file is untouched)."""
-    if ds.get("VOILUTSequence") or _valid_window(ds) or "WindowWidth" not in ds:
-        return ds
-    copy = ds.copy()
-    for keyword in ("WindowCenter", "WindowWidth"):
-        if keyword in copy:
-            delattr(copy, keyword)
-    return copy
-
-
 def _check_slope(ds, path: Path) -> None:
     slope = ds.get("RescaleSlope")
-    if slope is None:
+    if slope is None or ds.get("ModalityLUTSequence"):  # a Modality LUT takes precedence over the slope
         return
     try:
         value = _first(slope)
     except (ValueError, TypeError, IndexError) as exc:
         raise ImageDecodeError(path, f"RescaleSlope {slope!r} is not a number") from exc
-    if value == 0 or not math.isfinite(value):
+    if not math.isfinite(value):
+        raise ImageDecodeError(path, f"RescaleSlope is {value}")
+    if value == 0:
         raise ImageDecodeError(
             path, f"RescaleSlope is {value}: every pixel would map to the intercept (an all-black image)"
         )
@@ -119,8 +110,7 @@ def _slices(arr: np.ndarray, frames: int, policy: ReadPolicy) -> tuple[int, list
 def _gray(arr: np.ndarray, ds, path: Path, axis: int, kept: list[int]) -> list[np.ndarray]:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    voi = _voi_range(ds)
-    view = _without_window(ds)
+    voi = _voi_range(ds)  # None (no VOI, or an invalid window): the volume's own range
     invert = ds.PhotometricInterpretation == "MONOCHROME1"
 
     def modality(k: int) -> np.ndarray:
@@ -132,7 +122,7 @@ def _gray(arr: np.ndarray, ds, path: Path, axis: int, kept: list[int]) -> list[n
     for k in kept:
         values = modality(k)
         if voi is not None:
-            mapped = (np.asarray(apply_voi_lut(values, view), dtype=np.float64) - voi[0]) * (255.0 / (voi[1] - voi[0]))
+            mapped = (np.asarray(apply_voi_lut(values, ds), dtype=np.float64) - voi[0]) * (255.0 / (voi[1] - voi[0]))
             u8 = np.rint(np.clip(mapped, 0.0, 255.0)).astype(np.uint8)  # within range; clip guards rounding
         else:
             u8 = stretch_to_uint8(values, path, lo, hi)
