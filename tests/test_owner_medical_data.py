@@ -147,3 +147,24 @@ def test_simulate_options_carry_the_read_policy(tmp_path: Path) -> None:
     assert private.reading == expected and public.reading == expected
     assert PublicSets.from_run_config(public.run_config(), 50).reading == expected
     assert PublicSets.from_run_config({}, 50).reading == ReadPolicy()
+
+
+def test_simulated_owners_get_the_read_policy_and_patient_source(tmp_path: Path) -> None:
+    import torch
+
+    from deploy.simulation import prepare_owners
+    from shared.datasets import ImageSet
+    from shared.images.source import source_for_path
+
+    _dicom_folder(tmp_path / "data")
+    aux = ImageSet(torch.zeros(4, 1, 16, 16, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), ("finding", "normal"))
+    reading = ReadPolicy("skip", 0.1, None, (0.2, 0.8))
+    private = source_for_path(tmp_path / "data", 16, 1, reading=reading)
+    settings = {"privacy_unit": "patient", "patient_from": "dicom"}
+    (path,) = prepare_owners(tmp_path / "sim", aux, 1.0, 1e-5, None, None, private=private, owner_settings=settings)
+    config = OwnerConfig.load(path)
+    assert config.image_source().reading == reading and config.patient_from == "dicom"
+    images, _ = load_owner_images(config, progress=False)
+    assert int(images.patients.max()) + 1 == 4
+    with pytest.raises(ValueError, match="volumes read as slices"):
+        prepare_owners(tmp_path / "split", aux, 1.0, 1e-5, None, None, num_owners=2, private=private)
