@@ -296,7 +296,7 @@ class OwnerConfig:
                 unreadable=data.get("unreadable", "refuse"),
                 max_skipped=data.get("max_skipped", DEFAULT_MAX_SKIPPED),
                 volume_axis=data.get("volume_axis"),
-                slice_range=tuple(data.get("slice_range", (0.0, 1.0))),
+                slice_range=tuple(r) if isinstance(r := data.get("slice_range", (0.0, 1.0)), list) else r,
                 device=str(raw.get("compute", {}).get("device", "cpu")),
                 precision=str(raw.get("compute", {}).get("precision", "float32")),
             )

@@ -116,6 +116,7 @@ def test_read_policy_and_patient_source_in_owner_toml(tmp_path: Path) -> None:
         ('max_skipped = "5%"', "max_skipped must be a number"),
         ("volume_axis = 3", "volume_axis must be 0, 1 or 2"),
         ("slice_range = [0.8, 0.2]", "slice_range must be"),
+        ("slice_range = 0.5", r"slice_range must be \[start, stop\]"),
         ('patient_from = "mrn"', "patient_from must be one of"),
     ):
         key = bad.split(" = ")[0]
