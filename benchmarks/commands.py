@@ -96,6 +96,14 @@ def cmd_bench_randomness(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_accounting(a: argparse.Namespace) -> int:
+    from benchmarks.accounting_bound import accounting_bounds
+    from shared.measurement import write_json
+
+    write_json(a.json, accounting_bounds())
+    return 0
+
+
 def cmd_bench_owner_memory(a: argparse.Namespace) -> int:
     from benchmarks.signals import owner_memory
     from shared.measurement import write_json
@@ -261,6 +269,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     br.add_argument("--json", default="runs/bench/randomness.json")
     br.set_defaults(func=cmd_bench_randomness)
+
+    ba = sub.add_parser(
+        "bench-accounting", help="benchmark: the owner's accountant work for the worst plans within its limits (JSON)"
+    )
+    ba.add_argument("--json", default="runs/bench/accounting.json")
+    ba.set_defaults(func=cmd_bench_accounting)
 
     bm = sub.add_parser(
         "bench-owner-memory",

@@ -23,32 +23,36 @@ from tqdm import tqdm
 from distiller_node.network_cache import NetworkCache
 from distiller_node.signal_store import Signals
 from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, image_chunk, pass_chunk
+from shared.settings import bounded, check_settings
 from shared.statistic import class_sums, per_example_statistic
 from shared.subspace import FINGERPRINT_TOL
 
 
 @dataclass(frozen=True)
 class OptimisationConfig:
-    ipc: int = 10
-    iterations: int = 2000
-    lr: float = 1.0
-    momentum: float = 0.5
-    ema_decay: float = 0.99
+    ipc: int = bounded(10, int, 1, 100_000)
+    iterations: int = bounded(2000, int, 0, 10**9)
+    lr: float = bounded(1.0, float, 0, 1e6, low_open=True)
+    momentum: float = bounded(0.5, float, 0, 1, high_open=True)
+    ema_decay: float = bounded(0.99, float, 0, 1, high_open=True)
     pea: bool = False
-    seed: int = 0
-    cache_mb: int = 512
-    checkpoint_every: int = 200
+    seed: int = bounded(0, int, 0, 2**63 - 1)
+    cache_mb: int = bounded(512, int, 0, 1 << 24)
+    checkpoint_every: int = bounded(200, int, 1, 10**9)
     # Consecutive iterations on one stored draw. 1 suits feature signals; gradient signals, whose
     # bases are large and slow to rebuild, fit many more draws per second with a few steps per draw.
-    steps_per_draw: int = 1
+    steps_per_draw: int = bounded(1, int, 1, 10**6)
     # Where the synthetic images start: "noise" (N(0, 1)) or "aux" (the first ipc public auxiliary
     # images of each class). Never from private images.
     init: str = "noise"
     # Activation memory of one pass: a synthetic set whose pass would need more is pushed through in
     # chunks, with the exact gradient of the whole-set loss (two passes; see ``Distiller.step``).
-    activation_budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB
+    activation_budget_mb: float = bounded(DEFAULT_ACTIVATION_BUDGET_MB, float, 0, 1 << 24, low_open=True)
     # "bf16": autocast the network passes (shared.device); the loss and the images stay float32/64.
     precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_settings(self, "optimisation")
 
 
 def decode_pea(images: torch.Tensor) -> torch.Tensor:

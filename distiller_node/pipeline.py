@@ -21,23 +21,28 @@ from distiller_node.optimisation import Distiller, OptimisationConfig, initial_s
 from distiller_node.report import format_report, privacy_report, write_report
 from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan, run_sampling
 from distiller_node.signal_store import SignalStore, atomic_write
+from shared.accounting import MIN_DELTA
 from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
 from shared.device import use_device
 from shared.evaluation import EvaluationConfig, evaluate, krr_accuracy
 from shared.metrics import format_metrics, plot_confusion
+from shared.settings import bounded, check_settings
 from shared.statistic import KIP_SYNC, public_subspace
 from shared.subspace import content_hash
 
 
 @dataclass(frozen=True)
 class DistillerConfig:
-    epsilon: float = 1.0
-    delta: float = 1e-5
+    epsilon: float = bounded(1.0, float, 0, 1000, low_open=True)
+    delta: float = bounded(1e-5, float, MIN_DELTA, 1, high_open=True)
     accountant: str = "prv"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optimisation: OptimisationConfig = field(default_factory=OptimisationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def __post_init__(self) -> None:
+        check_settings(self, "")
 
     def to_dict(self) -> dict:
         return asdict(self)

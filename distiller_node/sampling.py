@@ -27,22 +27,28 @@ from shared.accounting import SampledGaussianEvent, epsilon, noise_for_budget
 from shared.messages import FeatureRequest, OwnerInfo, PlanRequest
 from shared.networks import NetworkSpec, depth_for_image_size
 from shared.protocol import encode
+from shared.settings import bounded, check_settings
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    draws: int = 200
-    draws_per_request: int = 25
-    group_size: float = 50.0
-    subspace_dim: int = 200
-    width: int = 128
-    depth: int | None = None  # None: by image size (shared.networks.depth_for_image_size)
+    draws: int = bounded(200, int, 1, 10**6)
+    draws_per_request: int = bounded(25, int, 1, 100_000)
+    group_size: float = bounded(50.0, float, 0, 1e9, low_open=True)
+    subspace_dim: int = bounded(200, int, 0, 10**6)
+    width: int = bounded(128, int, 1, 4096)
+    depth: int | None = bounded(
+        None, int, 1, 12, optional=True
+    )  # None: by image size (shared.networks.depth_for_image_size)
     augmentation: str = "color_crop_cutout_flip_scale_rotate"
-    seed: int = 0
+    seed: int = bounded(0, int, 0, 2**63 - 1)
     signal: str = "features"  # or "gradients": per-example loss gradients of each draw's network
     # Requests each owner has in flight: the next one already waits at the owner while the current
     # one is computed, hiding transport latency (seconds per message over Flower).
-    in_flight: int = 2
+    in_flight: int = bounded(2, int, 1, 64)
+
+    def __post_init__(self) -> None:
+        check_settings(self, "sampling")
 
 
 @dataclass(frozen=True)

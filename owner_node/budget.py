@@ -1,9 +1,27 @@
-"""Budget policy: the owner's configured (epsilon, delta) against everything in its ledger."""
+"""The owner's one budget rule: what counts as spent and committed, what is left, and whether more fits.
+
+The ledger, the service, class-count releases and the reports all ask ``Budget``; no other place
+compares an epsilon with the owner's budget. Every number comes from the owner's own config (its
+epsilon, delta and accountant), never from a message.
+
+The accountant's work is bounded (``shared.accounting``): a composition too costly for PRV is refused
+with proof where a cheap lower bound already exceeds the budget, and refused as too costly otherwise.
+An accountant failure, or a value that is not a finite epsilon >= 0, is a refusal, never a credit.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
+
 from owner_node.config import OwnerConfig
-from shared.accounting import SampledGaussianEvent, epsilon
+from shared.accounting import (
+    AccountingError,
+    AccountingTooCostly,
+    SampledGaussianEvent,
+    epsilon,
+    epsilon_lower_bound,
+)
 from shared.messages import BudgetReport
 
 PUBLIC_FACTS = (
@@ -16,6 +34,18 @@ PUBLIC_FACTS = (
 )
 
 
+class BudgetExceeded(RuntimeError):
+    """The release would take the owner past its configured budget."""
+
+
+class AccountingRefused(RuntimeError):
+    """The accountant cannot vouch for this composition (too costly to account for, or it failed)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def public_facts(config: OwnerConfig) -> tuple[str, ...]:
     if config.class_counts == "public":
         return PUBLIC_FACTS
@@ -25,31 +55,78 @@ def public_facts(config: OwnerConfig) -> tuple[str, ...]:
     return tuple(noisy if f == "number of private examples per class" else f for f in PUBLIC_FACTS)
 
 
-def within_budget(config: OwnerConfig, events: list[SampledGaussianEvent]) -> bool:
-    return epsilon(events, config.delta, config.accountant) <= config.epsilon
+class Budget:
+    """The owner's (epsilon, delta) and accountant, applied to lists of events.
 
+    One accountant evaluation runs at a time (``_slot``): each is bounded in memory, and concurrent
+    hostile requests must not multiply that bound. It is never held with the ledger's lock.
+    """
 
-def budget_report(
-    config: OwnerConfig, events: list[SampledGaussianEvent], outstanding: list[SampledGaussianEvent] = ()
-) -> BudgetReport:
-    """Spent (``events``) and committed (also what accepted run plans still hold, ``outstanding``)."""
-    outstanding = list(outstanding)
-    return BudgetReport(
-        owner_id=config.owner_id,
-        epsilon_budget=config.epsilon,
-        delta=config.delta,
-        epsilon_prv=epsilon(events, config.delta, "prv"),
-        epsilon_rdp=epsilon(events, config.delta, "rdp"),
-        num_requests=len(events),
-        num_draws=sum(e.count for e in events),
-        clip_norm=config.clip_norm,
-        events=tuple(events),
-        public=public_facts(config),
-        accountant=config.accountant,
-        epsilon_committed=epsilon(events + outstanding, config.delta, config.accountant),
-        reserved_releases=sum(e.count for e in outstanding),
-        noise_sampler=config.noise_sampler,
-    )
+    def __init__(self, config: OwnerConfig):
+        self.config = config
+        self._slot = threading.Lock()
+
+    @property
+    def limit(self) -> float:
+        return self.config.epsilon
+
+    def epsilon(self, events: Iterable[SampledGaussianEvent], method: str | None = None) -> float:
+        """Epsilon at the owner's delta (an upper bound) under ``method`` (default: the enforced accountant)."""
+        with self._slot:
+            return epsilon(list(events), self.config.delta, method or self.config.accountant)
+
+    def check(self, events: list[SampledGaussianEvent]) -> float:
+        """Epsilon of ``events`` if it fits the budget; raise ``BudgetExceeded`` or ``AccountingRefused``."""
+        method = self.config.accountant
+        try:
+            value = self.epsilon(events)
+        except AccountingTooCostly as exc:
+            with self._slot:
+                lower = epsilon_lower_bound(events, self.config.delta, target=self.limit)
+            if lower > self.limit:
+                raise BudgetExceeded(
+                    f"refused: it would exceed the owner's privacy budget (epsilon at least {lower:.4g} at delta "
+                    f"{self.config.delta:g}, proven on part of it: {method.upper()} accounting of the whole would be "
+                    "too costly)"
+                ) from exc
+            raise AccountingRefused("too_large", f"refused: {exc}") from exc
+        except AccountingError as exc:
+            raise AccountingRefused("accounting_failed", f"refused: {exc}") from exc
+        if value > self.limit:
+            raise BudgetExceeded("refused: it would exceed the owner's privacy budget")
+        return value
+
+    def report(
+        self, events: list[SampledGaussianEvent], outstanding: Iterable[SampledGaussianEvent] = ()
+    ) -> BudgetReport:
+        """Spent (``events``) and committed (also what accepted run plans still hold, ``outstanding``).
+
+        Raises ``AccountingRefused`` where an accountant cannot give a value (never reported as 0).
+        """
+        outstanding = list(outstanding)
+        config = self.config
+        try:
+            spent_prv = self.epsilon(events, "prv")
+            spent_rdp = self.epsilon(events, "rdp")
+            committed = self.epsilon(events + outstanding)
+        except AccountingError as exc:
+            raise AccountingRefused("accounting_failed", f"the budget report cannot be computed: {exc}") from exc
+        return BudgetReport(
+            owner_id=config.owner_id,
+            epsilon_budget=config.epsilon,
+            delta=config.delta,
+            epsilon_prv=spent_prv,
+            epsilon_rdp=spent_rdp,
+            num_requests=len(events),
+            num_draws=sum(e.count for e in events),
+            clip_norm=config.clip_norm,
+            events=tuple(events),
+            public=public_facts(config),
+            accountant=config.accountant,
+            epsilon_committed=committed,
+            reserved_releases=sum(e.count for e in outstanding),
+            noise_sampler=config.noise_sampler,
+        )
 
 
 def format_budget(report: BudgetReport) -> str:

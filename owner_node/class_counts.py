@@ -18,9 +18,9 @@ import json
 
 import torch
 
-from owner_node.budget import within_budget
+from owner_node.budget import Budget, BudgetExceeded
 from owner_node.config import OwnerConfig
-from owner_node.ledger import BudgetExceeded, Ledger
+from owner_node.ledger import Ledger
 from owner_node.randomness import SecureRandom, noisy
 from shared.accounting import SampledGaussianEvent, noise_for_budget
 
@@ -50,7 +50,12 @@ def counts_noise_multiplier(config: OwnerConfig) -> float:
 
 
 def published_counts(
-    config: OwnerConfig, ledger: Ledger, labels: torch.Tensor, num_classes: int, patients: torch.Tensor | None
+    config: OwnerConfig,
+    ledger: Ledger,
+    labels: torch.Tensor,
+    num_classes: int,
+    patients: torch.Tensor | None,
+    rule: Budget | None = None,
 ) -> tuple[int, ...]:
     """The counts Describe publishes: the true ones, or (``dp``) the ledger's noisy ones, drawn once."""
     if config.class_counts == "public":
@@ -61,7 +66,7 @@ def published_counts(
     sigma = counts_noise_multiplier(config)
     event = SampledGaussianEvent(sigma, 1.0, 1)
     try:
-        ledger.reserve(COUNTS_RELEASE_ID, "class-counts", event, lambda events: within_budget(config, events))
+        ledger.reserve(COUNTS_RELEASE_ID, "class-counts", event, (rule or Budget(config)).check)
     except BudgetExceeded as exc:
         raise ValueError(
             f'[privacy] class_counts = "dp" needs epsilon {config.class_counts_epsilon} of the budget, which the '

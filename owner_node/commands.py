@@ -20,19 +20,22 @@ def cmd_owner_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_budget(a: argparse.Namespace) -> int:
-    from owner_node.budget import budget_report, format_budget
+    from datetime import UTC, datetime
+
+    from owner_node.budget import Budget, format_budget
+    from owner_node.budget_page import write_budget_page
     from owner_node.config import OwnerConfig
     from owner_node.ledger import Ledger
 
     config = OwnerConfig.load(a.config)
     if not config.ledger_path.exists():
         print(f"no ledger yet at {config.ledger_path}: nothing released")
-    ledger = Ledger(config.ledger_path)
+    ledger = Ledger(config.ledger_path, config.ledger_on_network_filesystem)
     if a.cancel_plan:
         plan = ledger.cancel_plan(a.cancel_plan)
         print(f"cancelled plan {plan.plan_id}: {plan.used} of {plan.event.count} releases made stay spent\n")
     rows = ledger.rows()
-    print(format_budget(budget_report(config, [r.event for r in rows], ledger.outstanding())))
+    print(format_budget(Budget(config).report([r.event for r in rows], ledger.outstanding())))
     plans = ledger.plans()
     if plans:
         print("\nrun plans:")
@@ -51,6 +54,25 @@ def cmd_budget(a: argparse.Namespace) -> int:
                 f"  {r.request_id:<28} {r.state:<9} {r.event.count:>5} "
                 f"{r.event.noise_multiplier:>8.4f} {r.event.sample_rate:>9.6f}"
             )
+    if a.audit:
+        audit = ledger.audit_rows()
+        broken = ledger.verify_audit()
+        chain = "intact" if broken is None else f"BROKEN at row {broken} (rows altered or removed)"
+        print(
+            f"\naudit trail: {len(audit)} requests, {sum(r.decision == 'refused' for r in audit)} refused; "
+            f"chain {chain}"
+        )
+        print(f"  {'time (UTC)':<19} {'peer':<32} {'kind':<17} {'request id':<24} {'decision':<8} {'code':<18} eps")
+        for r in audit:
+            when = datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            eps = "" if r.epsilon_committed is None else f"{r.epsilon_committed:.4f}"
+            print(
+                f"  {when:<19} {r.peer[:32]:<32} {r.kind:<17} {r.request_id[:24]:<24} {r.decision:<8} "
+                f"{r.code:<18} {eps}"
+            )
+    if a.report:
+        write_budget_page(config, ledger, Path(a.report))
+        print(f"\nwritten: {a.report}/budget.html (open it in a browser), budget.png, budget.json")
     ledger.close()
     return 0
 
@@ -93,6 +115,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--config", required=True, help="the owner's config file (TOML)")
     b.add_argument(
         "--cancel-plan", metavar="PLAN_ID", help="free what an abandoned run plan still holds in reserve (operator)"
+    )
+    b.add_argument(
+        "--audit", action="store_true", help="also list every request in the audit trail (who, what, decision)"
+    )
+    b.add_argument(
+        "--report", metavar="DIR", help="write budget.html (self-contained), budget.png and budget.json into DIR"
     )
     b.set_defaults(func=cmd_budget)
 

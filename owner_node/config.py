@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
+from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
-from shared.accounting import METHODS
+from shared.accounting import METHODS, MIN_DELTA
 from shared.device import check_precision
 from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
 from shared.messages import PRIVACY_UNITS
 from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
 from shared.rpc.channel import is_loopback
+from shared.settings import Bound, SettingError, bounded, check_number, check_settings
 
 # The largest reply any transport carries: the decoder's and gRPC's cap, less the header's share.
 MAX_REPLY_BYTES = MAX_MESSAGE_BYTES - MAX_HEADER_BYTES
@@ -23,53 +26,43 @@ MAX_REPLY_BYTES = MAX_MESSAGE_BYTES - MAX_HEADER_BYTES
 class Limits:
     """Caps on what one request may ask for; anything beyond is refused before any work."""
 
-    max_draws_per_request: int = 100
-    max_sample_rate: float = 0.05
+    max_draws_per_request: int = bounded(100, int, 1, 100_000)
+    max_sample_rate: float = bounded(0.05, float, 0, 1, low_open=True)
     # Bounds the owner's compute per draw: every class is sampled at one rate q, so a large class
     # contributes q * n_c records; a request expecting more records per draw than this is refused.
-    max_sample_per_draw: int = 10_000
-    max_subspace_dim: int = 2048
-    max_network_width: int = 256
-    max_network_depth: int = 6  # a 224 or 256 px image needs 6 (shared.networks.depth_for_image_size)
-    min_noise_multiplier: float = 0.3
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_sample_per_draw: int = bounded(10_000, int, 1, 10**9)
+    max_subspace_dim: int = bounded(2048, int, 1, 10**6)
+    max_network_width: int = bounded(256, int, 1, 4096)
+    max_network_depth: int = bounded(6, int, 1, 12)  # a 224 or 256 px image needs 6 (depth_for_image_size)
+    min_noise_multiplier: float = bounded(0.3, float, 0, 1e6, low_open=True)
+    max_message_bytes: int = bounded(64 * 1024 * 1024, int, 1, MAX_REPLY_BYTES)
     # Bounds one draw's basis work (auxiliary vectors in float32 plus the basis): this is what keeps
     # the owner's peak memory in check for gradient signals, whose vectors have one entry per parameter.
-    max_basis_mb: int = 1024
+    max_basis_mb: int = bounded(1024, int, 1, 1 << 20)
     # Bounds the activations of one pass through a network: the owner works through each sample in
     # chunks this size allows (high-resolution images go a few at a time) and refuses a network whose
     # single image would need more (shared.networks.NetworkSpec.activation_bytes).
-    max_activation_mb: float = 512
+    max_activation_mb: float = bounded(512.0, float, 0, 1 << 20, low_open=True)
     # Synchronised DP-KIP: steps per request (each is a release) and synthetic images per request;
     # a step costs the owner n_sample x m per-example image gradients (seconds to minutes on a CPU).
-    max_kip_steps_per_request: int = 50
-    max_kip_images: int = 1000
+    max_kip_steps_per_request: int = bounded(50, int, 1, 100_000)
+    max_kip_images: int = bounded(1000, int, 1, 10**6)
+    # Releases one run plan may reserve: bounds the accountant's work for a plan (PRV's grid grows with
+    # the square root of the releases; SECURITY.md gives the measured worst case within these limits).
+    max_releases_per_plan: int = bounded(10_000, int, 1, 10**6)
 
     def __post_init__(self) -> None:
-        # A reply between the owner's limit and a transport's cap would be reserved and recorded,
-        # then fail to send on every retry: the limit must fit every transport it may travel on.
-        if not 1 <= self.max_message_bytes <= MAX_REPLY_BYTES:
-            raise ValueError(
-                f"[limits] max_message_bytes = {self.max_message_bytes} must be in 1..{MAX_REPLY_BYTES} "
-                f"(the gRPC channel and message decoder stop at {MAX_MESSAGE_BYTES} bytes, less room for "
-                "the message header; SQLite stores at most 1e9 bytes a reply)"
-            )
-        for name in (
-            "max_draws_per_request",
-            "max_subspace_dim",
-            "max_network_width",
-            "max_network_depth",
-            "max_basis_mb",
-            "max_sample_per_draw",
-        ):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"[limits] {name} must be >= 1")
-        if not self.max_activation_mb > 0:
-            raise ValueError(f"[limits] max_activation_mb must be > 0, got {self.max_activation_mb}")
-        if not 0 < self.max_sample_rate <= 1:
-            raise ValueError(f"[limits] max_sample_rate must be in (0, 1], got {self.max_sample_rate}")
-        if not self.min_noise_multiplier > 0:
-            raise ValueError(f"[limits] min_noise_multiplier must be > 0, got {self.min_noise_multiplier}")
+        try:
+            check_settings(self, "[limits]")
+        except SettingError as exc:
+            if "max_message_bytes" in str(exc):
+                # A reply between the owner's limit and a transport's cap would be reserved and recorded,
+                # then fail to send on every retry: the limit must fit every transport it may travel on.
+                raise SettingError(
+                    f"{exc} (the gRPC channel and message decoder stop at {MAX_MESSAGE_BYTES} bytes, less room "
+                    "for the message header; SQLite stores at most 1e9 bytes a reply)"
+                ) from None
+            raise
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -83,9 +76,10 @@ class ServiceConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
-    max_workers: int = 4
+    max_workers: int = bounded(4, int, 1, 256, key="[service] max_workers")
 
     def __post_init__(self) -> None:
+        check_settings(self, "[service]")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("[service] needs both tls_cert and tls_key, or neither")
         if self.tls_cert is None and not is_loopback(self.listen):
@@ -95,10 +89,44 @@ class ServiceConfig:
             )
         if self.client_ca is not None and self.tls_cert is None:
             raise ValueError("[service] client_ca needs tls_cert and tls_key")
-        if self.max_workers < 1:
-            raise ValueError("[service] max_workers must be >= 1")
 
 
+DEFAULT_DELTA = 1e-5
+NORMALIZATION_MEAN = Bound(float, -1e6, 1e6)
+NORMALIZATION_STD = Bound(float, 0, 1e6, low_open=True)
+
+
+def check_delta_for_records(delta: float, records: int, unit: str = "image") -> None:
+    """Refuse a delta that is not well below 1 / (the number of records protected).
+
+    With delta >= 1/n a mechanism may release one record outright and still be "(epsilon, delta)-DP";
+    the accountants then also give meaningless (even negative) epsilons.
+    """
+    what = "patients" if unit == "patient" else "private records"
+    if records < 1:
+        raise ValueError(f"no {what} to protect")
+    if not delta < 1.0 / records:
+        suggestion = 10.0 ** math.floor(math.log10(0.1 / records))
+        raise ValueError(
+            f"[privacy] delta = {delta:g} is not below 1/n = {1.0 / records:.3g} for n = {records} {what}: such a "
+            f"delta allows releasing a whole record. Use a delta well below 1/n, e.g. {suggestion:g}"
+        )
+
+
+SECTION_KEYS = ("owner_id", "data", "auxiliary", "ledger", "privacy", "limits", "compute", "service")
+PRIVACY_KEYS = (
+    "epsilon",
+    "delta",
+    "clip_norm",
+    "accountant",
+    "noise",
+    "unit",
+    "class_counts",
+    "class_counts_epsilon",
+    "class_counts_patient_clip",
+)
+LEDGER_KEYS = ("path", "on_network_filesystem")
+COMPUTE_KEYS = ("device", "precision")
 DATA_KEYS = (
     "source",
     "path",
@@ -131,9 +159,10 @@ class OwnerConfig:
     data_path: Path | None
     aux_path: Path
     ledger_path: Path
-    epsilon: float
-    delta: float
-    clip_norm: float = 1.0
+    epsilon: float = bounded(MISSING, float, 0, 1000, low_open=True, key="[privacy] epsilon")
+    # Below 1 / (records protected): checked once the data are loaded (check_delta_for_records).
+    delta: float = bounded(MISSING, float, MIN_DELTA, 1, high_open=True, key="[privacy] delta")
+    clip_norm: float = bounded(1.0, float, 0, 1e6, low_open=True, key="[privacy] clip_norm")
     accountant: str = "prv"
     noise_sampler: str = "csprng"  # [privacy] noise: "csprng" (ChaCha20) or "exact" (OpenDP)
     # Public pixel scaling (mean, std). None: taken from the *public* auxiliary set's pixels, never
@@ -142,8 +171,8 @@ class OwnerConfig:
     limits: Limits = field(default_factory=Limits)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     # How the private images are read ([data]); image_size and channels are public (Describe).
-    image_size: int | None = None
-    channels: int | None = None
+    image_size: int | None = bounded(None, int, 1, 8192, optional=True, key="[data] image_size")
+    channels: int | None = bounded(None, int, 1, 3, optional=True, key="[data] channels")
     resize: str = "crop"  # shorter side to image_size then centre crop, or "pad" (letterbox)
     classes: tuple[str, ...] | None = None  # explicit class order; default: natural sort of the names
     data_split: str = "train"  # array kinds (medmnist, torchvision, fashion-mnist)
@@ -151,8 +180,8 @@ class OwnerConfig:
     image_cache: Path | None = None  # decoded private images (uint8); default beside the ledger
     # A share of the private set kept for ``owner-evaluate``: never sampled, never released, never sent.
     # Drawn per class with ``holdout_seed``, so the same images stay out across restarts.
-    holdout: float = 0.0
-    holdout_seed: int = 0
+    holdout: float = bounded(0.0, float, 0, 1, high_open=True, key="[data] holdout")
+    holdout_seed: int = bounded(0, int, 0, 2**63 - 1, key="[data] holdout_seed")
     # [privacy] unit: what one differential-privacy record is. "patient": every image of a patient
     # (the manifest's ``patient_column``) is one record; patients are sampled, and a patient's whole
     # contribution to a release is clipped to C.
@@ -168,12 +197,17 @@ class OwnerConfig:
     # [privacy] class_counts: "public" (Describe gives the true counts) or "dp" (published once with
     # the Gaussian mechanism for class_counts_epsilon of the budget; see owner_node.class_counts).
     class_counts: str = "public"
-    class_counts_epsilon: float = 0.05
-    class_counts_patient_clip: float = 10.0  # patient mode: a patient's images-per-class vector, clipped
+    class_counts_epsilon: float = bounded(0.05, float, 0, 1000, low_open=True, key="[privacy] class_counts_epsilon")
+    class_counts_patient_clip: float = bounded(
+        10.0, float, 1, 1e6, key="[privacy] class_counts_patient_clip"
+    )  # patient mode: a patient's images-per-class vector, clipped
     # [compute] where releases are computed: "cpu", "auto", "cuda" or "cuda:N" (shared.device), and the
     # precision of the network passes ("float32" or "bf16"); neither changes the sensitivity bound.
     device: str = "cpu"
     precision: str = "float32"
+    # [ledger] on_network_filesystem: "refuse" (default) a ledger on NFS/SMB, or use SQLite's rollback
+    # journal there ("rollback-journal": only safe when this one machine ever opens the ledger).
+    ledger_on_network_filesystem: str = "refuse"
 
     def image_source(self) -> ImageSource:
         """The private set as ``shared.images`` loads it."""
@@ -194,13 +228,18 @@ class OwnerConfig:
         return self.image_cache if self.image_cache is not None else Path(self.ledger_path).parent / "image_cache"
 
     def __post_init__(self) -> None:
-        if not (self.epsilon > 0 and 0 < self.delta < 1):
-            raise ValueError(f"privacy budget needs epsilon > 0 and 0 < delta < 1, got ({self.epsilon}, {self.delta})")
-        if not self.clip_norm > 0:
-            raise ValueError("clip_norm must be > 0")
+        check_settings(self)
+        for name in ("owner_id", "data_source", "accountant", "noise_sampler", "resize", "data_split"):
+            if not isinstance(getattr(self, name), str):
+                raise SettingError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.accountant not in METHODS:
-            raise ValueError(f"accountant must be one of {METHODS}")
+            raise ValueError(f"[privacy] accountant must be one of {METHODS}, got {self.accountant!r}")
         check_sampler(self.noise_sampler)
+        if self.ledger_on_network_filesystem not in NETWORK_FS_POLICIES:
+            raise ValueError(
+                f"[ledger] on_network_filesystem must be one of {NETWORK_FS_POLICIES}, "
+                f"got {self.ledger_on_network_filesystem!r}"
+            )
         try:
             self.image_source()
         except ValueError as exc:
@@ -221,20 +260,19 @@ class OwnerConfig:
             )
         if self.class_counts not in ("public", "dp"):
             raise ValueError(f'[privacy] class_counts must be "public" or "dp", got {self.class_counts!r}')
-        if self.class_counts == "dp" and not 0 < self.class_counts_epsilon < self.epsilon:
+        if self.class_counts == "dp" and not self.class_counts_epsilon < self.epsilon:
             raise ValueError(
                 f"[privacy] class_counts_epsilon must be in (0, epsilon = {self.epsilon}), "
                 f"got {self.class_counts_epsilon}"
             )
         check_precision(self.precision)
-        if not self.class_counts_patient_clip >= 1:
-            raise ValueError("[privacy] class_counts_patient_clip must be >= 1")
-        if not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"[data] holdout must be a fraction in [0, 1), got {self.holdout}")
         if self.normalization is not None:
-            mean, std = (float(v) for v in self.normalization)
-            if not (std > 0 and mean == mean):
-                raise ValueError(f"[data] normalization must be [mean, std] with std > 0, got {self.normalization}")
+            pair = tuple(self.normalization)
+            if len(pair) != 2:
+                raise SettingError(f"[data] normalization must be [mean, std], got {self.normalization!r}")
+            mean = check_number("[data] normalization mean", pair[0], NORMALIZATION_MEAN)
+            std = check_number("[data] normalization std", pair[1], NORMALIZATION_STD)
+            object.__setattr__(self, "normalization", (mean, std))
 
     @classmethod
     def load(cls, path: str | Path) -> OwnerConfig:
@@ -255,9 +293,21 @@ class OwnerConfig:
 
         try:
             data, privacy = raw.get("data", {}), raw["privacy"]
-            unknown = sorted(set(data) - set(DATA_KEYS))
-            if unknown:
-                raise ValueError(f"owner config {path}: unknown [data] keys {unknown}; known: {', '.join(DATA_KEYS)}")
+            for section, table, known in (
+                ("top level", raw, SECTION_KEYS),
+                ("[data]", data, DATA_KEYS),
+                ("[privacy]", privacy, PRIVACY_KEYS),
+                ("[ledger]", raw["ledger"], LEDGER_KEYS),
+                ("[compute]", raw.get("compute", {}), COMPUTE_KEYS),
+                ("[auxiliary]", raw["auxiliary"], ("path",)),
+            ):
+                if not isinstance(table, dict):
+                    raise ValueError(f"owner config {path}: {section} must be a table")
+                unknown = sorted(set(table) - set(known))
+                if unknown:
+                    raise ValueError(
+                        f"owner config {path}: unknown {section} keys {unknown}; known: {', '.join(known)}"
+                    )
             norm = data.get("normalization")
             limits = Limits(**raw.get("limits", {}))
             svc = dict(raw.get("service", {}))
@@ -270,9 +320,10 @@ class OwnerConfig:
                 data_path=resolve(data.get("path")),
                 aux_path=resolve(raw["auxiliary"]["path"]),
                 ledger_path=resolve(raw["ledger"]["path"]),
-                epsilon=float(privacy["epsilon"]),
-                delta=float(privacy.get("delta", 1e-5)),
-                clip_norm=float(privacy.get("clip_norm", 1.0)),
+                ledger_on_network_filesystem=raw["ledger"].get("on_network_filesystem", "refuse"),
+                epsilon=privacy["epsilon"],
+                delta=privacy.get("delta", DEFAULT_DELTA),
+                clip_norm=privacy.get("clip_norm", 1.0),
                 accountant=privacy.get("accountant", "prv"),
                 noise_sampler=privacy.get("noise", "csprng"),
                 normalization=tuple(norm) if norm is not None else None,
@@ -285,12 +336,12 @@ class OwnerConfig:
                 data_split=data.get("split", "train"),
                 dataset_name=data.get("name"),
                 image_cache=resolve(data.get("cache")),
-                holdout=float(data.get("holdout", 0.0)),
-                holdout_seed=int(data.get("holdout_seed", 0)),
+                holdout=data.get("holdout", 0.0),
+                holdout_seed=data.get("holdout_seed", 0),
                 privacy_unit=privacy.get("unit", "image"),
                 class_counts=privacy.get("class_counts", "public"),
-                class_counts_epsilon=float(privacy.get("class_counts_epsilon", 0.05)),
-                class_counts_patient_clip=float(privacy.get("class_counts_patient_clip", 10.0)),
+                class_counts_epsilon=privacy.get("class_counts_epsilon", 0.05),
+                class_counts_patient_clip=privacy.get("class_counts_patient_clip", 10.0),
                 patient_column=data.get("patient_column", "patient_id"),
                 patient_from=data.get("patient_from", "column"),
                 unreadable=data.get("unreadable", "refuse"),
@@ -348,6 +399,7 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
         "",
         "[ledger]",
         f"path = {q(config.ledger_path)}",
+        f"on_network_filesystem = {q(config.ledger_on_network_filesystem)}",
         "",
         "[privacy]",
         f"epsilon = {config.epsilon}",

@@ -24,9 +24,18 @@ from shared.rpc.errors import ERROR_CODE_KEY, STATUS_FOR_CODE
 log = logging.getLogger("owner_node")
 
 
+def peer_of(context: grpc.ServicerContext) -> str:
+    """Who sent a call, for the audit trail: the client certificate's names (mutual TLS) and the address."""
+    auth = context.auth_context() or {}
+    names = [v.decode(errors="replace") for v in auth.get("x509_common_name", ())]
+    names += [v.decode(errors="replace") for v in auth.get("x509_subject_alternative_name", ()) if v]
+    who = ",".join(dict.fromkeys(names))
+    return f"{who} at {context.peer()}" if who else str(context.peer())
+
+
 def _answer(service: OwnerService, method: str, request: bytes, context: grpc.ServicerContext) -> bytes:
     try:
-        return service.answer(request, method)
+        return service.answer(request, method, peer=peer_of(context))
     except RequestRefused as exc:
         _refuse(context, method, exc.code, str(exc))
 

@@ -7,20 +7,21 @@ spends nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 from typing import Any
 
-from owner_node.budget import budget_report, within_budget
+from owner_node.budget import AccountingRefused, Budget, BudgetExceeded
 from owner_node.class_counts import published_counts
-from owner_node.config import OwnerConfig
+from owner_node.config import OwnerConfig, check_delta_for_records
 from owner_node.data import PrivateData, load_auxiliary, load_private_data, normalization_for
 from owner_node.kip_mechanism import KipStepMechanism
-from owner_node.ledger import BudgetExceeded, Ledger, LedgerConflict
+from owner_node.ledger import Ledger, LedgerBusy, LedgerConflict
 from owner_node.mechanism import FeatureMechanism
 from owner_node.validation import REQUEST_ID, RequestRefused, RequestValidator
-from shared.accounting import SampledGaussianEvent, epsilon
+from shared.accounting import SampledGaussianEvent
 from shared.datasets import ImageSet, to_float
 from shared.device import use_device
 from shared.images.classes import check_same_classes
@@ -100,34 +101,84 @@ class OwnerService:
         self.kip = KipStepMechanism(self.data, config.clip_norm, config.noise_sampler)
         self.num_aux = len(aux)
         self.validator = RequestValidator(config.limits, self.data, self.num_aux, self.aux_hash)
-        self.ledger = Ledger(config.ledger_path)
+        # delta must be far below 1 / (records protected): checked now that the records are known.
+        records = self.data.num_patients if self.data.patients is not None else len(self.data.labels)
+        check_delta_for_records(config.delta, records, config.privacy_unit)
+        self.rule = Budget(config)
+        self.ledger = Ledger(config.ledger_path, config.ledger_on_network_filesystem)
         # Before anything is served: with class_counts = "dp" this is a release, recorded in the ledger.
         self.data.public_counts = published_counts(
-            config, self.ledger, self.data.labels, len(self.data.class_names), self.data.patients
+            config, self.ledger, self.data.labels, len(self.data.class_names), self.data.patients, self.rule
         )
-        self._lock = threading.Lock()
+        # A computation (minutes, gigabytes) runs one at a time; a retried request id waits for its twin.
+        # Neither lock is held by Describe, Budget, plans or refusals.
+        self._compute_slot = threading.Lock()
+        self._in_flight: dict[str, list] = {}  # request id -> [lock, holders and waiters]
+        self._in_flight_guard = threading.Lock()
+        self._committed_cache: tuple[tuple, float] | None = None
 
     def close(self) -> None:
         self.ledger.close()
 
+    def epsilon_committed(self) -> float | None:
+        """Epsilon committed now (enforced accountant), cached while the ledger is unchanged."""
+        state = self.ledger.state()
+        cached = self._committed_cache
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        try:
+            value = self.rule.epsilon(self.ledger.committed())
+        except Exception:  # reported as unknown in the audit trail; the refusal paths say why
+            log.exception("could not compute the committed epsilon")
+            return None
+        self._committed_cache = (state, value)
+        return value
+
     # ------------------------------------------------------------ bytes in, bytes out
 
-    def handle(self, message: bytes, progress=None, method: str | None = None) -> bytes:
+    def handle(self, message: bytes, progress=None, method: str | None = None, peer: str = "in-process") -> bytes:
         """Answer with reply bytes; a refusal is an encoded ``ErrorReply`` (the in-process transport)."""
         try:
-            return self.answer(message, method, progress)
+            return self.answer(message, method, progress, peer)
         except RequestRefused as exc:
             return encode(ErrorReply(exc.code, str(exc)))
 
-    def call(self, method: str, message: bytes) -> bytes:
+    def call(self, method: str, message: bytes, peer: str = "in-process") -> bytes:
         """The in-process transport: a refusal raises ``OwnerCallError`` as it would over gRPC."""
         try:
-            return self.answer(message, method)
+            return self.answer(message, method, peer=peer)
         except RequestRefused as exc:
             raise OwnerCallError(exc.code, str(exc)) from None
 
-    def answer(self, message: bytes, method: str | None = None, progress=None) -> bytes:
-        """Answer with reply bytes or raise ``RequestRefused``; ``method`` (an RPC name) restricts the kind."""
+    def answer(self, message: bytes, method: str | None = None, progress=None, peer: str = "in-process") -> bytes:
+        """Answer with reply bytes or raise ``RequestRefused``; ``method`` (an RPC name) restricts the kind.
+
+        Every call, answered or refused, is appended to the ledger's audit trail with ``peer`` (who sent
+        it, as the transport identified them) before the answer leaves.
+        """
+        seen: list[Any] = [None]
+        try:
+            reply = self._answer(message, method, progress, lambda r: seen.__setitem__(0, r))
+        except RequestRefused as exc:
+            self._audit(peer, method, seen[0], exc.code, str(exc))
+            raise
+        self._audit(peer, method, seen[0], "", "")
+        return reply
+
+    def _audit(self, peer: str, method: str | None, request: Any, code: str, detail: str) -> None:
+        kind = getattr(request, "kind", "undecodable")
+        request_id = str(getattr(request, "request_id", getattr(request, "plan_id", "")))
+        self.ledger.audit(
+            peer=peer,
+            method=method or "",
+            kind=kind,
+            request_id=request_id,
+            code=code,
+            detail=detail,
+            epsilon_committed=self.epsilon_committed(),
+        )
+
+    def _answer(self, message: bytes, method: str | None, progress, seen) -> bytes:
         try:
             request = decode(message, max_bytes=self.config.limits.max_message_bytes)
         except ProtocolError as exc:
@@ -136,6 +187,7 @@ class OwnerService:
             log.exception("internal error while decoding a message")
             reason = f"the owner failed to decode the message ({type(exc).__name__})"
             raise RequestRefused("internal_error", reason) from exc
+        seen(request)
         if method is not None and not isinstance(request, KINDS_FOR_METHOD.get(method, ())):
             raise RequestRefused("wrong_method", f"the {method} call does not take {request.kind} messages")
         try:
@@ -176,13 +228,17 @@ class OwnerService:
         )
 
     def budget(self) -> BudgetReport:
-        return budget_report(self.config, self.ledger.events(), self.ledger.outstanding())
+        try:
+            return self.rule.report(self.ledger.events(), self.ledger.outstanding())
+        except AccountingRefused as exc:
+            raise RequestRefused(exc.code, str(exc)) from exc
 
     def plan(self, request: PlanRequest) -> PlanReply:
         """Accept or refuse a whole run before its first release, and hold its budget in the ledger.
 
         The template is validated exactly as the run's first request will be, so a run refused for
-        a limit or for the budget is refused here, having spent nothing.
+        a limit or for the budget is refused here, having spent nothing. The plan's size is bounded
+        by the owner's ``max_releases_per_plan`` before the accountant runs.
         """
         for name, value in (("plan_id", request.plan_id), ("request_prefix", request.request_prefix)):
             if not REQUEST_ID.fullmatch(value):
@@ -191,6 +247,13 @@ class OwnerService:
                 )
         if len(request.request_prefix) < 8:
             raise RequestRefused("invalid_request", "request_prefix must be at least 8 characters (one run's own ids)")
+        limit = self.config.limits.max_releases_per_plan
+        if not 1 <= request.total_releases <= limit:
+            raise RequestRefused(
+                "too_large",
+                f"total_releases must be in 1..{limit} (the owner's max_releases_per_plan), "
+                f"got {request.total_releases}",
+            )
         try:
             template = decode(request.template, max_bytes=self.config.limits.max_message_bytes)
         except ProtocolError as exc:
@@ -203,24 +266,19 @@ class OwnerService:
             raise RequestRefused("invalid_request", f"a plan's template must be a release request, not {template.kind}")
         if not template.request_id.startswith(request.request_prefix):
             raise RequestRefused("invalid_request", "the template's request_id must start with the plan's prefix")
-        if not 1 <= request.total_releases <= 10**7:
-            raise RequestRefused("invalid_request", f"total_releases must be in 1..1e7, got {request.total_releases}")
         whole = SampledGaussianEvent(event.noise_multiplier, event.sample_rate, request.total_releases)
         digest = request_digest(request)
-        with self._lock:
-            try:
-                self.ledger.reserve_plan(
-                    request.plan_id,
-                    digest,
-                    request.request_prefix,
-                    whole,
-                    lambda events: within_budget(self.config, events),
-                )
-            except LedgerConflict as exc:
-                raise _conflict(exc) from exc
-            except BudgetExceeded as exc:
-                raise self._over_budget(exc, whole, "releases") from exc
-            committed = epsilon(self.ledger.committed(), self.config.delta, self.config.accountant)
+        try:
+            self.ledger.reserve_plan(request.plan_id, digest, request.request_prefix, whole, self.rule.check)
+        except LedgerConflict as exc:
+            raise _conflict(exc) from exc
+        except BudgetExceeded as exc:
+            raise self._over_budget(exc, whole, "releases", "plan") from exc
+        except AccountingRefused as exc:
+            raise RequestRefused(exc.code, f"plan {exc}") from exc
+        except LedgerBusy as exc:
+            raise RequestRefused("owner_busy", str(exc)) from exc
+        committed = self.epsilon_committed()
         log.info(
             "accepted plan %s: %d releases at sigma=%.4f, q=%.6f",
             request.plan_id,
@@ -228,16 +286,28 @@ class OwnerService:
             whole.noise_multiplier,
             whole.sample_rate,
         )
-        return PlanReply(request.plan_id, whole, committed, self.config.accountant, self.config.delta)
+        return PlanReply(
+            request.plan_id,
+            whole,
+            committed if committed is not None else 0.0,
+            self.config.accountant,
+            self.config.delta,
+        )
 
-    def _over_budget(self, exc: Exception, event: SampledGaussianEvent, unit: str) -> RequestRefused:
-        report = self.budget()
-        spent = report.epsilon_rdp if self.config.accountant == "rdp" else report.epsilon_prv
+    def _over_budget(self, exc: Exception, event: SampledGaussianEvent, unit: str, what: str) -> RequestRefused:
+        def figure(value: float | None) -> str:
+            return f"{value:.4f}" if value is not None else "unknown"
+
+        try:
+            spent: float | None = self.rule.epsilon(self.ledger.events())
+        except Exception:  # the refusal stands; the figure is only for the reader
+            spent = None
+        reserved = sum(e.count for e in self.ledger.outstanding())
         return RequestRefused(
             "budget_exceeded",
-            f"{exc} (budget epsilon={self.config.epsilon} at delta={self.config.delta}, enforced with "
-            f"{self.config.accountant.upper()}; spent {spent:.4f}; committed {report.epsilon_committed:.4f} with the "
-            f"{report.reserved_releases} releases that accepted run plans hold; this asks for {event.count} {unit} "
+            f"{what} {exc} (budget epsilon={self.config.epsilon} at delta={self.config.delta}, enforced with "
+            f"{self.config.accountant.upper()}; spent {figure(spent)}; committed {figure(self.epsilon_committed())} "
+            f"with the {reserved} releases that accepted run plans hold; this asks for {event.count} {unit} "
             f"at sigma={event.noise_multiplier:.4f}, q={event.sample_rate:.6f})",
         )
 
@@ -285,23 +355,49 @@ class OwnerService:
 
     def _reserve_then_release(self, request, event: SampledGaussianEvent, compute) -> bytes:
         """The ledger row is written before any private computation and the reply recorded before it leaves;
-        a repeated request id is answered from the ledger without spending again."""
+        a repeated request id is answered from the ledger without spending again.
+
+        The budget check runs outside every lock (the ledger re-checks that nothing changed before it
+        writes); the computation runs outside the ledger's lock, one at a time, and a concurrent retry
+        of the same request id waits for the first and gets its recorded answer.
+        """
         digest = request_digest(request)
-        with self._lock:
-            try:
-                stored = self.ledger.reserve(
-                    request.request_id, digest, event, lambda events: within_budget(self.config, events)
-                )
-            except LedgerConflict as exc:
-                raise _conflict(exc) from exc
-            except BudgetExceeded as exc:
-                unit = "draws" if isinstance(request, FeatureRequest) else "KIP steps (releases)"
-                raise self._over_budget(exc, event, unit) from exc
-            if stored is not None:
+        unit = "draws" if isinstance(request, FeatureRequest) else "KIP steps (releases)"
+        try:
+            stored = self.ledger.reserve(request.request_id, digest, event, self.rule.check)
+        except LedgerConflict as exc:
+            raise _conflict(exc) from exc
+        except BudgetExceeded as exc:
+            raise self._over_budget(exc, event, unit, "release") from exc
+        except AccountingRefused as exc:
+            raise RequestRefused(exc.code, f"release {exc}") from exc
+        except LedgerBusy as exc:
+            raise RequestRefused("owner_busy", str(exc)) from exc
+        if stored is not None:
+            return stored
+        with self._request_lock(request.request_id):
+            stored = self.ledger.reply(request.request_id)
+            if stored is not None:  # computed by a concurrent twin of this request
                 return stored
-            reply = compute()
+            with self._compute_slot:
+                reply = compute()
             self.ledger.record_reply(request.request_id, reply)
             return reply
+
+    @contextlib.contextmanager
+    def _request_lock(self, request_id: str):
+        """One holder at a time per request id; the entry is dropped when nobody holds or waits for it."""
+        with self._in_flight_guard:
+            entry = self._in_flight.setdefault(request_id, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._in_flight_guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self._in_flight.pop(request_id, None)
 
     def validate(self, r: FeatureRequest) -> SampledGaussianEvent:
         """Check a release request against the owner's own limits; return the privacy event it would cost."""

@@ -27,25 +27,31 @@ from shared.kip import DEFAULT_REG, centred_one_hot, krr_predict
 from shared.metrics import classification_metrics, mean_metrics
 from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, depth_for_image_size, pass_chunk
 from shared.scattering import scattering_features
+from shared.settings import bounded, check_settings
 from shared.subspace import Subspace
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    runs: int = 3
-    epochs: int = 300
-    width: int = 128
-    depth: int | None = None  # None: by image size (shared.networks.depth_for_image_size)
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
+    runs: int = bounded(3, int, 1, 1000)
+    epochs: int = bounded(300, int, 1, 10**6)
+    width: int = bounded(128, int, 1, 4096)
+    depth: int | None = bounded(
+        None, int, 1, 12, optional=True
+    )  # None: by image size (shared.networks.depth_for_image_size)
+    lr: float = bounded(0.01, float, 0, 1e3, low_open=True)
+    momentum: float = bounded(0.9, float, 0, 1, high_open=True)
+    weight_decay: float = bounded(5e-4, float, 0, 1)
+    batch_size: int = bounded(256, int, 1, 10**6)
     augmentation: str = DEFAULT_STRATEGY
-    seed: int = 1000
+    seed: int = bounded(1000, int, 0, 2**63 - 1)
     # Activation memory of one pass: larger batches are split into micro-batches whose gradients add
     # up to the batch's (exact: the network has no batch statistics).
-    activation_budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB
+    activation_budget_mb: float = bounded(DEFAULT_ACTIVATION_BUDGET_MB, float, 0, 1 << 24, low_open=True)
     precision: str = "float32"  # "bf16": autocast the training and test passes (shared.device)
+
+    def __post_init__(self) -> None:
+        check_settings(self, "evaluation")
 
 
 @dataclass(frozen=True)

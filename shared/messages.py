@@ -6,6 +6,7 @@ Their wire form is defined in ``shared/rpc/owner.proto`` (one protobuf message p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -193,8 +194,13 @@ class BudgetReport:
 
     @property
     def epsilon_remaining(self) -> float:
+        """What a new run may still spend: never above the budget, and 0 where any figure is not a
+        finite epsilon >= 0 (a failed or negative accountant result is never a credit)."""
         spent = self.epsilon_rdp if self.accountant == "rdp" else self.epsilon_prv
-        return max(0.0, self.epsilon_budget - max(spent, self.epsilon_committed))
+        used = (spent, self.epsilon_committed)
+        if not all(math.isfinite(v) and v >= 0 for v in (*used, self.epsilon_budget)):
+            return 0.0
+        return min(self.epsilon_budget, max(0.0, self.epsilon_budget - max(used)))
 
 
 @dataclass(frozen=True)

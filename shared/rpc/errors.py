@@ -24,11 +24,14 @@ STATUS_FOR_CODE: dict[str, grpc.StatusCode] = {
     "id_conflict": grpc.StatusCode.ALREADY_EXISTS,
     "budget_exceeded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "internal_error": grpc.StatusCode.INTERNAL,
+    "too_large": grpc.StatusCode.INVALID_ARGUMENT,
+    "accounting_failed": grpc.StatusCode.FAILED_PRECONDITION,
+    "owner_busy": grpc.StatusCode.ABORTED,
 }
 
 # Failures of the path to the owner rather than refusals by it: safe to retry, because a release
 # is idempotent by request id (the owner answers a repeated id from its ledger without spending).
-RETRYABLE_CODES = frozenset({"owner_unavailable", "node_unavailable", "timeout"})
+RETRYABLE_CODES = frozenset({"owner_unavailable", "node_unavailable", "timeout", "owner_busy"})
 
 
 class OwnerCallError(RuntimeError):
