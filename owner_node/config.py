@@ -191,8 +191,8 @@ class OwnerConfig:
     # [data] files that cannot be decoded ("refuse" or "skip", at most max_skipped of them) and
     # volumes read as 2D slices (volume_axis, slice_range): shared.images.policy.ReadPolicy.
     unreadable: str = "refuse"
-    max_skipped: float = DEFAULT_MAX_SKIPPED
-    volume_axis: int | None = None
+    max_skipped: float = bounded(DEFAULT_MAX_SKIPPED, float, 0, 1, key="[data] max_skipped")
+    volume_axis: int | None = bounded(None, int, 0, 2, optional=True, key="[data] volume_axis")
     slice_range: tuple[float, float] = (0.0, 1.0)
     # [privacy] class_counts: "public" (Describe gives the true counts) or "dp" (published once with
     # the Gaussian mechanism for class_counts_epsilon of the budget; see owner_node.class_counts).
@@ -229,7 +229,17 @@ class OwnerConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        for name in ("owner_id", "data_source", "accountant", "noise_sampler", "resize", "data_split"):
+        for name in (
+            "owner_id",
+            "data_source",
+            "accountant",
+            "noise_sampler",
+            "resize",
+            "data_split",
+            "unreadable",
+            "patient_from",
+            "patient_column",
+        ):
             if not isinstance(getattr(self, name), str):
                 raise SettingError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.accountant not in METHODS:

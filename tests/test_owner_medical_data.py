@@ -112,9 +112,12 @@ def test_read_policy_and_patient_source_in_owner_toml(tmp_path: Path) -> None:
     text = (tmp_path / "owner.toml").read_text()
     for bad, message in (
         ('unreadable = "ignore"', "unreadable must be one of"),
-        ("max_skipped = 2", "max_skipped must be a share"),
-        ('max_skipped = "5%"', "max_skipped must be a number"),
-        ("volume_axis = 3", "volume_axis must be 0, 1 or 2"),
+        ("max_skipped = 2", r"\[data\] max_skipped must be a finite number >= 0 and <= 1"),
+        ('max_skipped = "5%"', r"\[data\] max_skipped must be"),
+        ("max_skipped = nan", r"\[data\] max_skipped must be"),
+        ("volume_axis = 3", r"\[data\] volume_axis must be an integer >= 0 and <= 2"),
+        ("volume_axis = 1.0", r"\[data\] volume_axis must be an integer"),
+        ('slice_range = [0.1, "x"]', "slice_range must be"),
         ("slice_range = [0.8, 0.2]", "slice_range must be"),
         ("slice_range = 0.5", r"slice_range must be \[start, stop\]"),
         ('patient_from = "mrn"', "patient_from must be one of"),

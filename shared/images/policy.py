@@ -20,37 +20,35 @@ they are ignored and counted in the report, like ``.DS_Store``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from shared.settings import Bound, SettingError, bounded, check_number, check_settings
 
 UNREADABLE_POLICIES = ("refuse", "skip")
 DEFAULT_MAX_SKIPPED = 0.05
+_FRACTION = Bound(float, 0, 1)
 
 
 @dataclass(frozen=True)
 class ReadPolicy:
     unreadable: str = "refuse"  # "refuse" | "skip"
-    max_skipped: float = DEFAULT_MAX_SKIPPED  # with "skip": the largest share of image files left out
-    volume_axis: int | None = None  # 0, 1 or 2; None: a DICOM's frames, a NIfTI's third (axial) axis
+    # With "skip": the largest share of image files left out.
+    max_skipped: float = bounded(DEFAULT_MAX_SKIPPED, float, 0, 1)
+    # 0, 1 or 2; None: a DICOM's frames, a NIfTI's third (axial) axis.
+    volume_axis: int | None = bounded(None, int, 0, 2, optional=True)
     slice_range: tuple[float, float] = (0.0, 1.0)  # fractions of the volume axis whose slices are kept
 
     def __post_init__(self) -> None:
         if self.unreadable not in UNREADABLE_POLICIES:
             raise ValueError(f"unreadable must be one of {UNREADABLE_POLICIES}, got {self.unreadable!r}")
-        if isinstance(self.max_skipped, bool) or not isinstance(self.max_skipped, int | float):
-            raise ValueError(f"max_skipped must be a number in [0, 1], got {self.max_skipped!r}")
-        if not 0.0 <= float(self.max_skipped) <= 1.0:
-            raise ValueError(f"max_skipped must be a share in [0, 1], got {self.max_skipped!r}")
-        if self.volume_axis is not None and (isinstance(self.volume_axis, bool) or self.volume_axis not in (0, 1, 2)):
-            raise ValueError(f"volume_axis must be 0, 1 or 2 (or unset), got {self.volume_axis!r}")
-        try:
-            start, stop = (float(v) for v in self.slice_range)
-        except (TypeError, ValueError):
-            raise ValueError(f"slice_range must be [start, stop], got {self.slice_range!r}") from None
-        if not (math.isfinite(start) and math.isfinite(stop) and 0.0 <= start < stop <= 1.0):
-            raise ValueError(f"slice_range must be [start, stop] with 0 <= start < stop <= 1, got {self.slice_range!r}")
+        check_settings(self)  # numbers: shared.settings, the one place their type and range are checked
+        pair = self.slice_range
+        if isinstance(pair, str | bytes) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise SettingError(f"slice_range must be [start, stop], got {pair!r}")
+        start, stop = (check_number("slice_range", v, _FRACTION) for v in pair)
+        if not start < stop:
+            raise SettingError(f"slice_range must be [start, stop] with start < stop, got {pair!r}")
         object.__setattr__(self, "slice_range", (start, stop))
-        object.__setattr__(self, "max_skipped", float(self.max_skipped))
 
     @property
     def skip_unreadable(self) -> bool:
