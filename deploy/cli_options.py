@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploy.presets import PRESETS, distiller_config
+from shared.images.policy import DEFAULT_MAX_SKIPPED
 
 if TYPE_CHECKING:
     from distiller_node.pipeline import DistillerConfig
@@ -67,6 +68,7 @@ def owner_settings_from_args(a: argparse.Namespace) -> dict:
     settings: dict = {
         "privacy_unit": a.unit,
         "patient_column": a.patient_column,
+        "patient_from": a.patient_from,
         "holdout": a.holdout or 0.0,
         "device": a.device,
         "precision": a.precision,
@@ -81,6 +83,7 @@ def user_sets(a: argparse.Namespace):
     from deploy.public_sets import PublicSets
     from shared.images.source import source_for_path
 
+    reading = read_policy_from_args(a)
     aux_per_class = getattr(a, "aux_per_class", None) or PRESETS[a.preset]["aux_per_class"]
     data, aux, test = getattr(a, "data", None), getattr(a, "aux", None), getattr(a, "test", None)
     validation = getattr(a, "validation", None)
@@ -106,9 +109,17 @@ def user_sets(a: argparse.Namespace):
         aux_per_class=aux_per_class,
         data_root=a.data_root,
         download=getattr(a, "download", False),
+        reading=reading,
     )
-    private = source_for_path(data, a.image_size, a.channels, a.resize, "train") if data is not None else None
+    private = source_for_path(data, a.image_size, a.channels, a.resize, "train", reading) if data is not None else None
     return public, private
+
+
+def read_policy_from_args(a: argparse.Namespace):
+    """--unreadable, --max-skipped, --volume-axis, --slice-range as the ``ReadPolicy`` of every file set."""
+    from shared.images.policy import ReadPolicy
+
+    return ReadPolicy(a.unreadable, a.max_skipped, a.volume_axis, tuple(a.slice_range))
 
 
 def own_image_options(p: argparse.ArgumentParser, data_help: str, test: bool = True) -> None:
@@ -123,6 +134,33 @@ def own_image_options(p: argparse.ArgumentParser, data_help: str, test: bool = T
     p.add_argument("--image-size", type=int, help="image side in pixels (public; needed for folders and CSV)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 (gray) or 3 (RGB) (public; folders and CSV)")
     p.add_argument("--resize", choices=("crop", "pad"), default="crop", help="shorter side + centre crop, or pad")
+    p.add_argument(
+        "--unreadable",
+        choices=("refuse", "skip"),
+        default="refuse",
+        help="a file that cannot be decoded stops the run (refuse), or is left out and listed in the load report",
+    )
+    p.add_argument(
+        "--max-skipped",
+        type=float,
+        default=DEFAULT_MAX_SKIPPED,
+        help="with --unreadable skip: the largest share of files left out",
+    )
+    p.add_argument(
+        "--volume-axis",
+        type=int,
+        choices=(0, 1, 2),
+        help="volumes (multi-frame DICOM, NIfTI) are read as 2D slices along this axis (default: DICOM frames, "
+        "NIfTI axial)",
+    )
+    p.add_argument(
+        "--slice-range",
+        type=float,
+        nargs=2,
+        default=(0.0, 1.0),
+        metavar=("START", "STOP"),
+        help="keep the slices of each volume within these fractions of its axis (default 0 1: all)",
+    )
 
 
 def compute_options(p: argparse.ArgumentParser, who: str) -> None:

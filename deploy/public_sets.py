@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from shared.datasets import ImageSet, public_split
 from shared.images.classes import check_same_classes
+from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.resize import check_resize_policy
 from shared.images.source import ImageSource, load_source, source_for_path
 
@@ -29,6 +30,7 @@ class PublicSets:
     aux_per_class: int = 50  # Fashion-MNIST only: test-split images per class kept for the auxiliary set
     data_root: str | None = None  # Fashion-MNIST only: where its IDX files are
     download: bool = False
+    reading: ReadPolicy = ReadPolicy()  # folders and manifests: unreadable files, volumes
 
     def __post_init__(self) -> None:
         if self.aux is None and self.test is not None:
@@ -42,7 +44,7 @@ class PublicSets:
         return self.aux is None
 
     def source(self, path: str, split: str) -> ImageSource:
-        return source_for_path(path, self.image_size, self.channels, self.resize, split)
+        return source_for_path(path, self.image_size, self.channels, self.resize, split, self.reading)
 
     def load(self, show_progress: bool = True) -> tuple[ImageSet, ImageSet | None]:
         """(auxiliary, test or None). The two must name the same classes in the same order."""
@@ -73,6 +75,11 @@ class PublicSets:
             "resize": self.resize,
             "aux-per-class": self.aux_per_class,
             "data-root": self.data_root or "",
+            "unreadable": self.reading.unreadable,
+            "max-skipped": self.reading.max_skipped,
+            "volume-axis": -1 if self.reading.volume_axis is None else self.reading.volume_axis,
+            "slice-start": self.reading.slice_range[0],
+            "slice-stop": self.reading.slice_range[1],
         }
 
     @classmethod
@@ -85,4 +92,10 @@ class PublicSets:
             resize=str(rc.get("resize", "")) or "crop",
             aux_per_class=int(rc.get("aux-per-class", 0)) or default_aux_per_class,
             data_root=str(rc.get("data-root", "")) or None,
+            reading=ReadPolicy(
+                str(rc.get("unreadable", "")) or "refuse",
+                float(rc.get("max-skipped", DEFAULT_MAX_SKIPPED)),
+                None if int(rc.get("volume-axis", -1)) < 0 else int(rc["volume-axis"]),
+                (float(rc.get("slice-start", 0.0)), float(rc.get("slice-stop", 1.0))),
+            ),
         )

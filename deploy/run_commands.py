@@ -202,9 +202,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--unit",
         choices=("image", "patient"),
         default="image",
-        help="the owner's privacy unit: each image, or each patient (all its images; --data as a CSV manifest)",
+        help="the owner's privacy unit: each image, or each patient (all its images; see --patient-from)",
     )
     s.add_argument("--patient-column", default="patient_id", help="with --unit patient: the manifest's column")
+    s.add_argument(
+        "--patient-from",
+        choices=("column", "dicom", "file"),
+        default="column",
+        help="with --unit patient: each image's patient from the manifest's column, its DICOM PatientID, or its "
+        "file (a volume's slices are one patient)",
+    )
     s.add_argument(
         "--holdout", type=float, help="the owner keeps this share of its data out of every release (owner-evaluate)"
     )

@@ -55,11 +55,22 @@ def prepare_owners(
     if all(p.exists() for p in paths):
         return paths
     shares: list[ImageSet] | None = None
-    if privacy_unit == "patient" and (private is None or private.kind != "csv" or private_subset or num_owners > 1):
-        raise ValueError("patient-level privacy needs --data as a CSV manifest with a patient column, one owner")
+    if privacy_unit == "patient" and (
+        private is None or private.kind not in ("csv", "image-folder") or private_subset or num_owners > 1
+    ):
+        raise ValueError(
+            "patient-level privacy needs --data as a CSV manifest with a patient column, or a folder of DICOM "
+            "files or volumes (--patient-from dicom or file), read whole by one owner"
+        )
     if private_subset or num_owners > 1:
         if private is not None:
-            train = load_source(private, progress=False, cache=False).data
+            loaded = load_source(private, progress=False, cache=False)
+            if len(set(loaded.files)) < len(loaded.files):
+                raise ValueError(
+                    "--data holds volumes read as slices: a volume's slices are one patient's, so they cannot be "
+                    "split among owners or subsampled as images; use one owner with --unit patient"
+                )
+            train = loaded.data
         else:
             train = load_fashion_mnist(train=True, root=data_root)
         g = torch.Generator().manual_seed(seed)
@@ -81,6 +92,10 @@ def prepare_owners(
                 "channels": private.channels,
                 "resize": private.resize,
                 "data_split": private.split,
+                "unreadable": private.reading.unreadable,
+                "max_skipped": private.reading.max_skipped,
+                "volume_axis": private.reading.volume_axis,
+                "slice_range": private.reading.slice_range,
             }
         config = OwnerConfig(
             owner_id="simulated-owner" if num_owners == 1 else f"owner-{i + 1}",

@@ -11,6 +11,7 @@ from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
 from shared.accounting import METHODS, MIN_DELTA
 from shared.device import check_precision
+from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
 from shared.messages import PRIVACY_UNITS
 from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
@@ -165,7 +166,15 @@ DATA_KEYS = (
     "holdout",
     "holdout_seed",
     "patient_column",
+    "patient_from",
+    "unreadable",
+    "max_skipped",
+    "volume_axis",
+    "slice_range",
 )
+# Where patient mode finds each image's patient: a CSV column, the DICOM PatientID tag, or the file
+# itself (each file, e.g. a volume whose slices are images, is one patient).
+PATIENT_SOURCES = ("column", "dicom", "file")
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,13 @@ class OwnerConfig:
     # contribution to a release is clipped to C.
     privacy_unit: str = "image"
     patient_column: str = "patient_id"
+    patient_from: str = "column"  # [data] patient_from: one of PATIENT_SOURCES
+    # [data] files that cannot be decoded ("refuse" or "skip", at most max_skipped of them) and
+    # volumes read as 2D slices (volume_axis, slice_range): shared.images.policy.ReadPolicy.
+    unreadable: str = "refuse"
+    max_skipped: float = bounded(DEFAULT_MAX_SKIPPED, float, 0, 1, key="[data] max_skipped")
+    volume_axis: int | None = bounded(None, int, 0, 2, optional=True, key="[data] volume_axis")
+    slice_range: tuple[float, float] = (0.0, 1.0)
     # [privacy] class_counts: "public" (Describe gives the true counts) or "dp" (published once with
     # the Gaussian mechanism for class_counts_epsilon of the budget; see owner_node.class_counts).
     class_counts: str = "public"
@@ -229,6 +245,7 @@ class OwnerConfig:
             classes=self.classes,
             split=self.data_split,
             name=self.dataset_name,
+            reading=ReadPolicy(self.unreadable, self.max_skipped, self.volume_axis, self.slice_range),
         )
 
     @property
@@ -237,7 +254,17 @@ class OwnerConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        for name in ("owner_id", "data_source", "accountant", "noise_sampler", "resize", "data_split"):
+        for name in (
+            "owner_id",
+            "data_source",
+            "accountant",
+            "noise_sampler",
+            "resize",
+            "data_split",
+            "unreadable",
+            "patient_from",
+            "patient_column",
+        ):
             if not isinstance(getattr(self, name), str):
                 raise SettingError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.accountant not in METHODS:
@@ -254,10 +281,17 @@ class OwnerConfig:
             raise ValueError(f"[data] {exc}") from exc
         if self.privacy_unit not in PRIVACY_UNITS:
             raise ValueError(f"[privacy] unit must be one of {PRIVACY_UNITS}, got {self.privacy_unit!r}")
-        if self.privacy_unit == "patient" and self.data_source != "csv":
+        if self.patient_from not in PATIENT_SOURCES:
+            raise ValueError(f"[data] patient_from must be one of {PATIENT_SOURCES}, got {self.patient_from!r}")
+        if self.privacy_unit == "patient" and self.patient_from == "column" and self.data_source != "csv":
             raise ValueError(
                 '[privacy] unit = "patient" needs a CSV manifest ([data] source = "csv") with a '
-                f"{self.patient_column!r} column naming each image's patient"
+                f"{self.patient_column!r} column naming each image's patient, or image files that name it: "
+                '[data] patient_from = "dicom" (the DICOM PatientID) or "file" (each file, e.g. a volume)'
+            )
+        if self.privacy_unit == "patient" and self.data_source not in ("csv", "image-folder"):
+            raise ValueError(
+                f'[privacy] unit = "patient" needs image files (csv or image-folder), not {self.data_source}'
             )
         if self.class_counts not in ("public", "dp"):
             raise ValueError(f'[privacy] class_counts must be "public" or "dp", got {self.class_counts!r}')
@@ -344,6 +378,11 @@ class OwnerConfig:
                 class_counts_epsilon=privacy.get("class_counts_epsilon", 0.05),
                 class_counts_patient_clip=privacy.get("class_counts_patient_clip", 10.0),
                 patient_column=data.get("patient_column", "patient_id"),
+                patient_from=data.get("patient_from", "column"),
+                unreadable=data.get("unreadable", "refuse"),
+                max_skipped=data.get("max_skipped", DEFAULT_MAX_SKIPPED),
+                volume_axis=data.get("volume_axis"),
+                slice_range=tuple(r) if isinstance(r := data.get("slice_range", (0.0, 1.0)), list) else r,
                 device=str(raw.get("compute", {}).get("device", "cpu")),
                 precision=str(raw.get("compute", {}).get("precision", "float32")),
             )
@@ -383,7 +422,11 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
     if config.holdout:
         lines += [f"holdout = {config.holdout}", f"holdout_seed = {config.holdout_seed}"]
     if config.privacy_unit == "patient":
-        lines.append(f"patient_column = {q(config.patient_column)}")
+        lines += [f"patient_column = {q(config.patient_column)}", f"patient_from = {q(config.patient_from)}"]
+    lines += [f"unreadable = {q(config.unreadable)}", f"max_skipped = {config.max_skipped}"]
+    if config.volume_axis is not None:
+        lines.append(f"volume_axis = {config.volume_axis}")
+    lines.append(f"slice_range = [{config.slice_range[0]}, {config.slice_range[1]}]")
     lines += [
         "",
         "[auxiliary]",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ import torch
 from owner_node.config import OwnerConfig
 from owner_node.randomness import SecureRandom
 from shared.datasets import ImageSet, load_npz, to_float
+from shared.identifiers import normalise_identifier
+from shared.images.report import LoadResult
 from shared.images.source import load_source
 
 
@@ -90,10 +93,14 @@ class PrivateData:
         return torch.cat(chosen)
 
 
-def patient_index(ids: Sequence[str]) -> torch.Tensor:
-    """Each image's patient as an index 0..P-1 (in order of first appearance)."""
+def patient_index(ids: Sequence[object]) -> torch.Tensor:
+    """Each image's patient as an index 0..P-1 (in order of first appearance).
+
+    Ids are compared normalised (``shared.identifiers``: NFC, no surrounding spaces), so one patient
+    written two ways is one record, clipped to C once.
+    """
     seen: dict[str, int] = {}
-    return torch.tensor([seen.setdefault(str(i), len(seen)) for i in ids], dtype=torch.int64)
+    return torch.tensor([seen.setdefault(normalise_identifier(i), len(seen)) for i in ids], dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -146,26 +153,55 @@ def holdout_split(
     return torch.cat(keep).sort().values, torch.cat(held).sort().values
 
 
+def patient_ids(config: OwnerConfig, result: LoadResult) -> tuple[str, ...]:
+    """Each loaded image's patient, as ``[data] patient_from`` says: the manifest's ``patient_column``,
+    the DICOM PatientID of its file, or its file (a volume's slices are one patient)."""
+    source = config.data_path
+    if config.patient_from == "file":
+        return result.files
+    if config.patient_from == "dicom":
+        ids, where = result.dicom_patients, "DICOM PatientID"
+    else:
+        name = normalise_identifier(config.patient_column)
+        column = result.columns.get(name)
+        if column is None:
+            raise ValueError(
+                f'[privacy] unit = "patient": the manifest {source} has no {name!r} '
+                f"column (columns: path, label, {', '.join(result.columns) or 'nothing else'})"
+            )
+        ids, where = column, repr(name)
+    empty = sorted({f for f, v in zip(result.files, ids, strict=True) if not normalise_identifier(v)})
+    if empty:
+        raise ValueError(
+            f"{source}: {len(empty)} files have an empty {where} (e.g. {', '.join(empty[:3])}); every image "
+            "needs its patient in patient mode"
+        )
+    return ids
+
+
+def check_volumes_have_a_patient(config: OwnerConfig, result: LoadResult) -> None:
+    """A volume's slices are one person's: as separate image-level records they would be protected
+    one slice at a time. Refused outside patient mode."""
+    if config.privacy_unit == "patient" or len(set(result.files)) == len(result.files):
+        return
+    volume, slices = Counter(result.files).most_common(1)[0]
+    raise ValueError(
+        f"{volume} was read as {slices} slices ({result.report.volumes} volumes in all): with [privacy] "
+        'unit = "image" each slice would be its own record. Set unit = "patient" with [data] patient_from = '
+        '"dicom" or "file" (or a manifest column), so that a volume is protected as a whole'
+    )
+
+
 def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[OwnerImages, ImageSet | None]:
     """(the images releases are computed from, the held-out split or None) as ``[data]`` describes them.
 
     Decoded images are cached as uint8 in ``config.image_cache_dir`` (beside the ledger by default,
     so private pixels stay in the owner's own storage), which makes a restart take seconds. In
-    patient mode the manifest's patient column names each image's patient.
+    patient mode each image's patient comes from ``patient_ids``.
     """
     result = load_source(config.image_source(), progress=progress, cache_dir=config.image_cache_dir)
-    patients = None
-    if config.privacy_unit == "patient":
-        column = result.columns.get(config.patient_column)
-        if column is None:
-            raise ValueError(
-                f'[privacy] unit = "patient": the manifest {config.data_path} has no {config.patient_column!r} '
-                f"column (columns: path, label, {', '.join(result.columns) or 'nothing else'})"
-            )
-        empty = [i for i, v in enumerate(column) if not str(v).strip()]
-        if empty:
-            raise ValueError(f"{config.data_path}: {len(empty)} images have an empty {config.patient_column!r}")
-        patients = patient_index(column)
+    check_volumes_have_a_patient(config, result)
+    patients = patient_index(patient_ids(config, result)) if config.privacy_unit == "patient" else None
     images = OwnerImages(result.data, patients)
     if not config.holdout:
         return images, None

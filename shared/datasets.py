@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.identifiers import distinct_identifiers
+
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -40,6 +42,8 @@ class ImageSet:
     class_names: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        # Every set's class names, whatever their source, in one form (shared.identifiers).
+        object.__setattr__(self, "class_names", distinct_identifiers(self.class_names))
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError("images must be uint8 with shape [N, C, H, W]")
         if self.labels.shape != (self.images.shape[0],):

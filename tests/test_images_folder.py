@@ -12,6 +12,7 @@ from PIL import Image
 from shared.datasets import DataNotFound, load_image_folder, load_image_set
 from shared.images.errors import ImageDecodeError, ImageSourceError
 from shared.images.folder import load_folder, scan_image_folder
+from shared.images.policy import ReadPolicy
 from shared.images.resize import TargetFormat
 
 
@@ -38,7 +39,7 @@ def test_hidden_and_non_image_entries_are_ignored_and_counted(tmp_path: Path) ->
     assert [f.name for f in listing.files] == ["a.png", "b.JPG", "c.tif"]
     assert listing.labels == (0, 0, 1)
     # .hidden.png, .ipynb_checkpoints/, __MACOSX/, .git/, .DS_Store, Thumbs.db, notes.txt, README.md
-    assert listing.ignored == 8
+    assert len(listing.ignored) == 8
     result = load_folder(root, TargetFormat(8, 1), progress=False)
     assert result.report.ignored == 8 and "dog/notes.txt" in result.report.ignored_examples
     assert result.data.images.shape == (3, 1, 8, 8)
@@ -91,7 +92,7 @@ def test_corrupt_file_names_it_or_is_skipped_when_asked(tmp_path: Path) -> None:
     (tmp_path / "a" / "bad.png").write_bytes(b"garbage")
     with pytest.raises(ImageDecodeError, match=r"bad\.png"):
         load_folder(tmp_path, TargetFormat(4, 1), progress=False)
-    result = load_folder(tmp_path, TargetFormat(4, 1), progress=False, skip_unreadable=True)
+    result = load_folder(tmp_path, TargetFormat(4, 1), progress=False, reading=ReadPolicy("skip", max_skipped=0.5))
     assert len(result.data) == 2 and result.report.skipped[0][0].endswith("bad.png")
     assert "1 unreadable files skipped" in result.report.summary()
 

@@ -168,3 +168,48 @@ def test_a_run_against_a_patient_mode_owner_reports_patient_level_privacy(tmp_pa
     report = json.loads((tmp_path / "run" / "privacy_report.json").read_text())
     assert report["privacy_unit"] == "patient" and "each patient's data" in report["guarantee"]
     assert "privacy unit:               patient" in (tmp_path / "run" / "privacy_report.txt").read_text()
+
+
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_one_patient_written_two_ways_is_one_record_and_moves_a_release_by_at_most_c(
+    tmp_path: Path, signal: str
+) -> None:
+    """Issue 25 item 4: "Zoë" composed (NFC) in some rows, decomposed (NFD, as macOS writes it) and with
+    trailing spaces in others is one patient; compared raw it was two, each clipped to C (2C)."""
+    import unicodedata
+
+    config = _manifest_owner(tmp_path)
+    nfc, nfd = unicodedata.normalize("NFC", "Zoë"), unicodedata.normalize("NFD", "Zoë")
+    assert nfc != nfd
+    rng = np.random.default_rng(3)
+    bright = rng.integers(200, 256, (16, 16), dtype=np.uint8)  # one strong image, repeated: clipped sums align
+    rows = (tmp_path / "manifest.csv").read_text().splitlines()
+    for i, spelling in enumerate([nfc, nfc, nfc, nfd + "  ", nfd, f" {nfc}\t"]):
+        Image.fromarray(bright, "L").save(tmp_path / "img" / f"zoe{i}.png")
+        rows.append(f'img/zoe{i}.png,class0,"{spelling}"')
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    images, _ = load_owner_images(config, progress=False)
+    assert images.patients is not None and int(images.patients.max()) + 1 == 41  # 40 + Zoë, once
+    zoe = images.patients[-6:]
+    assert len(zoe.unique()) == 1
+    net = freeze(build_network(SPEC, 5))
+    aux = torch.randn(30, 1, 16, 16, generator=torch.Generator().manual_seed(9))
+    subspace = public_subspace(net, aux, 6, signal, torch.arange(30) % 4)
+    norm = (0.5, 0.25)
+
+    def sums(keep: torch.Tensor) -> torch.Tensor:
+        return clean_class_sums(
+            net, subspace, images.data.images[keep], images.data.labels[keep], 7, STRATEGY, C, 4, signal,
+            normalization=norm, patients=patient_index(images.patients[keep].tolist()),
+        )  # fmt: skip
+
+    everyone = torch.arange(len(images.data))
+    moved = float(torch.linalg.vector_norm(sums(everyone) - sums(everyone[:-6])))
+    assert moved <= C * (1 + 1e-6) + 1e-5, moved
+    # The same rows grouped by the raw strings: three "patients", which together move the sums by > C.
+    raw = torch.cat([images.patients[:-6], torch.tensor([40, 40, 40, 41, 42, 43])])
+    split = clean_class_sums(
+        net, subspace, images.data.images, images.data.labels, 7, STRATEGY, C, 4, signal, normalization=norm,
+        patients=raw,
+    ) - sums(everyone[:-6])  # fmt: skip
+    assert float(torch.linalg.vector_norm(split)) > 1.5 * C

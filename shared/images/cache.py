@@ -1,7 +1,8 @@
 """On-disk cache of decoded images (uint8 arrays), so a folder of 50,000 files loads again in seconds.
 
 Key: a SHA-256 over the format version, Pillow/pydicom versions, the output format (size,
-channels, resize policy), whether unreadable files are skipped, and each file's identity, either
+channels, resize policy), the read policy (unreadable files skipped, volume axis and slice range),
+and each file's identity, either
 (absolute path, size, mtime in ns) (``stat``, default: one ``stat`` per file) or (relative path,
 BLAKE2b of its bytes) (``content``: reads every byte, survives copies, catches an edit that kept
 size and mtime). Any change in those gives a new entry; old entries are never reused.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: volumes as slices, invalid windows, files ignored, DICOM PatientID
 CACHE_CHECKS = ("stat", "content")
 
 
@@ -64,8 +65,12 @@ def cache_key(material: Mapping) -> str:
 @dataclass(frozen=True)
 class CachedImages:
     images: np.ndarray  # uint8 [K, C, H, W]
-    kept: np.ndarray  # int64 [K]: index into the listing of each image (files skipped as unreadable are absent)
-    skipped: tuple[tuple[str, str], ...] = ()
+    # int64 [K]: index into the listing of each image (a volume's slices repeat its index; files
+    # skipped as unreadable or ignored as not images are absent)
+    kept: np.ndarray
+    skipped: tuple[tuple[str, str], ...] = ()  # (file, reason): unreadable, left out by the skip policy
+    ignored: tuple[tuple[str, str], ...] = ()  # (file, reason): not images (DICOMDIR, DICOM without pixels)
+    patients: tuple[str, ...] = ()  # per listed file: the DICOM PatientID it names, "" for none
 
 
 def _digest(images: np.ndarray, kept: np.ndarray, meta: str) -> str:
@@ -106,7 +111,9 @@ class ImageCache:
             )
             if valid:
                 skipped = tuple((str(f), str(r)) for f, r in meta.get("skipped", []))
-                return CachedImages(images, kept, skipped), "hit"
+                ignored = tuple((str(f), str(r)) for f, r in meta.get("ignored", []))
+                patients = tuple(str(p) for p in meta.get("patients", []))
+                return CachedImages(images, kept, skipped, ignored, patients), "hit"
         except Exception:  # truncated zip, missing array, bad JSON ...: never trusted, rebuilt
             pass
         return None, "rebuilt"
@@ -115,7 +122,15 @@ class ImageCache:
         """Write atomically (temporary file, then rename), readable by the owner only."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.path(key)
-        meta = json.dumps({"key": key, "format": CACHE_FORMAT_VERSION, "skipped": [list(s) for s in entry.skipped]})
+        meta = json.dumps(
+            {
+                "key": key,
+                "format": CACHE_FORMAT_VERSION,
+                "skipped": [list(s) for s in entry.skipped],
+                "ignored": [list(s) for s in entry.ignored],
+                "patients": list(entry.patients),
+            }
+        )
         kept = np.asarray(entry.kept, dtype=np.int64)
         tmp = self.folder / f".{key}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -135,11 +150,12 @@ class ImageCache:
         return path
 
 
-def listing_material(kind: str, fingerprints: Iterable, target_description: Mapping, skip_unreadable: bool) -> dict:
-    """The key material of a file collection (labels do not enter: they are re-read from the listing)."""
+def listing_material(kind: str, fingerprints: Iterable, target_description: Mapping, reading: Mapping) -> dict:
+    """The key material of a file collection (labels do not enter: they are re-read from the listing);
+    ``reading``: what of the read policy changes the decoded images (``ReadPolicy.volume_material``)."""
     return {
         "kind": kind,
         "target": dict(target_description),
-        "skip_unreadable": skip_unreadable,
+        "reading": dict(reading),
         "files": list(fingerprints),
     }

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from shared.datasets import ImageSet
+from shared.identifiers import distinct_identifiers, normalise_identifier
 from shared.images.errors import ClassMismatchError, ImageSourceError
 
 _CHUNKS = re.compile(r"(\d+)")
@@ -37,16 +38,17 @@ def resolve_classes(found: Iterable[str], classes: Sequence[str] | None, *, what
 
     With an explicit list, a found class missing from it and a listed class never found are both
     refused (``what`` says where classes come from, e.g. "class folder" or "label in the CSV").
+    Names on both sides are compared in their normalised form (``shared.identifiers``).
     """
-    found_set = set(found)
+    found_set = {normalise_identifier(f) for f in found}
     if classes is None:
         if not found_set:
             raise ImageSourceError(f"no {what} found")
         return tuple(natural_sorted(found_set))
-    classes = tuple(str(c) for c in classes)
-    duplicates = sorted({c for c in classes if classes.count(c) > 1})
-    if duplicates:
-        raise ImageSourceError(f"the classes list names {', '.join(map(repr, duplicates))} more than once")
+    try:
+        classes = distinct_identifiers(classes, "the classes list")
+    except ValueError as exc:
+        raise ImageSourceError(str(exc)) from None
     extra = natural_sorted(found_set - set(classes))
     if extra:
         raise ImageSourceError(
@@ -63,8 +65,8 @@ def check_same_classes(
     a: ImageSet | Sequence[str], b: ImageSet | Sequence[str], names: tuple[str, str] = ("first set", "second set")
 ) -> None:
     """Refuse two sets whose class names differ in any way, including order (labels would be permuted)."""
-    a_names = tuple(a.class_names) if isinstance(a, ImageSet) else tuple(a)
-    b_names = tuple(b.class_names) if isinstance(b, ImageSet) else tuple(b)
+    a_names = tuple(a.class_names) if isinstance(a, ImageSet) else tuple(map(normalise_identifier, a))
+    b_names = tuple(b.class_names) if isinstance(b, ImageSet) else tuple(map(normalise_identifier, b))
     if a_names == b_names:
         return
     first, second = names

@@ -7,7 +7,9 @@ computes statistics of the pixels: normalisation constants are public, never fro
 
 from __future__ import annotations
 
+import os
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +20,13 @@ from tqdm import tqdm
 
 from shared.datasets import ImageSet
 from shared.images.cache import CachedImages, ImageCache, cache_key, file_fingerprints, listing_material
-from shared.images.decode import decode_file
-from shared.images.errors import ImageDecodeError, ImageSourceError
-from shared.images.report import LoadReport, LoadResult
+from shared.images.decode import decode_slices
+from shared.images.errors import ImageDecodeError, ImageSourceError, NotAnImage
+from shared.images.policy import ReadPolicy
+from shared.images.report import LoadReport, LoadResult, count_reasons
 from shared.images.resize import TargetFormat
+
+MAX_IGNORED_EXAMPLES = 10
 
 
 @dataclass(frozen=True)
@@ -35,30 +40,54 @@ class Listing:
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
     columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # extra per-file values
-    ignored: int = 0
-    ignored_examples: tuple[str, ...] = ()
+    ignored: tuple[tuple[str, str], ...] = ()  # (relative path, reason) of entries left out while listing
     where: tuple[str, ...] = ()  # per file, how to name it in an error (e.g. "row 7"); optional
 
 
 def decode_files(
-    files: tuple[Path, ...], target: TargetFormat, *, progress: bool, skip_unreadable: bool, desc: str = "decoding"
+    files: tuple[Path, ...], target: TargetFormat, *, progress: bool, reading: ReadPolicy, desc: str = "decoding"
 ) -> CachedImages:
-    """Decode every file to ``target``; unreadable ones raise, or are skipped and listed."""
-    out = np.empty((len(files), target.channels, target.image_size, target.image_size), dtype=np.uint8)
+    """Decode every file to ``target`` (a volume to its kept slices): files that are not images are
+    ignored; unreadable ones raise, or are skipped and listed (``reading.unreadable``)."""
+    shape = (target.channels, target.image_size, target.image_size)
+    out = np.empty((max(len(files), 1), *shape), dtype=np.uint8)
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
-    for i, path in enumerate(tqdm(files, desc=desc, unit="img", disable=not progress)):
+    ignored: list[tuple[str, str]] = []
+    patients = [""] * len(files)
+    for i, path in enumerate(tqdm(files, desc=desc, unit="file", disable=not progress)):
         try:
-            image = decode_file(path, target.channels, draft_size=target.image_size)
+            decoded = decode_slices(path, target.channels, policy=reading, draft_size=target.image_size)
+        except NotAnImage as exc:
+            ignored.append((str(path), exc.reason))
+            continue
         except ImageDecodeError as exc:
-            if not skip_unreadable:
+            if not reading.skip_unreadable:
                 raise
             skipped.append((str(path), exc.reason))
             continue
-        out[len(kept)] = target.apply(image)
-        kept.append(i)
-    images = out if len(kept) == len(files) else out[: len(kept)].copy()
-    return CachedImages(images, np.asarray(kept, dtype=np.int64), tuple(skipped))
+        for image in decoded.images:
+            if len(kept) == len(out):  # volumes: grow by doubling
+                out = np.concatenate([out, np.empty_like(out)])
+            out[len(kept)] = target.apply(image)
+            kept.append(i)
+        patients[i] = decoded.patient_id
+    images = out if len(kept) == len(out) else out[: len(kept)].copy()
+    return CachedImages(images, np.asarray(kept, dtype=np.int64), tuple(skipped), tuple(ignored), tuple(patients))
+
+
+def _check_skipped_share(listing: Listing, entry: CachedImages, reading: ReadPolicy) -> None:
+    """More than ``max_skipped`` of the image files unreadable is a broken export: refused."""
+    if not entry.skipped:
+        return
+    candidates = len(listing.files) - len(entry.ignored)
+    share = len(entry.skipped) / max(candidates, 1)
+    if share > reading.max_skipped:
+        first_file, first_reason = entry.skipped[0]
+        raise ImageSourceError(
+            f"{listing.source}: {len(entry.skipped)} of {candidates} image files ({share:.1%}) cannot be read, more "
+            f"than max_skipped = {reading.max_skipped:.1%} allows (first: {first_file}: {first_reason})"
+        )
 
 
 def load_listing(
@@ -68,52 +97,60 @@ def load_listing(
     cache: ImageCache | None = None,
     cache_check: str = "stat",
     progress: bool = True,
-    skip_unreadable: bool = False,
+    reading: ReadPolicy | None = None,
 ) -> LoadResult:
     """Decode (or fetch from the cache) the listed files and build the labelled set and its report."""
+    reading = reading or ReadPolicy()
     start = time.perf_counter()
     entry, status, cache_file = None, "off", None
     key = None
     if cache is not None:
         fingerprints = file_fingerprints(listing.files, cache_check, listing.base)
-        material = listing_material(listing.kind, fingerprints, vars(target) | {"check": cache_check}, skip_unreadable)
+        material = listing_material(
+            listing.kind, fingerprints, vars(target) | {"check": cache_check}, reading.volume_material()
+        )
         key = cache_key(material)
         entry, status = cache.load(key)
         cache_file = str(cache.path(key))
     if entry is None:
         try:
-            entry = decode_files(
-                listing.files, target, progress=progress, skip_unreadable=skip_unreadable, desc=listing.source
-            )
+            entry = decode_files(listing.files, target, progress=progress, reading=reading, desc=listing.source)
         except ImageDecodeError as exc:
             where = _where(listing, exc.path)
-            if where:
-                raise ImageDecodeError(exc.path, f"{exc.reason} ({where})") from exc
-            raise
+            hint = '; the read policy unreadable = "skip" ([data] unreadable, --unreadable) leaves such files out'
+            raise ImageDecodeError(exc.path, f"{exc.reason}{f' ({where})' if where else ''}{hint}") from exc
         if cache is not None and key is not None:
             cache.store(key, entry)
+    _check_skipped_share(listing, entry, reading)
     kept = entry.kept.tolist()
     labels = np.asarray(listing.labels, dtype=np.int64)[kept]
     emptied = [n for c, n in enumerate(listing.class_names) if not (labels == c).any()]
     if emptied:
-        raise ImageSourceError(f"classes {emptied} have no readable image left after skipping unreadable files")
+        raise ImageSourceError(
+            f"classes {emptied} have no readable image left (their files were skipped as unreadable or hold no image)"
+        )
     data = ImageSet(torch.from_numpy(entry.images), torch.from_numpy(labels), listing.class_names)
+    base = str(listing.base)
+    ignored = list(listing.ignored) + [(os.path.relpath(f, base), r) for f, r in entry.ignored]
     report = LoadReport(
         source=listing.source,
         images=len(data),
         class_names=data.class_names,
         class_counts=tuple(data.class_counts()),
         image_shape=tuple(data.images.shape[1:]),
-        ignored=listing.ignored,
-        ignored_examples=listing.ignored_examples,
+        ignored=len(ignored),
+        ignored_examples=tuple(f for f, _ in ignored[:MAX_IGNORED_EXAMPLES]),
+        ignored_by_reason=count_reasons(ignored),
         skipped=entry.skipped,
+        volumes=sum(1 for n in Counter(kept).values() if n > 1),
         cache=status if cache is not None else "off",
         cache_file=cache_file,
         seconds=time.perf_counter() - start,
     )
     files = tuple(str(listing.files[i]) for i in kept)
     columns = {name: tuple(values[i] for i in kept) for name, values in listing.columns.items()}
-    return LoadResult(data, report, files, columns)
+    patients = tuple(entry.patients[i] for i in kept) if entry.patients else ("",) * len(kept)
+    return LoadResult(data, report, files, columns, patients)
 
 
 def _where(listing: Listing, path: str) -> str:

@@ -21,24 +21,35 @@ Rules (each is the documented behaviour the tests pin):
   caught with ``warnings.catch_warnings``, which is not thread-safe, so decode from one thread.
 * A truncated, corrupt or unidentifiable file raises ``ImageDecodeError`` naming the file.
 
-DICOM files (``.dcm``/``.dicom``, or the ``DICM`` magic at byte 128) go to ``shared.images.dicom``.
+DICOM files (``.dcm``/``.dicom``, or the ``DICM`` magic at byte 128) go to ``shared.images.dicom``,
+NIfTI volumes (``.nii``, ``.nii.gz``) to ``shared.images.nifti``; a volume gives several 2D slices
+(``decode_slices``, as ``shared.images.policy.ReadPolicy`` says).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from shared.images.errors import ImageDecodeError
+from shared.images.policy import ReadPolicy
 
 # Pillow's own default warning threshold (about 0.25 GiB of 24-bit pixels): far above any image a
 # distillation needs, low enough that a hostile header cannot make the owner allocate gigabytes.
 MAX_IMAGE_PIXELS = 89_478_485
+# A volume (multi-frame DICOM, NIfTI) is read whole at its stored type, then sliced: 2**28 voxels
+# (a 512 x 512 x 1024 CT, 512 MiB at 16 bits) bounds what one file may make the owner allocate.
+MAX_VOLUME_VOXELS = 2**28
+MAX_SLICES = 4096
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 
@@ -58,9 +69,14 @@ def is_dicom(path: str | Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def is_nifti(path: str | Path) -> bool:
+    """A NIfTI volume: ``.nii`` or ``.nii.gz`` (any case)."""
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
 def is_image_file(path: str | Path) -> bool:
-    """A file this layer can decode: a known image extension (any case) or a DICOM file."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS or is_dicom(path)
+    """A file this layer can decode: a known image extension (any case), a NIfTI volume or a DICOM file."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS or is_nifti(path) or is_dicom(path)
 
 
 def check_pixel_count(path: str | Path, width: int, height: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
@@ -72,12 +88,27 @@ def check_pixel_count(path: str | Path, width: int, height: int, max_pixels: int
         )
 
 
-def stretch_to_uint8(values: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
-    """Map an image's own value range linearly onto 0..255 (min -> 0, max -> 255); constant -> 0."""
+def value_range(arrays: Iterable[np.ndarray], path: str | Path = "<array>") -> tuple[float, float]:
+    """(min, max) over ``arrays`` (a volume's slices); NaN or infinity refused."""
+    lo, hi = math.inf, -math.inf
+    for values in arrays:
+        values = np.asarray(values)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ImageDecodeError(path, f"holds {int((~np.isfinite(values)).sum())} NaN or infinite values")
+        if values.size:
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    return (lo, hi) if lo <= hi else (0.0, 0.0)
+
+
+def stretch_to_uint8(
+    values: np.ndarray, path: str | Path = "<array>", lo: float | None = None, hi: float | None = None
+) -> np.ndarray:
+    """Map an image's own value range (or the volume's ``lo``..``hi``) linearly onto 0..255; constant -> 0."""
     values = np.asarray(values, dtype=np.float64)
     if not np.isfinite(values).all():
         raise ImageDecodeError(path, f"holds {int((~np.isfinite(values)).sum())} NaN or infinite values")
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if lo is None or hi is None:
+        lo, hi = value_range([values], path)
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
     return np.rint((values - lo) * 255.0 / (hi - lo)).astype(np.uint8)
@@ -137,28 +168,71 @@ def _decode_with_pillow(path: Path, draft_size: int | None, max_pixels: int) -> 
         return to_8bit(upright, path)
 
 
+def _decode_image(path: Path, draft_size: int | None, max_pixels: int) -> Image.Image:
+    try:
+        return _decode_with_pillow(path, draft_size, max_pixels)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(path, f"refused as a decompression bomb ({exc})") from exc
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(path, "file does not exist") from exc
+    except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error ...
+        raise ImageDecodeError(path, f"cannot be decoded as an image ({type(exc).__name__}: {exc})") from exc
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A file's images (one, or a volume's kept slices) and the patient it names ("" if it names none)."""
+
+    images: list[Image.Image]
+    patient_id: str = ""
+
+
+def decode_slices(
+    path: str | Path,
+    channels: int | None = None,
+    *,
+    policy: ReadPolicy | None = None,
+    draft_size: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Decoded:
+    """A file's images as 8-bit ``L``/``RGB``: one for an image file, the kept slices of a volume
+    (multi-frame DICOM, NIfTI) as ``policy`` says. Raises ``ImageDecodeError``, or ``NotAnImage``
+    for a file that holds no image (a DICOMDIR, a DICOM without pixel data)."""
+    path = Path(path)
+    if is_nifti(path):
+        from shared.images.nifti import decode_nifti_slices
+
+        decoded = Decoded(decode_nifti_slices(path, policy, max_pixels))
+    elif is_dicom(path):
+        from shared.images.dicom import decode_dicom_slices
+
+        dicom = decode_dicom_slices(path, policy, max_pixels)
+        decoded = Decoded(dicom.images, dicom.patient_id)
+    else:
+        decoded = Decoded([_decode_image(path, draft_size, max_pixels)])
+    if channels is not None:
+        decoded = Decoded([convert_channels(i, channels) for i in decoded.images], decoded.patient_id)
+    return decoded
+
+
 def decode_file(
     path: str | Path, channels: int | None = None, *, draft_size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> Image.Image:
-    """One file as an 8-bit ``L`` or ``RGB`` image (``channels`` 1 or 3 to convert, None to keep).
+    """One file as one 8-bit ``L`` or ``RGB`` image (``channels`` 1 or 3 to convert, None to keep);
+    a volume is refused here (collections read it as slices: ``decode_slices``).
 
     ``draft_size`` lets JPEGs decode at a reduced scale that stays at least that large on both
     sides (used when the caller will shrink to that size anyway). Raises ``ImageDecodeError``.
     """
     path = Path(path)
-    if is_dicom(path):
+    if is_dicom(path) and not is_nifti(path):
         from shared.images.dicom import decode_dicom
 
         image = decode_dicom(path, max_pixels=max_pixels)
-    else:
-        try:
-            image = _decode_with_pillow(path, draft_size, max_pixels)
-        except ImageDecodeError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageDecodeError(path, f"refused as a decompression bomb ({exc})") from exc
-        except FileNotFoundError as exc:
-            raise ImageDecodeError(path, "file does not exist") from exc
-        except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error ...
-            raise ImageDecodeError(path, f"cannot be decoded as an image ({type(exc).__name__}: {exc})") from exc
-    return convert_channels(image, channels) if channels is not None else image
+        return convert_channels(image, channels) if channels is not None else image
+    images = decode_slices(path, channels, draft_size=draft_size, max_pixels=max_pixels).images
+    if len(images) > 1:
+        raise ImageDecodeError(path, f"is a volume of {len(images)} slices; read it as a collection of slices")
+    return images[0]

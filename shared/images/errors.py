@@ -25,3 +25,16 @@ class ImageSourceError(ValueError):
 
 class ClassMismatchError(ValueError):
     """Two image sets disagree on their class names or their order (a silent label permutation)."""
+
+
+class NotAnImage(ImageDecodeError):
+    """A file that holds no image at all (a ``DICOMDIR``, a DICOM report or structure set without pixel
+    data): collections ignore and count it like ``.DS_Store``; it is never an error there."""
+
+
+# Why a file was ignored, as the load report counts them.
+IGNORED_HIDDEN = "hidden or system entry"
+IGNORED_NOT_IMAGE = "not an image file"
+IGNORED_OUTSIDE_CLASS = "not inside a class folder"
+IGNORED_DICOMDIR = "DICOMDIR"
+IGNORED_NO_PIXELS = "DICOM without pixel data"

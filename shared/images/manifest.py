@@ -8,6 +8,8 @@
 * ``label``: a class name (text). Classes sort naturally unless a ``classes`` list is given.
 * Extra columns are kept as strings, aligned with the loaded images (``LoadResult.columns``), so a
   patient-level grouping can be built later; they are never decoded or interpreted here.
+* Column names, labels and extra values are identifiers: Unicode NFC without surrounding spaces
+  (``shared.identifiers``), so "Zoë" typed on one system and on another is one label or patient.
 * Refused, naming the row: a missing file, an empty path or label, a row with the wrong number of
   columns, the same file listed twice (it would count one record twice under differential
   privacy). Refused: a header without ``path`` or ``label``, or with a repeated or empty name.
@@ -21,10 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.datasets import DataNotFound
+from shared.identifiers import normalise_identifier
 from shared.images.cache import ImageCache
 from shared.images.classes import resolve_classes
 from shared.images.collection import Listing, load_listing
 from shared.images.errors import ImageSourceError
+from shared.images.policy import ReadPolicy
 from shared.images.report import LoadResult
 from shared.images.resize import TargetFormat
 
@@ -41,7 +45,7 @@ def _resolve(base: Path, raw: str) -> Path:
 
 
 def _header(row: list[str], csv_path: Path) -> list[str]:
-    header = [h.strip() for h in row]
+    header = [normalise_identifier(h) for h in row]
     if any(not h for h in header):
         raise ImageSourceError(f"{csv_path}: row 1 (header) has an empty column name: {header}")
     repeated = sorted({h for h in header if header.count(h) > 1})
@@ -90,7 +94,7 @@ def read_manifest(csv_path: str | Path, classes: Sequence[str] | None = None) ->
                 raise ImageSourceError(
                     f"{csv_path}: row {row_number} has {len(row)} columns, the header has {len(header)} ({header})"
                 )
-            raw_path, label = row[path_col].strip(), row[label_col].strip()
+            raw_path, label = row[path_col].strip(), normalise_identifier(row[label_col])
             if not raw_path:
                 raise ImageSourceError(f"{csv_path}: row {row_number} has an empty path")
             if not label:
@@ -109,7 +113,7 @@ def read_manifest(csv_path: str | Path, classes: Sequence[str] | None = None) ->
             label_names.append(label)
             rows.append(f"row {row_number} of {csv_path.name}")
             for i, name in extra:
-                columns[name].append(row[i].strip())
+                columns[name].append(normalise_identifier(row[i]))
     if not files:
         raise ImageSourceError(f"{csv_path} lists no images (only a header)")
     names = resolve_classes(label_names, classes, what="label in the CSV")
@@ -134,10 +138,8 @@ def load_manifest(
     cache: ImageCache | None = None,
     cache_check: str = "stat",
     progress: bool = True,
-    skip_unreadable: bool = False,
+    reading: ReadPolicy | None = None,
 ) -> LoadResult:
     """A manifest's images decoded to ``target``, with its extra columns aligned to them."""
     listing = read_manifest(csv_path, classes)
-    return load_listing(
-        listing, target, cache=cache, cache_check=cache_check, progress=progress, skip_unreadable=skip_unreadable
-    )
+    return load_listing(listing, target, cache=cache, cache_check=cache_check, progress=progress, reading=reading)

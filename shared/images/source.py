@@ -23,12 +23,14 @@ import numpy as np
 import torch
 
 from shared.datasets import DataNotFound, ImageSet, load_fashion_mnist, load_npz
+from shared.identifiers import distinct_identifiers
 from shared.images.cache import CACHE_CHECKS, ImageCache
 from shared.images.classes import check_same_classes
 from shared.images.folder import load_folder
 from shared.images.manifest import load_manifest
 from shared.images.medmnist import MEDMNIST_SPLITS, load_medmnist
 from shared.images.named import NAMED_DATASETS, load_named, splits_of
+from shared.images.policy import ReadPolicy
 from shared.images.report import LoadResult, report_for
 from shared.images.resize import TargetFormat, check_resize_policy, convert_array_images
 
@@ -47,14 +49,16 @@ class ImageSource:
     split: str = "train"  # train | val | test (| extra for SVHN)
     name: str | None = None  # torchvision dataset name
     download: bool = False  # torchvision / fashion-mnist: fetch when missing (needs internet)
-    skip_unreadable: bool = False  # file kinds: skip (and report) undecodable files instead of refusing
+    reading: ReadPolicy = ReadPolicy()  # file kinds: unreadable files (refuse or skip) and volumes (slices)
     cache_check: str = "stat"  # file kinds: cache keyed by file stat, or by content hash
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
             raise ValueError(f"unknown image source kind {self.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
         if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+            object.__setattr__(self, "classes", distinct_identifiers(self.classes, "the classes list"))
+        if not isinstance(self.reading, ReadPolicy):
+            raise ValueError(f"reading must be a ReadPolicy, got {self.reading!r}")
         check_resize_policy(self.resize)
         if self.channels is not None and self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
@@ -135,7 +139,7 @@ def load_source(
             cache=store,
             cache_check=source.cache_check,
             progress=progress,
-            skip_unreadable=source.skip_unreadable,
+            reading=source.reading,
         )
     data, named = _array_set(source)
     if named and source.classes is not None:
@@ -166,17 +170,24 @@ def load_sources_matching(
 
 
 def source_for_path(
-    path: str | Path, image_size: int | None, channels: int | None, resize: str = "crop", split: str = "train"
+    path: str | Path,
+    image_size: int | None,
+    channels: int | None,
+    resize: str = "crop",
+    split: str = "train",
+    reading: ReadPolicy | None = None,
 ) -> ImageSource:
     """The source a user means by a path: a folder of class folders, a CSV manifest, or an npz file
-    (MedMNIST's layout when it holds ``train_images``, this project's otherwise)."""
+    (MedMNIST's layout when it holds ``train_images``, this project's otherwise). ``reading``
+    applies to folders and manifests."""
     path = Path(path)
+    reading = reading or ReadPolicy()
     if path.is_dir():
-        return ImageSource("image-folder", path, image_size, channels, resize)
+        return ImageSource("image-folder", path, image_size, channels, resize, reading=reading)
     if not path.is_file():
         raise DataNotFound(f"{path} does not exist")
     if path.suffix.lower() == ".csv":
-        return ImageSource("csv", path, image_size, channels, resize)
+        return ImageSource("csv", path, image_size, channels, resize, reading=reading)
     if path.suffix.lower() == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             medmnist = "train_images" in npz.files
