@@ -146,8 +146,8 @@ def test_each_image_runs_as_its_own_uid_and_keeps_no_download_cache(target: str)
     assert in_image(target, "id -un; id -u").split() == [user, str(uid)]
     leftovers = in_image(
         target,
-        "find /root/.cache /root/.local /tmp /var/lib/apt/lists /opt/uv -type f 2>/dev/null | head -n 5;"
-        "find / -xdev -name '*.whl' 2>/dev/null | head -n 5",
+        "find /root/.cache /root/.local /tmp /var/lib/apt/lists -type f 2>/dev/null | head -n 5;"
+        "find /opt /root /home /tmp /var/cache -name '*.whl' -o -name '*.deb' -o -name '*.tar.gz' | head -n 5",
         user="root",
     )
     assert leftovers == ""

@@ -106,3 +106,15 @@ def test_wheel_installs_whole_into_an_empty_environment(tmp_path: Path) -> None:
     assert done.stdout.strip() == str(len(modules))
     helped = subprocess.run([str(venv / "bin" / "dpdistill"), "--help"], capture_output=True, text=True, **run)
     assert "owner-serve" in helped.stdout
+
+
+def test_the_cli_imports_no_torchvision() -> None:
+    """``dpdistill`` (and so ``owner-serve``) must start beside a CPU-only torch, where the PyPI torchvision
+    does not load: torchvision is imported only inside the functions that use it (distiller export)."""
+    script = (
+        "import sys; from deploy import cli; cli.build_parser(); import owner_node.grpc_server;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'matplotlib'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
