@@ -10,6 +10,8 @@
 #   MIN_FREE_GB  skip below this much free disk at WORK (default 25)
 #   KEEP=1       keep the images and WORK afterwards (to look at them)
 #   PYTHON, UV   the project's Python and uv (default: .venv/bin/python; uv on PATH, else .tools/bin/uv)
+#   TORCH_CPU_WHEELS  a folder holding torch-2.13.0+cpu-*.whl (PyPI has none): also build the CPU-only
+#                owner image (TORCH=cpu) and run the owner checks on it
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO=$PWD
@@ -85,17 +87,28 @@ uv=${UV:-$(command -v uv || echo "$REPO/.tools/bin/uv")}
 if [ -x "$uv" ] && uv_cache=$("$uv" cache dir 2>/dev/null) && [ -d "$uv_cache" ]; then
     build_args+=(-v "$uv_cache:/root/.cache/uv")
 fi
-for target in owner supernode cloud; do
+build() {  # build TARGET IMAGE [extra podman build arguments]
+    local target=$1 image=$2 t0
     t0=$(date +%s)
-    say "building dpdistill-$target"
-    podman build --quiet -f deploy/containers/Dockerfile --target "$target" -t "dpdistill-$target" \
-        "${build_args[@]}" . >"$WORK/build-$target.log" 2>&1 || { tail -n 40 "$WORK/build-$target.log" >&2; exit 1; }
-    say "dpdistill-$target built in $(($(date +%s) - t0)) s"
-done
+    say "building $image"
+    podman build --quiet -f deploy/containers/Dockerfile --target "$target" -t "$image" \
+        "${build_args[@]}" "${@:3}" . >"$WORK/build-$image.log" 2>&1 || { tail -n 40 "$WORK/build-$image.log" >&2; exit 1; }
+    say "$image built in $(($(date +%s) - t0)) s"
+}
+for target in owner supernode cloud; do build "$target" "dpdistill-$target"; done
+if [ -n "${TORCH_CPU_WHEELS:-}" ]; then
+    build owner dpdistill-cpu-owner --build-arg TORCH=cpu --build-arg TORCH_CPU_FIND_LINKS=/run/torch-cpu-wheels \
+        -v "$TORCH_CPU_WHEELS:/run/torch-cpu-wheels:ro"
+fi
 podman images --format '{{.Repository}} {{.Size}}' | grep dpdistill >&2
 say "disk used by the storage: $(du -sh "$WORK/storage" | cut -f1)"
 
 # 5. Run them: owner service over mutual TLS, read-only code, compiled bytecode, no caches.
-DPDISTILL_CONTAINER_IMAGES=dpdistill "${PYTHON:-$REPO/.venv/bin/python}" -m pytest -q -p no:cacheprovider \
-    -m containers tests/test_containers.py
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+DPDISTILL_CONTAINER_IMAGES=dpdistill "$PYTHON" -m pytest -q -p no:cacheprovider -m containers tests/test_containers.py
+if [ -n "${TORCH_CPU_WHEELS:-}" ]; then
+    say "the CPU-only owner image"
+    DPDISTILL_CONTAINER_IMAGES=dpdistill-cpu "$PYTHON" -m pytest -q -p no:cacheprovider -m containers \
+        tests/test_containers.py -k "owner_container or cannot_write or (own_uid and owner)"
+fi
 say "passed in $(elapsed)"
