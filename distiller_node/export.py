@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid, save_image
 
 from shared.datasets import from_float
 
@@ -25,6 +24,10 @@ def export_synthetic(
     meta: dict,
 ) -> dict[str, str]:
     """Write ``synthetic.pt`` (``torch.load`` gives a dict), per-class PNGs and a grid picture."""
+    # Imported here, not at the top: ``dpdistill`` imports this module for every command, and an owner
+    # image with a CPU-only torch has no working torchvision (its operators need the CUDA torch build).
+    from torchvision.utils import make_grid, save_image
+
     out.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
