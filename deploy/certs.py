@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALID_DAYS = 365
-# The uids the containers run each role as (the ``useradd --uid`` of deploy/containers/*.Dockerfile;
+# The uids the containers run each role as (the ``useradd --uid`` of deploy/containers/Dockerfile;
 # tests/test_certs.py checks they agree): used by --container-uids.
 CONTAINER_UIDS = {"owner": 10001, "relay": 10002, "cloud": 10003}
 ROLES = {
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f for f in folders if f.uid is None]
     if missing:
         print("these folders still belong to uid", os.geteuid(), "; give each to the uid that runs its role, e.g. for")
-        print("the containers (deploy/containers/*.Dockerfile), as root:")
+        print("the containers (deploy/containers/Dockerfile), as root:")
         for f in missing:
             print(f"  chown -R {CONTAINER_UIDS[f.role]} {f.folder}")
         print("(or run this again as root with --container-uids, or --uid ROLE=UID)")

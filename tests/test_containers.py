@@ -59,8 +59,8 @@ def owner_container(tmp_path_factory) -> Iterator[tuple[str, OwnerEndpoint]]:
     config_dir.mkdir()
     ledger.mkdir()
     shutil.move(data / "aux.npz", config_dir / "aux.npz")
-    for name in ("ca.pem", "owner-a.pem", "owner-a.key"):
-        shutil.copy(certs / name, config_dir / name)
+    for name in ("owner-a.pem", "owner-a.key", "relay-ca-a.pem"):  # the owner role's folder from make_certs
+        shutil.copy(certs / "owner-a" / name, config_dir / name)
     # The service's key and its ledger folder belong to the owner image's uid (README: keys per role).
     uid = USERS["owner"][1]
     os.chown(config_dir / "owner-a.key", uid, uid)
@@ -74,7 +74,8 @@ def owner_container(tmp_path_factory) -> Iterator[tuple[str, OwnerEndpoint]]:
             listen="0.0.0.0:50051",
             tls_cert=Path("/config/owner-a.pem"),
             tls_key=Path("/config/owner-a.key"),
-            client_ca=Path("/config/ca.pem"),
+            client_ca=Path("/config/relay-ca-a.pem"),  # this owner's own relay CA
+            client_names=("relay-a",),
         ),
     )
     write_config(config_dir / "owner.toml", config)

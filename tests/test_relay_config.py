@@ -194,5 +194,5 @@ def test_run_config_text_survives_any_path() -> None:
     """``flwr run --run-config`` had the same quoting fault as the node config (repr of the value)."""
     from deploy.flower_runs import format_run_config
 
-    rc = {"out": "/srv/St John's \"x\"/r\\uns é", "epsilon": 1e-06, "pea": True, "owners": 2, "lr": 0.3}
+    rc = {"out": '/srv/St John\'s "x"/r\\uns é', "epsilon": 1e-06, "pea": True, "owners": 2, "lr": 0.3}
     assert parse_config_args([format_run_config(rc)]) == rc
