@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deploy.presets import PRESETS, distiller_config
+from deploy.presets import PRESETS
+from deploy.run_settings import RunSettings
 from shared.images.policy import DEFAULT_MAX_SKIPPED
 
 if TYPE_CHECKING:
@@ -14,53 +15,18 @@ if TYPE_CHECKING:
 
 
 def distiller_config_from_args(a: argparse.Namespace) -> DistillerConfig:
-    return distiller_config(
-        a.preset,
-        epsilon=a.epsilon,
-        delta=a.delta,
-        ipc=a.ipc,
-        draws_per_request=a.draws_per_request,
-        group_size=a.group_size,
-        seed=a.seed,
-        pea=a.pea,
-        eval_runs=a.eval_runs,
-        precision=a.precision,
-        **{k: getattr(a, k) for k in PRESETS["default"] if k != "aux_per_class"},
-    )
+    return RunSettings.from_args(a).distiller_config()
 
 
 def run_config_from_args(a: argparse.Namespace, out: Path, public) -> dict:
-    """The CLI options as a Flower run config (keys of deploy/flower_app/pyproject.toml)."""
-    rc = {
+    """The CLI options as a Flower run config (keys of deploy/flower_app/pyproject.toml): the same
+    ``RunSettings`` the in-process route uses, plus where to write, how many owners and the public sets."""
+    return {
+        **RunSettings.from_args(a).to_run_config(),
         "out": str(out.resolve()),
-        "preset": a.preset,
         "owners": a.owners,
-        "epsilon": a.epsilon,
-        "ipc": a.ipc,
-        "draws-per-request": a.draws_per_request or 0,
-        "group-size": a.group_size or 0.0,
-        "eval-runs": a.eval_runs,
-        "seed": a.seed,
-        "device": getattr(a, "device", "auto"),
-        "precision": getattr(a, "precision", "float32"),
         **public.run_config(),
     }
-    for key in (
-        "width",
-        "draws",
-        "iterations",
-        "lr",
-        "eval_epochs",
-        "eval_width",
-        "signal",
-        "steps_per_draw",
-        "init",
-    ):
-        if getattr(a, key, None):
-            rc[key.replace("_", "-")] = getattr(a, key)
-    if getattr(a, "subspace_dim", None) is not None:  # 0 is a choice here: no projection
-        rc["subspace-dim"] = a.subspace_dim
-    return rc
 
 
 def owner_settings_from_args(a: argparse.Namespace) -> dict:

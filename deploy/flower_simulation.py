@@ -22,7 +22,6 @@ from ray._common.utils import get_default_ray_temp_dir
 from deploy.flower_app.dpdistill_flower.client_app import SIMULATED_OWNERS_ENV
 from deploy.flower_app.dpdistill_flower.client_app import app as relay_app
 from deploy.flower_app.dpdistill_flower.server_app import distill_over_flower, run_settings
-from deploy.presets import distiller_config
 from deploy.simulation import check_subspace_fits, prepare_owners
 from owner_node.config import OwnerConfig, ServiceConfig
 from owner_node.grpc_server import start_server
@@ -45,16 +44,16 @@ def simulate_flower(
     run_config = {**run_config, "out": str(out)}
     _, num_owners, public, settings = run_settings(run_config)
     aux, _ = public.load(show_progress=False)
-    check_subspace_fits(distiller_config(settings.pop("preset"), **settings), aux)
+    check_subspace_fits(settings.distiller_config(), aux)
     paths = prepare_owners(
         out,
         aux,
-        float(run_config.get("epsilon", 1.0)),
-        float(run_config.get("delta", 1e-5)),
+        settings.epsilon,
+        settings.delta,
         public.data_root,
         private_subset,
         num_owners,
-        int(run_config.get("seed", 0)),
+        settings.seed,
         private=private,
         owner_settings=owner_settings,
     )

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from deploy.flower_app.dpdistill_flower.server_app import run_settings
-from deploy.presets import PRESETS, distiller_config
+from deploy.presets import PRESETS
 from distiller_node.client import OwnerClient, OwnerRefused, OwnerUnreachable
 from distiller_node.flower_transport import GridRouter
 from owner_node.service import OwnerService
@@ -162,7 +162,7 @@ def test_the_run_config_can_ask_for_no_projection(value: int, expected: int) -> 
     # 0 means "no projection" over Flower as on the command line; -1 (the default) is the preset's.
     def subspace_dim(run_config: dict) -> int:
         *_, settings = run_settings(run_config)
-        return distiller_config(settings.pop("preset"), **settings).sampling.subspace_dim
+        return settings.distiller_config().sampling.subspace_dim
 
     assert subspace_dim({"preset": "default", "subspace-dim": value}) == expected
     assert subspace_dim({"preset": "default"}) == PRESETS["default"]["subspace_dim"]

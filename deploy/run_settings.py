@@ -1,0 +1,141 @@
+"""One typed table of a distillation run's settings, and the one path from it to a run.
+
+The command line (``simulate``, ``deploy-local``), a Flower run config (``flwr run``, the ServerApp,
+``simulate --transport flower``) and the benchmarks all build a ``RunSettings`` and ask it for the
+``DistillerConfig``; so the in-process route and the Flower route cannot drift apart (before, the
+Flower route silently dropped ``--delta``, ``--pea`` and others). A field's run-config key is its
+name with '-' for '_'; deploy/flower_app/pyproject.toml lists every key with the value
+``to_run_config`` gives the defaults (tests/test_run_settings.py checks both).
+
+``None`` in a preset field means "the preset's value"; a run config cannot carry None, so there it is
+0, 0.0 or "" (and -1 for ``subspace_dim``, where 0 asks for no projection).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from deploy.presets import PRESETS, distiller_config
+from shared.accounting import MIN_DELTA
+from shared.settings import bounded, check_settings
+
+if TYPE_CHECKING:
+    from distiller_node.pipeline import DistillerConfig
+
+# Fields that override a preset's value when set (None: the preset's).
+PRESET_FIELDS = (
+    "width",
+    "draws",
+    "subspace_dim",
+    "iterations",
+    "lr",
+    "eval_epochs",
+    "eval_width",
+    "signal",
+    "steps_per_draw",
+    "init",
+    "draws_per_request",
+    "group_size",
+)
+# How a run config says "unset" for a field whose value would otherwise be None.
+UNSET_IN_RUN_CONFIG = {"subspace_dim": -1}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    preset: str = "default"
+    epsilon: float = bounded(1.0, float, 0, 1000, low_open=True, key="epsilon")
+    delta: float = bounded(1e-5, float, MIN_DELTA, 1, high_open=True, key="delta")
+    ipc: int = bounded(10, int, 1, 100_000, key="ipc")
+    seed: int = bounded(0, int, 0, 2**63 - 1, key="seed")
+    pea: bool = False
+    eval_runs: int = bounded(3, int, 1, 1000, key="eval-runs")
+    precision: str = "float32"
+    device: str = "auto"
+    width: int | None = bounded(None, int, 1, 4096, optional=True, key="width")
+    draws: int | None = bounded(None, int, 1, 10**6, optional=True, key="draws")
+    subspace_dim: int | None = bounded(None, int, 0, 10**6, optional=True, key="subspace-dim")
+    iterations: int | None = bounded(None, int, 0, 10**9, optional=True, key="iterations")
+    lr: float | None = bounded(None, float, 0, 1e6, low_open=True, optional=True, key="lr")
+    eval_epochs: int | None = bounded(None, int, 1, 10**6, optional=True, key="eval-epochs")
+    eval_width: int | None = bounded(None, int, 1, 4096, optional=True, key="eval-width")
+    signal: str | None = None
+    steps_per_draw: int | None = bounded(None, int, 1, 10**6, optional=True, key="steps-per-draw")
+    init: str | None = None
+    draws_per_request: int | None = bounded(None, int, 1, 100_000, optional=True, key="draws-per-request")
+    group_size: float | None = bounded(None, float, 0, 1e9, low_open=True, optional=True, key="group-size")
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if not isinstance(self.pea, bool):
+            raise ValueError(f"pea must be true or false, got {self.pea!r}")
+        check_settings(self)
+
+    def distiller_config(self) -> DistillerConfig:
+        """The run these settings describe: the preset's values, each replaced by a field that is set."""
+        overrides = {k: getattr(self, k) for k in PRESET_FIELDS if k not in ("draws_per_request", "group_size")}
+        return distiller_config(
+            self.preset,
+            epsilon=self.epsilon,
+            delta=self.delta,
+            ipc=self.ipc,
+            draws_per_request=self.draws_per_request,
+            group_size=self.group_size,
+            seed=self.seed,
+            pea=self.pea,
+            eval_runs=self.eval_runs,
+            precision=self.precision,
+            **overrides,
+        )
+
+    # ------------------------------------------------------------ the entry points' forms
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> RunSettings:
+        """From command-line options named like the fields (``--eval-runs`` is ``eval_runs``); absent: default."""
+        given = {f.name: getattr(a, f.name) for f in fields(cls) if getattr(a, f.name, None) is not None}
+        return cls(**given)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """As Flower run-config entries (``None`` becomes the run config's "unset" value)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                value = UNSET_IN_RUN_CONFIG.get(f.name, _unset(f.type))
+            out[f.name.replace("_", "-")] = value
+        return out
+
+    @classmethod
+    def from_run_config(cls, rc: dict[str, Any]) -> RunSettings:
+        """From a run config; keys it lacks take the defaults, "unset" values the preset's."""
+        given: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key not in rc:
+                continue
+            value = rc[key]
+            if value == UNSET_IN_RUN_CONFIG.get(f.name, _unset(f.type)) and f.name in PRESET_FIELDS:
+                continue
+            if f.name in UNSET_IN_RUN_CONFIG and isinstance(value, int) and value < UNSET_IN_RUN_CONFIG[f.name]:
+                raise ValueError(
+                    f"{key} must be {UNSET_IN_RUN_CONFIG[f.name]} (the preset's), 0 (no projection) or k >= 1, "
+                    f"not {value}"
+                )
+            given[f.name] = value
+        return cls(**given)
+
+
+def _unset(annotation: object) -> object:
+    """The run config's "unset" value for a field of this annotation."""
+    text = str(annotation)
+    if "str" in text:
+        return ""
+    if "float" in text:
+        return 0.0
+    if "bool" in text:
+        return False
+    return 0

@@ -1,0 +1,60 @@
+"""The in-process route and the Flower route build the same run from the same options (issue 28.1)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from deploy.cli import build_parser
+from deploy.cli_options import distiller_config_from_args, run_config_from_args, user_sets
+from deploy.flower_app.dpdistill_flower.server_app import run_settings
+from deploy.public_sets import PublicSets
+from deploy.run_settings import RunSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+OPTION_SETS = [
+    [],
+    ["--delta", "1e-6", "--pea", "--epsilon", "2.5"],
+    ["--preset", "quick", "--ipc", "3", "--width", "16", "--draws", "12", "--subspace-dim", "0", "--lr", "0.1"],
+    ["--preset", "gradients", "--group-size", "7.5", "--draws-per-request", "5", "--seed", "4", "--init", "noise"],
+    ["--eval-runs", "1", "--eval-epochs", "20", "--eval-width", "32", "--iterations", "7", "--precision", "bf16"],
+]
+
+
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_the_flower_route_builds_the_same_run_as_the_in_process_route(options: list[str], tmp_path: Path) -> None:
+    """Before, ``simulate --transport flower --delta 1e-6 --pea`` ran at delta 1e-5 without PEA, silently."""
+    a = build_parser().parse_args(["simulate", "--out", str(tmp_path), *options])
+    in_process = distiller_config_from_args(a)
+    public, _ = user_sets(a)
+    rc = run_config_from_args(a, tmp_path, public)
+    _, owners, from_rc_public, settings = run_settings(rc)
+    over_flower = settings.distiller_config()
+    assert asdict(over_flower) == asdict(in_process)  # field by field
+    assert owners == a.owners and settings.device == a.device
+    assert from_rc_public == PublicSets.from_run_config(public.run_config(), public.aux_per_class)
+
+
+def test_the_flower_app_config_lists_every_setting_with_its_default() -> None:
+    table = tomllib.loads((ROOT / "deploy" / "flower_app" / "pyproject.toml").read_text())
+    config = table["tool"]["flwr"]["app"]["config"]
+    for key, value in RunSettings().to_run_config().items():
+        assert key in config, key
+        assert config[key] == value and type(config[key]) is type(value), key
+    assert RunSettings.from_run_config(config) == RunSettings()
+    public = PublicSets().run_config()
+    assert set(config) == set(RunSettings().to_run_config()) | set(public) | {"out", "owners"}
+    assert PublicSets.from_run_config(config, PublicSets().aux_per_class) == PublicSets()
+
+
+def test_run_config_values_are_checked() -> None:
+    with pytest.raises(ValueError, match="subspace-dim must be"):
+        RunSettings.from_run_config({"subspace-dim": -2})
+    with pytest.raises(ValueError, match="epsilon"):
+        RunSettings.from_run_config({"epsilon": float("inf")})
+    with pytest.raises(ValueError, match="unknown preset"):
+        RunSettings.from_run_config({"preset": "fastest"})
