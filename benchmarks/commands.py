@@ -6,12 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from deploy.cli_options import own_image_options, user_sets
 from deploy.presets import PRESETS
-from distiller_node.optimisation import INITS
-from shared.statistic import KIP_SYNC, METHODS
+from shared.run_choices import INITS, KIP_SYNC, METHODS
 
 
 def cmd_speed(a: argparse.Namespace) -> int:
@@ -40,10 +37,17 @@ def cmd_speed(a: argparse.Namespace) -> int:
 
 
 def cmd_bench_frontier(a: argparse.Namespace) -> int:
+    import torch
+
     from benchmarks.frontier import frontier
 
     result = frontier(
-        Path(a.out), a.eval_runs, a.threads, a.max_points, a.data_root, Path(a.published) if a.published else None
+        Path(a.out),
+        a.eval_runs,
+        a.threads or torch.get_num_threads(),
+        a.max_points,
+        a.data_root,
+        Path(a.published) if a.published else None,
     )
     for name, r in result["runs"].items():
         eps = "-" if r["epsilon_prv"] is None else f"{r['epsilon_prv']:.3f}"
@@ -233,7 +237,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     bf.add_argument("--out", default="runs/bench/frontier")
     bf.add_argument("--eval-runs", type=int, default=3)
-    bf.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads of each point's process")
+    bf.add_argument(
+        "--threads", type=int, help="threads of each point's process (default: this process's torch threads)"
+    )
     bf.add_argument("--max-points", type=int, help="run at most this many new points, then stop (run again to go on)")
     bf.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: Debian package or cache)")
     bf.add_argument(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from deploy.cli_options import (
     compute_options,
     distiller_config_from_args,
@@ -18,12 +16,13 @@ from deploy.cli_options import (
     user_sets,
 )
 from deploy.presets import PRESETS
-from distiller_node.optimisation import INITS
-from shared.statistic import METHODS
+from shared.run_choices import INITS, METHODS
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
     import time
+
+    import torch
 
     from deploy.simulation import simulate
     from shared.measurement import cpu_model, write_json

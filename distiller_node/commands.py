@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from shared.evaluation import EvaluationConfig
-
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    import torch
+
     from shared.datasets import load_fashion_mnist, split_auxiliary
-    from shared.evaluation import evaluate
+    from shared.evaluation import EvaluationConfig, evaluate
     from shared.images.classes import check_same_classes
     from shared.images.source import load_source, source_for_path
     from shared.metrics import format_metrics

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from distiller_node.network_cache import NetworkCache
 from distiller_node.signal_store import Signals
 from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, image_chunk, pass_chunk
+from shared.run_choices import INITS
 from shared.settings import bounded, check_settings
 from shared.statistic import class_sums, per_example_statistic
 from shared.subspace import FINGERPRINT_TOL
@@ -78,9 +79,6 @@ class SyntheticState:
     labels: torch.Tensor
     iteration: int
     losses: list[float]
-
-
-INITS = ("noise", "aux")
 
 
 def initial_state(

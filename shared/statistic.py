@@ -21,13 +21,10 @@ from shared.device import autocast
 from shared.gradients import gradients_in_chunks, num_parameters, per_example_gradients
 from shared.moments import moment_dim, pack_moments
 from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, pass_chunk
+from shared.run_choices import KIP_SYNC, METHODS, SIGNALS  # noqa: F401 (re-exported)
 from shared.scattering import feature_dim, scattering_features
 from shared.subspace import Subspace, fit_subspace
 
-SIGNALS = ("features", "gradients", "kip")  # what a FeatureRequest can ask to be released
-# Synchronised DP-KIP is a method, not a signal kind: the owner sees KipStepRequests, not FeatureRequests.
-KIP_SYNC = "kip-sync"
-METHODS = (*SIGNALS, KIP_SYNC)  # what a run, or an audit, can be about
 # kip: the projection is scaled so that the median auxiliary ||z|| is this; with C = 1 the median
 # example's packed vector then has norm sqrt(0.75^4 + 0.75^2) = 0.90, just inside the clip.
 KIP_TARGET_NORM = 0.75

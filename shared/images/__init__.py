@@ -9,49 +9,51 @@ description, one loader). Normalisation constants are public: nothing here compu
 of a loaded (private) set.
 """
 
-from shared.images.cache import ImageCache, default_cache_dir
-from shared.images.classes import check_same_classes, natural_key, natural_sorted
-from shared.images.decode import MAX_IMAGE_PIXELS, convert_channels, decode_file, decode_slices
-from shared.images.errors import ClassMismatchError, ImageDecodeError, ImageSourceError, NotAnImage
-from shared.images.folder import load_folder, scan_image_folder
-from shared.images.manifest import load_manifest, read_manifest
-from shared.images.medmnist import load_medmnist
-from shared.images.named import NAMED_DATASETS, load_named
-from shared.images.policy import ReadPolicy
-from shared.images.report import LoadReport, LoadResult
-from shared.images.resize import RESIZE_POLICIES, TargetFormat, convert_array_images, resize_image
-from shared.images.source import SOURCE_KINDS, ImageSource, load_source, load_sources_matching
+from __future__ import annotations
 
-__all__ = [
-    "MAX_IMAGE_PIXELS",
-    "NAMED_DATASETS",
-    "RESIZE_POLICIES",
-    "SOURCE_KINDS",
-    "ClassMismatchError",
-    "ImageCache",
-    "ImageDecodeError",
-    "ImageSource",
-    "ImageSourceError",
-    "LoadReport",
-    "LoadResult",
-    "NotAnImage",
-    "ReadPolicy",
-    "TargetFormat",
-    "check_same_classes",
-    "convert_array_images",
-    "convert_channels",
-    "decode_file",
-    "decode_slices",
-    "default_cache_dir",
-    "load_folder",
-    "load_manifest",
-    "load_medmnist",
-    "load_named",
-    "load_source",
-    "load_sources_matching",
-    "natural_key",
-    "natural_sorted",
-    "read_manifest",
-    "resize_image",
-    "scan_image_folder",
-]
+import importlib
+
+# Each public name and the module it lives in: imported when first used, so that importing one light
+# module of this package (``shared.images.policy`` for a command's --help, say) loads no decoder or torch.
+_HOME = {
+    "ClassMismatchError": "errors",
+    "ImageCache": "cache",
+    "ImageDecodeError": "errors",
+    "ImageSource": "source",
+    "ImageSourceError": "errors",
+    "LoadReport": "report",
+    "LoadResult": "report",
+    "MAX_IMAGE_PIXELS": "decode",
+    "NAMED_DATASETS": "named",
+    "NotAnImage": "errors",
+    "RESIZE_POLICIES": "resize",
+    "ReadPolicy": "policy",
+    "SOURCE_KINDS": "source",
+    "TargetFormat": "resize",
+    "check_same_classes": "classes",
+    "convert_array_images": "resize",
+    "convert_channels": "decode",
+    "decode_file": "decode",
+    "decode_slices": "decode",
+    "default_cache_dir": "cache",
+    "load_folder": "folder",
+    "load_manifest": "manifest",
+    "load_medmnist": "medmnist",
+    "load_named": "named",
+    "load_source": "source",
+    "load_sources_matching": "source",
+    "natural_key": "classes",
+    "natural_sorted": "classes",
+    "read_manifest": "manifest",
+    "resize_image": "resize",
+    "scan_image_folder": "folder",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value

@@ -25,6 +25,7 @@ from distiller_node.pipeline import run_distillation
 
 app = ServerApp()
 
+
 def run_settings(rc: dict) -> tuple[Path, int, PublicSets, RunSettings]:
     """(out, owners, the distiller's public sets, the run's settings) of a run config."""
     settings = RunSettings.from_run_config(rc)
