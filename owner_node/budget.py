@@ -11,6 +11,7 @@ An accountant failure, or a value that is not a finite epsilon >= 0, is a refusa
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable
 
@@ -53,6 +54,14 @@ def public_facts(config: OwnerConfig) -> tuple[str, ...]:
         f"number of private examples per class: published with DP (epsilon {config.class_counts_epsilon} of the budget)"
     )
     return tuple(noisy if f == "number of private examples per class" else f for f in PUBLIC_FACTS)
+
+
+def remaining(budget: float, spent: float, committed: float) -> float:
+    """What a new run may still spend: never above the budget, and 0 where any figure is not a finite
+    epsilon >= 0 (a failed or negative accountant result is never a credit)."""
+    if not all(math.isfinite(v) and v >= 0 for v in (budget, spent, committed)):
+        return 0.0
+    return min(budget, max(0.0, budget - max(spent, committed)))
 
 
 class Budget:
@@ -126,6 +135,9 @@ class Budget:
             epsilon_committed=committed,
             reserved_releases=sum(e.count for e in outstanding),
             noise_sampler=config.noise_sampler,
+            epsilon_remaining=remaining(
+                config.epsilon, spent_rdp if config.accountant == "rdp" else spent_prv, committed
+            ),
         )
 
 

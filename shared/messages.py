@@ -6,7 +6,6 @@ Their wire form is defined in ``shared/rpc/owner.proto`` (one protobuf message p
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -191,16 +190,8 @@ class BudgetReport:
     epsilon_committed: float = 0.0
     reserved_releases: int = 0
     noise_sampler: str = "csprng"
-
-    @property
-    def epsilon_remaining(self) -> float:
-        """What a new run may still spend: never above the budget, and 0 where any figure is not a
-        finite epsilon >= 0 (a failed or negative accountant result is never a credit)."""
-        spent = self.epsilon_rdp if self.accountant == "rdp" else self.epsilon_prv
-        used = (spent, self.epsilon_committed)
-        if not all(math.isfinite(v) and v >= 0 for v in (*used, self.epsilon_budget)):
-            return 0.0
-        return min(self.epsilon_budget, max(0.0, self.epsilon_budget - max(used)))
+    # What a new run may still spend, as the owner's budget rule computes it (owner_node.budget).
+    epsilon_remaining: float = 0.0
 
 
 @dataclass(frozen=True)

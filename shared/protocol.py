@@ -162,6 +162,8 @@ def _check(msg: Any) -> Any:
             raise ProtocolError("normalization must be [mean, std]")
         if msg.privacy_unit not in PRIVACY_UNITS:
             raise ProtocolError(f"privacy_unit must be one of {PRIVACY_UNITS}, got {msg.privacy_unit[:32]!r}")
+    if isinstance(msg, messages.BudgetReport) and not 0 <= msg.epsilon_remaining <= msg.epsilon_budget:
+        raise ProtocolError("epsilon_remaining must be in [0, epsilon_budget]")
     if isinstance(msg, messages.FeatureRequest):
         if msg.signal not in SIGNALS:
             raise ProtocolError(f"unknown signal kind {msg.signal[:32]!r}; known: {', '.join(SIGNALS)}")

@@ -201,13 +201,12 @@ def test_an_accountant_result_that_is_not_an_epsilon_is_a_refusal(
 
 
 def test_remaining_epsilon_is_never_above_the_budget() -> None:
-    def report(spent: float, committed: float) -> BudgetReport:
-        return BudgetReport("o", 1.0, 1e-5, spent, spent, 1, 1, 1.0, (), epsilon_committed=committed)
+    from owner_node.budget import remaining
 
-    assert report(-0.49, -0.49).epsilon_remaining == 0.0
-    assert report(float("nan"), 0.1).epsilon_remaining == 0.0
-    assert report(0.25, 0.5).epsilon_remaining == pytest.approx(0.5)
-    assert report(0.0, 0.0).epsilon_remaining == 1.0
+    assert remaining(1.0, -0.49, -0.49) == 0.0  # before: "remaining 1.4922" for a budget of 1.0
+    assert remaining(1.0, float("nan"), 0.1) == 0.0
+    assert remaining(1.0, 0.25, 0.5) == pytest.approx(0.5)
+    assert remaining(1.0, 0.0, 0.0) == 1.0
 
 
 def test_budget_rule_refuses_beyond_the_budget(tmp_path: Path) -> None:
