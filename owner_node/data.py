@@ -10,6 +10,7 @@ import torch
 from owner_node.config import OwnerConfig
 from owner_node.randomness import SecureRandom
 from shared.datasets import ImageSet, load_npz, to_float
+from shared.images.report import LoadReport
 from shared.images.source import load_source
 
 
@@ -25,6 +26,10 @@ class PrivateData:
     # The counts the owner publishes (Describe): the true ones, or noisy ones (class_counts = "dp").
     # Rates and expected counts derive from these, so replies reveal nothing more about the counts.
     public_counts: tuple[int, ...] | None = None
+    # What the loader reported (files ignored or skipped, cache, time) and the images held out of every
+    # release ([data] holdout): the owner's load summary shows them. None: data given in memory.
+    load_report: LoadReport | None = None
+    held_out: int = 0
 
     @classmethod
     def from_image_set(
@@ -100,11 +105,12 @@ def patient_index(ids: Sequence[str]) -> torch.Tensor:
 class OwnerImages:
     data: ImageSet
     patients: torch.Tensor | None = None  # patient mode: each image's patient index
+    report: LoadReport | None = None  # the loader's report on the whole set (before any holdout)
 
     def subset(self, index: torch.Tensor) -> OwnerImages:
         if self.patients is None:
-            return OwnerImages(self.data.subset(index))
-        return OwnerImages(self.data.subset(index), patient_index(self.patients[index].tolist()))
+            return OwnerImages(self.data.subset(index), report=self.report)
+        return OwnerImages(self.data.subset(index), patient_index(self.patients[index].tolist()), self.report)
 
 
 def holdout_split(
@@ -166,7 +172,7 @@ def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[Owner
         if empty:
             raise ValueError(f"{config.data_path}: {len(empty)} images have an empty {config.patient_column!r}")
         patients = patient_index(column)
-    images = OwnerImages(result.data, patients)
+    images = OwnerImages(result.data, patients, result.report)
     if not config.holdout:
         return images, None
     release, held = holdout_split(result.data, config.holdout, config.holdout_seed, patients)
@@ -193,8 +199,10 @@ def normalization_for(config: OwnerConfig, aux: ImageSet) -> tuple[float, float]
 
 
 def load_private_data(config: OwnerConfig, normalization: tuple[float, float], progress: bool = True) -> PrivateData:
-    images = load_owner_images(config, progress)[0]
-    return PrivateData.from_image_set(images.data, normalization, images.patients)
+    images, held = load_owner_images(config, progress)
+    data = PrivateData.from_image_set(images.data, normalization, images.patients)
+    data.load_report, data.held_out = images.report, len(held) if held is not None else 0
+    return data
 
 
 def load_auxiliary(config: OwnerConfig) -> ImageSet:

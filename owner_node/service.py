@@ -18,6 +18,7 @@ from owner_node.config import OwnerConfig
 from owner_node.data import PrivateData, load_auxiliary, load_private_data, normalization_for
 from owner_node.kip_mechanism import KipStepMechanism
 from owner_node.ledger import BudgetExceeded, Ledger, LedgerConflict
+from owner_node.load_summary import write_load_summary
 from owner_node.mechanism import FeatureMechanism
 from owner_node.validation import REQUEST_ID, RequestRefused, RequestValidator
 from shared.accounting import SampledGaussianEvent, epsilon
@@ -105,6 +106,7 @@ class OwnerService:
         self.data.public_counts = published_counts(
             config, self.ledger, self.data.labels, len(self.data.class_names), self.data.patients
         )
+        write_load_summary(config, self.data, self.describe())  # what was loaded, before anything is served
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from shared.datasets import ImageSet
 from shared.images.cache import CachedImages, ImageCache, cache_key, file_fingerprints, listing_material
@@ -22,6 +21,7 @@ from shared.images.decode import decode_file
 from shared.images.errors import ImageDecodeError, ImageSourceError
 from shared.images.report import LoadReport, LoadResult
 from shared.images.resize import TargetFormat
+from shared.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def decode_files(
     out = np.empty((len(files), target.channels, target.image_size, target.image_size), dtype=np.uint8)
     kept: list[int] = []
     skipped: list[tuple[str, str]] = []
-    for i, path in enumerate(tqdm(files, desc=desc, unit="img", disable=not progress)):
+    for i, path in enumerate(progress_bar(files, desc=desc, unit="img", disable=not progress)):
         try:
             image = decode_file(path, target.channels, draft_size=target.image_size)
         except ImageDecodeError as exc:

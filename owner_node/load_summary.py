@@ -1,0 +1,180 @@
+"""What the owner loaded, said at start-up before anything is served or reserved.
+
+The summary (printed, and written as ``load_summary.json`` beside the ledger) gives the counts per
+class, the patients in patient mode, the files the loader ignored or skipped (by reason), the pixel
+format everything was brought to, the images held out, and the public facts the owner publishes
+(Describe). It also warns where a class is too small to be learnt from at any plan this owner would
+accept: the distiller's expected signal-to-noise (``shared.signal_to_noise``) is bounded by the
+records a draw can hold at the owner's highest sampling rate.
+
+The loader's report is read field by field by name (``dataclasses.fields``), so whatever it comes to
+record is carried into the JSON as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from owner_node.config import OwnerConfig
+from owner_node.data import PrivateData
+from shared.messages import OwnerInfo
+from shared.signal_to_noise import records_per_draw_bound
+
+SUMMARY_FILE = "load_summary.json"
+# A class whose draws hold fewer records than this on average, at the owner's highest rate, is
+# mostly noise in every release (shared.signal_to_noise: the signal scales with the records).
+FEW_RECORDS_PER_DRAW = 1.0
+# Loader report fields that are lists of files: shown as counts and a few examples, not in full.
+EXAMPLES = 5
+
+
+def patients_per_class(data: PrivateData) -> list[int] | None:
+    """Patient mode: how many patients have at least one image of each class."""
+    if data.patients is None:
+        return None
+    num_classes = len(data.class_names)
+    pairs = torch.unique(data.patients * num_classes + data.labels)
+    return torch.bincount(pairs % num_classes, minlength=num_classes).tolist()
+
+
+def reason_of(message: str) -> str:
+    """A skip reason without its file-specific detail ('cannot be decoded as an image (OSError: ...)')."""
+    return message.split(" (", 1)[0].strip() or message
+
+
+def _report_fields(report) -> dict:
+    """Every field of the loader's report, by name, with file lists cut to a count and examples."""
+    out: dict = {}
+    for f in dataclasses.fields(report):
+        value = getattr(report, f.name)
+        if isinstance(value, tuple | list) and len(value) > EXAMPLES and f.name not in ("class_names", "class_counts"):
+            out[f.name] = {"count": len(value), "first": [list(v) if isinstance(v, tuple) else v for v in value[:5]]}
+        elif isinstance(value, tuple):
+            out[f.name] = [list(v) if isinstance(v, tuple) else v for v in value]
+        else:
+            out[f.name] = value
+    return out
+
+
+def build_summary(config: OwnerConfig, data: PrivateData, info: OwnerInfo) -> dict:
+    """The load summary as a JSON-ready dict (counts are the owner's true ones: it stays with the owner)."""
+    counts = data.class_counts
+    patients = patients_per_class(data)
+    records = patients if patients is not None else counts
+    max_rate = float(config.limits.max_sample_rate)
+    per_draw = records_per_draw_bound(records, max_rate)
+    classes = []
+    for c, name in enumerate(data.class_names):
+        row: dict = {"name": name, "images": counts[c], "published_count": info.class_counts[c]}
+        if patients is not None:
+            row["patients"] = patients[c]
+        row["records_per_draw_at_max_rate"] = round(per_draw[c], 3)
+        classes.append(row)
+    report = data.load_report
+    skipped = list(getattr(report, "skipped", ()) or ())
+    skipped_by_reason = Counter(reason_of(str(s[1]) if isinstance(s, tuple | list) else str(s)) for s in skipped)
+    summary: dict = {
+        "owner_id": config.owner_id,
+        "source": getattr(report, "source", None) or f"{config.data_source} {config.data_path or ''}".strip(),
+        "images": len(data.labels),
+        "classes": classes,
+        "privacy_unit": config.privacy_unit,
+        "patients": data.num_patients if data.patients is not None else None,
+        "held_out_images": data.held_out,
+        "ignored_files": getattr(report, "ignored", 0) if report is not None else 0,
+        "skipped_files": len(skipped),
+        "skipped_by_reason": dict(skipped_by_reason),
+        "format": {
+            "image_shape": list(data.image_shape),
+            "requested": {"image_size": config.image_size, "channels": config.channels, "resize": config.resize},
+        },
+        "load_report": _report_fields(report) if report is not None else None,
+        "published": {
+            "class_names": list(info.class_names),
+            "class_counts": list(info.class_counts),
+            "class_counts_kind": config.class_counts,
+            "image_shape": list(info.image_shape),
+            "normalization": list(info.normalization),
+            "clip_norm": info.clip_norm,
+            "epsilon_budget": info.epsilon_budget,
+            "delta": info.delta,
+            "accountant": info.accountant,
+            "noise_sampler": info.noise_sampler,
+            "privacy_unit": info.privacy_unit,
+            "aux_hash": info.aux_hash,
+            "limits": dict(info.limits),
+        },
+    }
+    summary["warnings"] = warnings_for(summary, max_rate)
+    return summary
+
+
+def warnings_for(summary: dict, max_rate: float) -> list[str]:
+    """Plain sentences on what will not work or was changed without asking."""
+    out = []
+    unit = "patients" if summary["privacy_unit"] == "patient" else "images"
+    small = [c for c in summary["classes"] if c["records_per_draw_at_max_rate"] < FEW_RECORDS_PER_DRAW]
+    if small:
+        names = ", ".join(f"{c['name']!r} ({c.get('patients', c['images'])} {unit})" for c in small)
+        out.append(
+            f"too few {unit} to learn from: {names} - at the highest sampling rate this owner allows "
+            f"([limits] max_sample_rate = {max_rate:g}) a draw holds on average under {FEW_RECORDS_PER_DRAW:g} "
+            "of them, so their releases are mostly noise at any plan"
+        )
+    if summary["skipped_files"]:
+        out.append(f"{summary['skipped_files']} unreadable files were skipped (see skipped_by_reason)")
+    conversions = (summary.get("load_report") or {}).get("conversions")
+    if conversions:
+        out.append(f"images were converted on loading: {conversions}")
+    return out
+
+
+def format_summary(s: dict) -> str:
+    unit = "patients" if s["privacy_unit"] == "patient" else "images"
+    shape = " x ".join(map(str, s["format"]["image_shape"]))
+    lines = [
+        f"owner '{s['owner_id']}' loaded {s['source']}: {s['images']:,} images of {shape}, "
+        f"{len(s['classes'])} classes, privacy unit: {s['privacy_unit']}"
+        + (f" ({s['patients']:,} patients)" if s["patients"] is not None else "")
+    ]
+    for c in s["classes"]:
+        extra = f", {c['patients']} patients" if "patients" in c else ""
+        published = "" if c["published_count"] == c["images"] else f" (published {c['published_count']})"
+        lines.append(
+            f"  {c['name']:<20} {c['images']:>7,} images{extra}{published}; at most "
+            f"{c['records_per_draw_at_max_rate']:.3g} {unit} a draw"
+        )
+    lines.append(
+        f"  ignored files: {s['ignored_files']:,}; skipped (unreadable): {s['skipped_files']:,}"
+        + (f" ({', '.join(f'{r}: {n}' for r, n in s['skipped_by_reason'].items())})" if s["skipped_by_reason"] else "")
+        + (f"; held out of every release: {s['held_out_images']:,}" if s["held_out_images"] else "")
+    )
+    p = s["published"]
+    lines.append(
+        f"  publishes: class counts ({p['class_counts_kind']}), image shape {p['image_shape']}, normalisation "
+        f"{[round(v, 4) for v in p['normalization']]}, clip norm {p['clip_norm']}, budget epsilon "
+        f"{p['epsilon_budget']} at delta {p['delta']:g} ({p['accountant'].upper()}), its limits"
+    )
+    lines += [f"  WARNING: {w}" for w in s["warnings"]]
+    return "\n".join(lines)
+
+
+def summary_path(config: OwnerConfig) -> Path:
+    return Path(config.ledger_path).parent / SUMMARY_FILE
+
+
+def write_load_summary(config: OwnerConfig, data: PrivateData, info: OwnerInfo) -> dict:
+    """Print the load summary and write it beside the ledger (atomically); returns it."""
+    summary = build_summary(config, data, info)
+    print(format_summary(summary), flush=True)
+    path = summary_path(config)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, path)
+    return summary
