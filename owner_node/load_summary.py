@@ -135,15 +135,25 @@ def warnings_for(summary: dict, max_rate: float) -> list[str]:
     return out
 
 
-def format_summary(s: dict) -> str:
+def format_summary(s: dict, path: Path | None = None) -> str:
+    """Printable lines. With DP class counts the true counts (and the warnings, which follow from them)
+    stay in the file beside the ledger: the printed log may be read more widely than the ledger."""
     unit = "patients" if s["privacy_unit"] == "patient" else "images"
     shape = " x ".join(map(str, s["format"]["image_shape"]))
-    lines = [
-        f"owner '{s['owner_id']}' loaded {s['source']}: {s['images']:,} images of {shape}, "
-        f"{len(s['classes'])} classes, privacy unit: {s['privacy_unit']}"
-        + (f" ({s['patients']:,} patients)" if s["patients"] is not None else "")
-    ]
-    for c in s["classes"]:
+    private = s["published"]["class_counts_kind"] == "dp"
+    head = f"owner '{s['owner_id']}' loaded {s['source']}: "
+    if private:
+        lines = [
+            head + f"images of {shape}, {len(s['classes'])} classes, privacy unit: {s['privacy_unit']}; class counts "
+            f"are published with DP ({s['published']['class_counts']}), so the true counts and any warning on "
+            f"them are only in {path or SUMMARY_FILE}"
+        ]
+    else:
+        lines = [
+            head + f"{s['images']:,} images of {shape}, {len(s['classes'])} classes, privacy unit: "
+            f"{s['privacy_unit']}" + (f" ({s['patients']:,} patients)" if s["patients"] is not None else "")
+        ]
+    for c in [] if private else s["classes"]:
         extra = f", {c['patients']} patients" if "patients" in c else ""
         published = "" if c["published_count"] == c["images"] else f" (published {c['published_count']})"
         lines.append(
@@ -161,7 +171,7 @@ def format_summary(s: dict) -> str:
         f"{[round(v, 4) for v in p['normalization']]}, clip norm {p['clip_norm']}, budget epsilon "
         f"{p['epsilon_budget']} at delta {p['delta']:g} ({p['accountant'].upper()}), its limits"
     )
-    lines += [f"  WARNING: {w}" for w in s["warnings"]]
+    lines += [f"  WARNING: {w}" for w in s["warnings"] if not private or not w.startswith("too few")]
     return "\n".join(lines)
 
 
@@ -172,8 +182,8 @@ def summary_path(config: OwnerConfig) -> Path:
 def write_load_summary(config: OwnerConfig, data: PrivateData, info: OwnerInfo) -> dict:
     """Print the load summary and write it beside the ledger (atomically); returns it."""
     summary = build_summary(config, data, info)
-    print(format_summary(summary), flush=True)
     path = summary_path(config)
+    print(format_summary(summary, path), flush=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(summary, indent=2, default=str))
     os.replace(tmp, path)

@@ -80,6 +80,13 @@ def test_owner_start_up_prints_and_writes_what_it_loaded(tmp_path: Path, capsys:
     # class c: 3 images at the default max_sample_rate 0.05 is 0.15 records a draw: mostly noise
     assert any("'c' (3 images)" in w for w in summary["warnings"]) and not any("'a'" in w for w in summary["warnings"])
     assert "loaded image-folder" in printed and "WARNING: too few images" in printed and "ignored files: 2" in printed
+    # DP class counts: the printed log keeps to the published (noisy) counts; the true ones stay in the file
+    OwnerService(replace(config, class_counts="dp", class_counts_epsilon=0.1)).close()
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "owner" / SUMMARY_FILE).read_text())
+    assert [c["images"] for c in summary["classes"]] == [30, 12, 3]
+    assert summary["published"]["class_counts_kind"] == "dp"
+    assert "published with DP" in printed and "30 images" not in printed and "too few" not in printed
 
 
 def test_load_summary_counts_patients_in_patient_mode(tmp_path: Path) -> None:
