@@ -30,6 +30,7 @@ class PrivateData:
     # release ([data] holdout): the owner's load summary shows them. None: data given in memory.
     load_report: LoadReport | None = None
     held_out: int = 0
+    source_files: tuple[str, ...] = ()  # the loaded files (file kinds), for the summary's format check
 
     @classmethod
     def from_image_set(
@@ -106,11 +107,11 @@ class OwnerImages:
     data: ImageSet
     patients: torch.Tensor | None = None  # patient mode: each image's patient index
     report: LoadReport | None = None  # the loader's report on the whole set (before any holdout)
+    files: tuple[str, ...] = ()  # the whole set's files (file kinds), as the loader listed them
 
     def subset(self, index: torch.Tensor) -> OwnerImages:
-        if self.patients is None:
-            return OwnerImages(self.data.subset(index), report=self.report)
-        return OwnerImages(self.data.subset(index), patient_index(self.patients[index].tolist()), self.report)
+        patients = None if self.patients is None else patient_index(self.patients[index].tolist())
+        return OwnerImages(self.data.subset(index), patients, self.report, self.files)
 
 
 def holdout_split(
@@ -172,7 +173,7 @@ def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[Owner
         if empty:
             raise ValueError(f"{config.data_path}: {len(empty)} images have an empty {config.patient_column!r}")
         patients = patient_index(column)
-    images = OwnerImages(result.data, patients, result.report)
+    images = OwnerImages(result.data, patients, result.report, result.files)
     if not config.holdout:
         return images, None
     release, held = holdout_split(result.data, config.holdout, config.holdout_seed, patients)
@@ -202,6 +203,7 @@ def load_private_data(config: OwnerConfig, normalization: tuple[float, float], p
     images, held = load_owner_images(config, progress)
     data = PrivateData.from_image_set(images.data, normalization, images.patients)
     data.load_report, data.held_out = images.report, len(held) if held is not None else 0
+    data.source_files = images.files
     return data
 
 

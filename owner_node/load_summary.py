@@ -2,7 +2,9 @@
 
 The summary (printed, and written as ``load_summary.json`` beside the ledger) gives the counts per
 class, the patients in patient mode, the files the loader ignored or skipped (by reason), the pixel
-format everything was brought to, the images held out, and the public facts the owner publishes
+format everything was brought to and what that converted (colour to gray, gray to colour, 16-bit
+stretched, resized: read from the headers of a sample of the files), the images held out, and the
+public facts the owner publishes
 (Describe). It also warns where a class is too small to be learnt from at any plan this owner would
 accept: the distiller's expected signal-to-noise (``shared.signal_to_noise``) is bounded by the
 records a draw can hold at the owner's highest sampling rate.
@@ -46,6 +48,58 @@ def patients_per_class(data: PrivateData) -> list[int] | None:
 def reason_of(message: str) -> str:
     """A skip reason without its file-specific detail ('cannot be decoded as an image (OSError: ...)')."""
     return message.split(" (", 1)[0].strip() or message
+
+
+SAMPLED_HEADERS = 64
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def source_formats(files: tuple[str, ...], limit: int = SAMPLED_HEADERS) -> dict:
+    """Pixel modes and sizes of an evenly spaced sample of the files (Pillow reads only their headers)."""
+    from PIL import Image
+
+    from shared.images.decode import is_dicom
+
+    modes: Counter = Counter()
+    sizes: Counter = Counter()
+    sample = files[:: max(1, len(files) // limit)][:limit]
+    for path in sample:
+        try:
+            if is_dicom(path):
+                modes["DICOM"] += 1
+                continue
+            with Image.open(path) as im:
+                modes[im.mode] += 1
+                sizes[f"{im.width}x{im.height}"] += 1
+        except Exception:  # the loader already decoded (or skipped) it: this look is only informative
+            modes["unreadable"] += 1
+    return {"sampled_files": len(sample), "modes": dict(modes), "sizes": dict(sizes.most_common(5))}
+
+
+def conversion_notes(formats: dict, config: OwnerConfig) -> list[str]:
+    """What the loader did to the sampled files to bring them to the configured format."""
+    modes, sizes, n = formats["modes"], formats["sizes"], formats["sampled_files"]
+    colour = sum(k for m, k in modes.items() if m not in GRAY_MODES and m not in ("DICOM", "unreadable"))
+    gray = sum(k for m, k in modes.items() if m in GRAY_MODES)
+    notes = []
+    if config.channels == 1 and colour:
+        notes.append(f"colour images converted to 1 channel (luma): {colour} of {n} sampled files are colour")
+    if config.channels == 3 and gray:
+        notes.append(f"gray images repeated to 3 channels: {gray} of {n} sampled files are gray")
+    deep = sum(k for m, k in modes.items() if m in HIGH_DEPTH_MODES)
+    if deep:
+        notes.append(f"16-bit or float images stretched to 0..255 per image: {deep} of {n} sampled files")
+    alpha = sum(k for m, k in modes.items() if m in ("LA", "RGBA", "PA"))
+    if alpha:
+        notes.append(f"transparency composited on black: {alpha} of {n} sampled files")
+    target = f"{config.image_size}x{config.image_size}"
+    other = {size: k for size, k in sizes.items() if size != target}
+    if config.image_size is not None and other:
+        how = "shorter side scaled, centre cropped" if config.resize == "crop" else "longer side scaled, padded"
+        examples = ", ".join(other)
+        notes.append(f"images resized to {target} ({how}): {sum(other.values())} of {n} sampled files are {examples}")
+    return notes
 
 
 def _report_fields(report) -> dict:
@@ -94,6 +148,7 @@ def build_summary(config: OwnerConfig, data: PrivateData, info: OwnerInfo) -> di
             "image_shape": list(data.image_shape),
             "requested": {"image_size": config.image_size, "channels": config.channels, "resize": config.resize},
         },
+        "conversions": [],
         "load_report": _report_fields(report) if report is not None else None,
         "published": {
             "class_names": list(info.class_names),
@@ -111,6 +166,10 @@ def build_summary(config: OwnerConfig, data: PrivateData, info: OwnerInfo) -> di
             "limits": dict(info.limits),
         },
     }
+    if data.source_files:
+        summary["format"]["source"] = source_formats(data.source_files)
+        summary["conversions"] = conversion_notes(summary["format"]["source"], config)
+    summary["conversions"] += list(getattr(report, "conversions", ()) or ())  # the loader's own, if it keeps any
     summary["warnings"] = warnings_for(summary, max_rate)
     return summary
 
@@ -129,9 +188,6 @@ def warnings_for(summary: dict, max_rate: float) -> list[str]:
         )
     if summary["skipped_files"]:
         out.append(f"{summary['skipped_files']} unreadable files were skipped (see skipped_by_reason)")
-    conversions = (summary.get("load_report") or {}).get("conversions")
-    if conversions:
-        out.append(f"images were converted on loading: {conversions}")
     return out
 
 
@@ -171,6 +227,7 @@ def format_summary(s: dict, path: Path | None = None) -> str:
         f"{[round(v, 4) for v in p['normalization']]}, clip norm {p['clip_norm']}, budget epsilon "
         f"{p['epsilon_budget']} at delta {p['delta']:g} ({p['accountant'].upper()}), its limits"
     )
+    lines += [f"  converted: {c}" for c in s["conversions"]]
     lines += [f"  WARNING: {w}" for w in s["warnings"] if not private or not w.startswith("too few")]
     return "\n".join(lines)
 

@@ -80,6 +80,9 @@ def test_owner_start_up_prints_and_writes_what_it_loaded(tmp_path: Path, capsys:
     # class c: 3 images at the default max_sample_rate 0.05 is 0.15 records a draw: mostly noise
     assert any("'c' (3 images)" in w for w in summary["warnings"]) and not any("'a'" in w for w in summary["warnings"])
     assert "loaded image-folder" in printed and "WARNING: too few images" in printed and "ignored files: 2" in printed
+    # RGB files read as 1 channel: said, not done silently; the size already matched
+    assert len(summary["conversions"]) == 1 and "colour images converted to 1 channel" in summary["conversions"][0]
+    assert "converted: colour images" in printed and summary["format"]["source"]["modes"] == {"RGB": 45}
     # DP class counts: the printed log keeps to the published (noisy) counts; the true ones stay in the file
     OwnerService(replace(config, class_counts="dp", class_counts_epsilon=0.1)).close()
     printed = capsys.readouterr().out
