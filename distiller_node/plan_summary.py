@@ -8,41 +8,37 @@ from __future__ import annotations
 from distiller_node.sampling import SamplingPlan
 from shared.evaluation import EvaluationConfig
 from shared.messages import OwnerInfo
-from shared.networks import NetworkSpec, depth_for_image_size
 from shared.signal_to_noise import LOW_SNR, class_snr, low_classes
 from shared.statistic import KIP_SYNC, released_dim
 
-# Rough cost of one image pass (forward, or forward and backward for the optimisation) through a
-# width-32 ConvNet on one 28 x 28 channel, in seconds, on the 2-core CPU the README was measured on;
-# a pass scales with channels x pixels x width. Fitted to the calibration runs (README, "Will a run
-# learn anything?"), feature signals; a GPU is many times faster, gradient signals slower.
-SECONDS_PER_PASS = {"sampling": 2.0e-4, "optimisation": 3.0e-4, "evaluation": 1.5e-4}
-REFERENCE_PASS = 1 * 28 * 28 * 32
+# Rough seconds per image pass on the 2-core CPU the README was measured on (two threads): sampling,
+# per draw and image (its sample and the auxiliary images its basis is fitted to); optimisation, per
+# iteration and synthetic image; evaluation, per training epoch and synthetic image. A pass grows
+# about as the square root of channels x pixels x width (a width-32 ConvNet on 28 x 28 x 1 is 1).
+# Fitted to the README's measured feature-signal runs (docs/bench/default_issue15.json,
+# own_images_digits_folder.json, own_images_fm64_rgb_folder.json), each within a factor of 2 of it;
+# a loaded CPU is slower, a GPU far faster, gradient signals slower.
+SECONDS_PER_PASS = {"sampling": 2.8e-4, "optimisation": 9.0e-4, "evaluation": 1.0e-3}
+REFERENCE_WORK = 1 * 28 * 28 * 32
 
 
-def pass_cost(spec: NetworkSpec) -> float:
-    return spec.channels * spec.image_size**2 * spec.width / REFERENCE_PASS
+def pass_cost(channels: int, image_size: int, width: int) -> float:
+    return (channels * image_size**2 * width / REFERENCE_WORK) ** 0.5
 
 
 def estimate_seconds(
     plan: SamplingPlan, infos: list[OwnerInfo], aux: int, synthetic: int, iterations: int, evaluation: EvaluationConfig
 ) -> dict:
-    """Rough seconds per stage from counts of image passes (see ``SECONDS_PER_PASS``): each draw embeds
-    the ``aux`` auxiliary images (its basis) and its sample; each iteration the ``synthetic`` images."""
+    """Rough seconds per stage (see ``SECONDS_PER_PASS``); ``synthetic``: images trained on."""
     draws = len(plan.network_seeds)
     records = sum(o.sample_rate * sum(i.class_counts) for o, i in zip(plan.owners, infos, strict=True))
-    work = pass_cost(plan.network)
-    eval_spec = NetworkSpec(
-        width=evaluation.width,
-        depth=depth_for_image_size(plan.network.image_size),
-        channels=plan.network.channels,
-        image_size=plan.network.image_size,
-    )
+    net = plan.network
+    work = pass_cost(net.channels, net.image_size, net.width)
     return {
         "sampling": SECONDS_PER_PASS["sampling"] * draws * (records + aux) * work,
-        "optimisation": SECONDS_PER_PASS["optimisation"] * (iterations * synthetic + draws * aux) * work,
+        "optimisation": SECONDS_PER_PASS["optimisation"] * iterations * synthetic * work,
         "evaluation": SECONDS_PER_PASS["evaluation"] * evaluation.runs * evaluation.epochs * synthetic
-        * pass_cost(eval_spec),
+        * pass_cost(net.channels, net.image_size, evaluation.width),
     }  # fmt: skip
 
 
@@ -139,7 +135,8 @@ def format_plan(s: dict, asked_delta: float | None = None) -> list[str]:
     t = s["expected_seconds"]
     total = sum(t.values())
     lines.append(
-        f"expected wall time (rough, within a factor of 2-3 on a 2-core CPU; a GPU is faster): {_duration(total)} "
+        "expected wall time (rough: within a factor of 2 on an unloaded 2-core CPU; a GPU is faster): "
+        f"{_duration(total)} "
         f"(sampling {_duration(t['sampling'])}, optimisation {_duration(t['optimisation'])}, "
         f"evaluation {_duration(t['evaluation'])})"
     )
