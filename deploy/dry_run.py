@@ -1,15 +1,14 @@
 """``--dry-run``: a run's plan against its owners, printed, with nothing reserved, released or spent.
 
 The owners are started in this process from their own owner.toml, each on a scratch copy of its
-ledger (read through a read-only SQLite connection), so their budget left is the real one and
-nothing they do touches the real ledger. An owner that publishes DP class counts it has not drawn
+ledger (``ledger-backup``'s consistent snapshot), so their budget left is the real one and nothing
+they do touches the real ledger. An owner that publishes DP class counts it has not drawn
 yet would have to spend on them at start-up; here it publishes its true counts instead, which only
 the person running the dry run sees (the owner's own operator, in ``simulate`` and ``deploy-local``).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from distiller_node.pipeline import DistillerConfig, run_distillation
 from owner_node.class_counts import COUNTS_RELEASE_ID
 from owner_node.config import OwnerConfig
 from owner_node.ledger import Ledger
+from owner_node.ledger_backup import backup_ledger
 from owner_node.service import OwnerService
 from shared.datasets import ImageSet
 
@@ -27,15 +27,8 @@ def scratch_config(config: OwnerConfig, folder: Path) -> OwnerConfig:
     """``config`` with its ledger copied to ``folder`` (the real one only read), its image cache where it was."""
     folder.mkdir(parents=True, exist_ok=True)
     copy = folder / "ledger.sqlite"
-    real = Path(config.ledger_path)
-    if real.exists():
-        source = sqlite3.connect(f"{real.resolve().as_uri()}?mode=ro", uri=True)
-        target = sqlite3.connect(copy)
-        try:
-            source.backup(target)
-        finally:
-            source.close()
-            target.close()
+    if Path(config.ledger_path).exists():
+        backup_ledger(config.ledger_path, copy)  # one consistent snapshot, safe while the owner serves
     scratch = replace(config, ledger_path=copy, image_cache=config.image_cache_dir)
     if config.class_counts == "dp":
         ledger = Ledger(copy)
