@@ -128,9 +128,10 @@ def format_plan(s: dict, asked_delta: float | None = None) -> list[str]:
             everything = len(s["low_snr_classes"]) == len(s["class_names"])
             which = "every class" if everything else f"classes {', '.join(s['low_snr_classes'])}"
             lines.append(
-                f"WARNING: {which} below {s['snr_threshold']:g}: runs measured there learnt little (near chance, or "
-                "below always guessing the largest class). More images per class, a larger epsilon, fewer "
-                "releases (--draws) or a smaller --subspace-dim raise it; see README, 'Will a run learn anything?'"
+                f"WARNING: {which} below {s['snr_threshold']:g}: classes measured there were learnt little or not at "
+                "all (recall 0-10% beside stronger classes). More images per class, a larger epsilon, a smaller "
+                "--subspace-dim or a higher max_sample_rate at the owner raise it; see README, 'Will a run learn "
+                "anything?'"
             )
     t = s["expected_seconds"]
     total = sum(t.values())

@@ -117,10 +117,11 @@ def test_signal_to_noise_formula() -> None:
     assert math.isinf(class_snr([[1.0]], [0.0], 1, 1)[0])
 
 
-def _plan_only(service: OwnerService, tmp_path: Path, **settings) -> dict:
+def _plan_only(service: OwnerService, tmp_path: Path, subspace_dim: int = 16, **settings) -> dict:
     cfg = distiller_config(
-        "quick", epsilon=1.0, ipc=1, draws_per_request=10, eval_runs=1, width=8, subspace_dim=6, draws=20, **settings
-    )
+        "quick", epsilon=1.0, ipc=1, draws_per_request=10, eval_runs=1, width=8, draws=20, subspace_dim=subspace_dim,
+        **settings,
+    )  # fmt: skip
     aux = load_npz(service.config.aux_path)
     client = OwnerClient(service.call, service.config.owner_id)
     return run_distillation(client, cfg, tmp_path / "run", aux, None, False, dry_run=True)
@@ -131,7 +132,7 @@ def test_a_set_too_small_to_learn_from_is_warned_about_before_anything_is_reserv
 ) -> None:
     small = OwnerService(make_owner_config(tmp_path / "small", epsilon=1.0, max_sample_rate=0.05))  # 20 a class
     try:
-        plan = _plan_only(small, tmp_path / "a")["plan"]
+        plan = _plan_only(small, tmp_path / "a")["plan"]  # 1 record a draw: SNR 0.8
     finally:
         small.close()
     out = capsys.readouterr().out
