@@ -104,15 +104,19 @@ def conversion_notes(formats: dict, config: OwnerConfig) -> list[str]:
 
 def _report_fields(report) -> dict:
     """Every field of the loader's report, by name, with file lists cut to a count and examples."""
+    names = [f.name for f in dataclasses.fields(report)] if dataclasses.is_dataclass(report) else list(vars(report))
     out: dict = {}
-    for f in dataclasses.fields(report):
-        value = getattr(report, f.name)
-        if isinstance(value, tuple | list) and len(value) > EXAMPLES and f.name not in ("class_names", "class_counts"):
-            out[f.name] = {"count": len(value), "first": [list(v) if isinstance(v, tuple) else v for v in value[:5]]}
+    for name in names:
+        value = getattr(report, name)
+        if isinstance(value, tuple | list) and len(value) > EXAMPLES and name not in ("class_names", "class_counts"):
+            first = [list(v) if isinstance(v, tuple) else v for v in value[:EXAMPLES]]
+            out[name] = {"count": len(value), "first": first}
         elif isinstance(value, tuple):
-            out[f.name] = [list(v) if isinstance(v, tuple) else v for v in value]
+            out[name] = [list(v) if isinstance(v, tuple) else v for v in value]
+        elif isinstance(value, dict):
+            out[name] = {str(k): v for k, v in value.items()}
         else:
-            out[f.name] = value
+            out[name] = value
     return out
 
 
@@ -221,6 +225,9 @@ def format_summary(s: dict, path: Path | None = None) -> str:
         + (f" ({', '.join(f'{r}: {n}' for r, n in s['skipped_by_reason'].items())})" if s["skipped_by_reason"] else "")
         + (f"; held out of every release: {s['held_out_images']:,}" if s["held_out_images"] else "")
     )
+    for name, value in (s.get("load_report") or {}).items():  # e.g. a loader's ignored files by reason
+        if name.endswith("by_reason") and isinstance(value, dict) and value:
+            lines.append(f"  {name.replace('_', ' ')}: {', '.join(f'{k}: {v}' for k, v in value.items())}")
     p = s["published"]
     lines.append(
         f"  publishes: class counts ({p['class_counts_kind']}), image shape {p['image_shape']}, normalisation "
