@@ -85,7 +85,12 @@ class PlainProgress:
         parts = [f"{self.desc}: {self.n:g}" + (f"/{self.total:g}" if self.total else f" {self.unit}")]
         if self.total:
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
-        parts.append(f"{rate:.3g} {self.unit}/s" if rate >= 0.1 or rate == 0 else f"{1 / rate:.3g} s/{self.unit}")
+        if rate >= 100:
+            parts.append(f"{rate:,.0f} {self.unit}/s")
+        elif rate >= 0.1 or rate == 0:
+            parts.append(f"{rate:.3g} {self.unit}/s")
+        else:
+            parts.append(f"{1 / rate:.3g} s/{self.unit}")
         parts.append(f"{_clock(elapsed)} elapsed")
         if self.total and rate > 0 and self.n < self.total:
             parts.append(f"about {_clock((self.total - self.n) / rate)} left")
