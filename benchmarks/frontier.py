@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from shared.datasets import public_split, save_npz
 from shared.measurement import cpu_model
+from shared.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +213,7 @@ def frontier(
     if published is not None:
         import_points(out, published)
     done = 0
-    with tqdm(desc="frontier", unit="point") as bar:
+    with progress_bar(desc="frontier", unit="point") as bar:
         while True:
             todo = [p for p in planned_points(out) if load_run(out, p) is None]
             if not todo or (max_points is not None and done >= max_points):

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tqdm import tqdm
-
 from benchmarks.signals import run_one
+from shared.progress import progress_bar
 
 DOSSER_RERUN_KIP = 0.177  # DP-KIP-ScatterNet, ConvNet protocol, IPC 10, epsilon 1 (DESIGN section 7)
 
@@ -50,7 +49,7 @@ def kip_benchmark(
         grid += [(method, e, i, n, extra, "") for e in epsilons for i in ipcs for n in inits]
     if baseline:
         grid += [("decoupled", epsilons[0], i, "aux", ["--iterations", "0"], "_unoptimised") for i in ipcs]
-    for method, epsilon, ipc, init, extra, suffix in tqdm(grid, desc="KIP benchmark", unit="run"):
+    for method, epsilon, ipc, init, extra, suffix in progress_bar(grid, desc="KIP benchmark", unit="run"):
         name = config_name(method, epsilon, ipc, init) + suffix
         common = ["--epsilon", str(epsilon), "--ipc", str(ipc), "--init", init, "--eval-runs", str(eval_runs)]
         r = run_one(out / name, METHODS[method], extra, common)

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from deploy.presets import distiller_config
 from distiller_node.network_cache import NetworkCache
@@ -33,6 +32,7 @@ from shared.evaluation import evaluate
 from shared.measurement import cpu_model, write_json
 from shared.messages import FeatureRequest
 from shared.networks import NetworkSpec, depth_for_image_size
+from shared.progress import progress_bar
 from shared.subspace import content_hash
 
 KINDS = ("no-noise", "aux-only")
@@ -65,7 +65,7 @@ def no_noise_state(cfg: DistillerConfig, aux: ImageSet, data_root: str | None, s
     timings = {}
     t0 = time.perf_counter()
     sums = []
-    with tqdm(total=s.draws, desc="sampling (sigma 0)", unit="draw", disable=not show_progress) as bar:
+    with progress_bar(total=s.draws, desc="sampling (sigma 0)", unit="draw", disable=not show_progress) as bar:
         for lo in range(0, s.draws, s.draws_per_request):
             hi = min(lo + s.draws_per_request, s.draws)
             request = FeatureRequest(

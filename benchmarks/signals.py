@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
+from shared.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def compare_signals(out: Path, epsilon: float, ipc: int, eval_runs: int, only: l
     if unknown:
         raise ValueError(f"unknown configurations {sorted(unknown)}; known: {list(CONFIGS)}")
     runs = previous_runs(out / "signals.json", epsilon, ipc, eval_runs)  # a partial rerun keeps the others
-    for name in tqdm(names, desc="signal benchmark", unit="run"):
+    for name in progress_bar(names, desc="signal benchmark", unit="run"):
         preset, extra = CONFIGS[name]
         t0 = time.perf_counter()
         r = run_one(out / name.replace(" ", "_").replace(",", "").replace("+", "with"), preset, extra, common)

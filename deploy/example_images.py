@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from shared.datasets import ImageSet, load_fashion_mnist, split_auxiliary
+from shared.progress import progress_bar
 
 EXAMPLES = ("fashion-mnist", "digits")
 SPLITS = ("train", "aux", "test")
@@ -75,7 +75,7 @@ def write_split(
     patients = synthetic_patients(len(data), seed)
     rows = []
     images = data.images.numpy()
-    for i in tqdm(range(len(data)), desc=f"writing {split}", unit="img", disable=not show_progress):
+    for i in progress_bar(range(len(data)), desc=f"writing {split}", unit="img", disable=not show_progress):
         pixels = images[i]
         picture = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
         if picture.size != (image_size, image_size):

@@ -76,6 +76,16 @@ class Layout:
         return cls(num_owners, ports[0], ports[1 : 1 + num_owners], ports[1 + num_owners :])
 
 
+def owner_limits(max_draws_per_request: int) -> Limits:
+    """The limits each local deployment's owner is given (its owner.toml)."""
+    return Limits(max_draws_per_request=max_draws_per_request)
+
+
+def owner_folder(root: Path) -> Path:
+    """Where a local deployment keeps its owners' folders (one per owner, ``deploy.simulation.owner_dirs``)."""
+    return Path(root) / "owners"
+
+
 @dataclass
 class LocalDeployment:
     root: Path
@@ -119,7 +129,7 @@ class LocalDeployment:
             for n, port in zip(self.names, self.layout.owner_ports, strict=True)
         ]
         self.owner_configs = prepare_owners(
-            self.root / "owners",
+            owner_folder(self.root),
             aux,
             self.epsilon,
             self.delta,
@@ -128,7 +138,7 @@ class LocalDeployment:
             self.num_owners,
             self.seed,
             services=services,
-            limits=Limits(max_draws_per_request=self.max_draws_per_request),
+            limits=owner_limits(self.max_draws_per_request),
             private=self.private,
         )
         if os.geteuid() == 0:

@@ -18,6 +18,11 @@ from deploy.cli_options import (
 from deploy.presets import PRESETS
 from shared.run_choices import INITS, METHODS
 
+DRY_RUN_HELP = (
+    "print the plan (epsilon, sigma, q, releases, group size, expected signal-to-noise per class, rough wall "
+    "time) and stop: nothing is reserved, released or spent"
+)
+
 
 def cmd_simulate(a: argparse.Namespace) -> int:
     import time
@@ -30,7 +35,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     cfg = distiller_config_from_args(a)
     public, private = user_sets(a)
     t0 = time.perf_counter()
-    if a.transport == "flower":
+    if a.transport == "flower" and not a.dry_run:  # a dry run makes the same plan in this process
         from deploy.flower_simulation import simulate_flower
 
         rc = run_config_from_args(a, Path(a.out), public)
@@ -46,7 +51,10 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             a.owners,
             owner_settings=owner_settings_from_args(a),
             device=a.device,
+            dry_run=a.dry_run,
         )
+    if a.dry_run:
+        return 0
     print(f"\nall artefacts are in {Path(a.out) / 'distiller'}")
     if a.benchmark_json:
         bench = {
@@ -79,6 +87,13 @@ def cmd_deploy_local(a: argparse.Namespace) -> int:
     from deploy.local_deployment import LocalDeployment
 
     public, private = user_sets(a)
+    max_draws = max(a.draws_per_request or 100, 1)
+    if a.dry_run:
+        from deploy.dry_run import dry_run_local
+
+        rc = run_config_from_args(a, Path(a.out), public)
+        dry_run_local(Path(a.out), rc, a.owners, a.epsilon, private, a.private_subset, max_draws, 0)
+        return 0
     d = LocalDeployment(
         Path(a.out),
         num_owners=a.owners,
@@ -86,7 +101,7 @@ def cmd_deploy_local(a: argparse.Namespace) -> int:
         public=public,
         private=private,
         private_subset=a.private_subset,
-        max_draws_per_request=max(a.draws_per_request or 100, 1),
+        max_draws_per_request=max_draws,
     )
     try:
         print(f"starting {a.owners} owner service(s), a SuperLink and {a.owners} SuperNode(s); logs in {d.logs}")
@@ -223,6 +238,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     compute_options(s, "the distiller and the simulated owners")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--benchmark-json", help="also write wall time, accuracy, epsilon and peak RSS to this JSON file")
+    s.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     s.set_defaults(func=cmd_simulate)
 
     d = sub.add_parser(
@@ -247,6 +263,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--data-root")
     own_image_options(d, "the owners' own images (split among --owners)")
     compute_options(d, "the distiller (the owners' owner.toml [compute] device: cpu)")
+    d.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     d.set_defaults(func=cmd_deploy_local)
 
     f = sub.add_parser("flower-run", help="start a distillation on a SuperLink (flwr CLI) and wait for its outcome")

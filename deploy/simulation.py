@@ -135,10 +135,12 @@ def simulate(
     limits: Limits | None = None,
     owner_settings: dict | None = None,
     device: str = "cpu",
+    dry_run: bool = False,
 ) -> dict:
     """Owners and distiller in this process (``device``: the distiller's, and the simulated owners' unless
     ``owner_settings`` names one). ``public``: the distiller's sets (default: Fashion-MNIST's
-    split); ``private``: one owner's own images instead of Fashion-MNIST's training set."""
+    split); ``private``: one owner's own images instead of Fashion-MNIST's training set.
+    ``dry_run``: print the plan and stop, spending nothing (``deploy.dry_run``)."""
     out = Path(out)
     public = public or PublicSets()
     aux, held_out = public.load(show_progress)
@@ -161,6 +163,10 @@ def simulate(
         cfg = replace(cfg, epsilon=configs[0].epsilon, delta=configs[0].delta)
     # An in-process owner computes one request at a time and has no transport latency to hide.
     cfg = replace(cfg, sampling=replace(cfg.sampling, in_flight=1))
+    if dry_run:
+        from deploy.dry_run import dry_run as plan_only
+
+        return plan_only(paths, cfg, out / "distiller", aux, device)
     services = [OwnerService(c) for c in configs]
     try:
         clients = [OwnerClient(s.call, c.owner_id) for s, c in zip(services, configs, strict=True)]

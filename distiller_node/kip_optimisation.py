@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from distiller_node.optimisation import OptimisationConfig, SyntheticState
 from distiller_node.signal_store import Signals
 from shared.kip import DEFAULT_REG, centred_one_hot, decoupled_krr_loss, psd_part
 from shared.moments import moment_k, unpack_moments
+from shared.progress import progress_bar
 from shared.scattering import scattering_features
 from shared.subspace import FINGERPRINT_TOL, Subspace, basis_fingerprint
 
@@ -97,7 +97,9 @@ class KipDistiller:
             images.data.copy_(saved["images"])
             opt.load_state_dict(saved["optimizer"])
             it0, losses = saved["iteration"], saved["losses"]
-        bar = tqdm(total=cfg.iterations, initial=it0, desc="optimisation (KIP)", unit="it", disable=not show_progress)
+        bar = progress_bar(
+            total=cfg.iterations, initial=it0, desc="optimisation (KIP)", unit="it", disable=not show_progress
+        )
         for it in range(it0, cfg.iterations):
             opt.zero_grad(set_to_none=True)
             loss = self.loss(images, state.labels)

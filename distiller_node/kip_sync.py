@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from distiller_node.client import OwnerClient
 from distiller_node.optimisation import SyntheticState
@@ -24,6 +23,7 @@ from distiller_node.sampling import SamplingPlan
 from distiller_node.signal_store import atomic_write
 from shared.kip import DEFAULT_REG, centred_one_hot, krr_loss
 from shared.messages import KipStepReply, KipStepRequest
+from shared.progress import progress_bar
 from shared.protocol import read_message
 from shared.scattering import scattering_features
 
@@ -91,7 +91,7 @@ def run_kip_sync(
     adam_v = np.zeros_like(images)
     step = 0
     losses: list[float] = []
-    bar = tqdm(total=total, desc="KIP steps (owner releases)", unit="step", disable=not show_progress)
+    bar = progress_bar(total=total, desc="KIP steps (owner releases)", unit="step", disable=not show_progress)
     for b in range(-(-total // k)):
         path = store / f"steps_{b:05d}.msg"
         if path.exists():

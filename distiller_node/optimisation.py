@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from distiller_node.network_cache import NetworkCache
 from distiller_node.signal_store import Signals
 from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, image_chunk, pass_chunk
+from shared.progress import progress_bar
 from shared.run_choices import INITS
 from shared.settings import bounded, check_settings
 from shared.statistic import class_sums, per_example_statistic
@@ -228,7 +228,7 @@ class Distiller:
         ema = state.ema.clone()
         losses = list(state.losses)
         num_draws = self.targets.shape[0]
-        bar = tqdm(
+        bar = progress_bar(
             total=cfg.iterations, initial=state.iteration, desc="optimisation", unit="it", disable=not show_progress
         )
         it = state.iteration

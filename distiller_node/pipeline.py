@@ -18,6 +18,7 @@ from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
 from distiller_node.kip_sync import first_request, run_kip_sync
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state, training_images
+from distiller_node.plan_summary import format_plan, plan_summary
 from distiller_node.report import format_report, privacy_report, write_report
 from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan, run_sampling
 from distiller_node.signal_store import SignalStore, atomic_write
@@ -72,7 +73,7 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     return out
 
 
-def _check_resume(out: Path, cfg: DistillerConfig) -> None:
+def _check_resume(out: Path, cfg: DistillerConfig, write: bool = True) -> None:
     path = out / "config.json"
     current = json.loads(json.dumps(cfg.to_dict()))  # through JSON, as saved (tuples become lists)
     if path.exists():
@@ -82,7 +83,7 @@ def _check_resume(out: Path, cfg: DistillerConfig) -> None:
                 f"{out} holds a run with a different configuration ({'; '.join(differences)}); "
                 "resume it with the same options or choose a new --out"
             )
-    else:
+    elif write:
         atomic_write(path, json.dumps(cfg.to_dict(), indent=1, sort_keys=True).encode())
 
 
@@ -105,11 +106,16 @@ def run_distillation(
     show_progress: bool = True,
     validation: ImageSet | None = None,
     device: str = "cpu",
+    dry_run: bool = False,
 ) -> dict:
     """``cfg.epsilon`` is what each owner is asked to spend (at most its remaining budget); with no
     public ``test`` set the evaluation is skipped (the synthetic set is still written). A public
     ``validation`` set is scored by the same trainings (``validation_accuracy``), to choose settings by.
-    ``device`` (auto, cpu, cuda[:N]) runs networks, bases, optimisation and evaluation there."""
+    ``device`` (auto, cpu, cuda[:N]) runs networks, bases, optimisation and evaluation there.
+
+    The plan, each class's expected signal-to-noise (a warning when it is low) and a rough wall time
+    are printed before any owner is asked to hold budget; ``dry_run`` stops there, having reserved,
+    released and written nothing, and returns ``{"dry_run": True, "plan": ...}``."""
     torch_device, compute = use_device(device, cfg.optimisation.precision)
     clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
     if cfg.sampling.signal in ("kip", KIP_SYNC) and parse_strategy(cfg.sampling.augmentation):
@@ -117,8 +123,9 @@ def run_distillation(
     if cfg.sampling.signal == KIP_SYNC and len(clients) != 1:
         raise ValueError("synchronised DP-KIP runs against exactly one owner")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg)
+    if not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, cfg, write=not dry_run)
     timings: dict[str, float] = {}
     rss = {"at_start": peak_rss_mb()}
     infos = [c.describe() for c in clients]
@@ -144,18 +151,20 @@ def run_distillation(
                 )
             targets.append(min(cfg.epsilon, remaining))
         plan = make_plan(cfg.sampling, infos, targets, cfg.delta, cfg.accountant)
-        plan.save(plan_path)
-    for o, share in enumerate(plan.owners):
-        note = "" if share.delta == cfg.delta else f" (the owner's delta; {cfg.delta:g} was asked for)"
-        print(
-            f"plan for owner '{share.owner_id}': {len(plan.network_seeds)} draws, sigma={share.noise_multiplier:.4f}, "
-            f"q={share.sample_rate:.5f}, planned epsilon={plan.planned_epsilon(o):.4f} "
-            f"({share.accountant.upper()}, the owner's accountant) at delta={share.delta:g}{note}"
-        )
+        if not dry_run:
+            plan.save(plan_path)
     info = infos[0]
+    opt_cfg = cfg.optimisation
+    synthetic = opt_cfg.ipc * len(info.class_names) * (4 if opt_cfg.pea else 1)
+    depth_by_size = cfg.sampling.depth is None
+    summary = plan_summary(plan, infos, len(aux), synthetic, opt_cfg.iterations, cfg.evaluation, depth_by_size)
+    for line in format_plan(summary, cfg.delta):
+        print(line)
+    if dry_run:
+        print("dry run: no owner was asked to hold budget, nothing was released and nothing written")
+        return {"dry_run": True, "plan": summary}
 
     aux_float = to_float(aux.images, info.normalization)
-    opt_cfg = cfg.optimisation
     state = initial_state(
         len(info.class_names), opt_cfg.ipc, info.image_shape, opt_cfg.seed, opt_cfg.init, (aux_float, aux.labels)
     )

@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from distiller_node.client import OwnerClient
 from distiller_node.signal_store import Signals, SignalStore, atomic_write
 from shared.accounting import SampledGaussianEvent, epsilon, noise_for_budget
 from shared.messages import FeatureRequest, OwnerInfo, PlanRequest
 from shared.networks import NetworkSpec, depth_for_image_size
+from shared.progress import progress_bar
 from shared.protocol import encode
 from shared.settings import bounded, check_settings
 
@@ -245,7 +245,7 @@ def run_sampling(
     total = len(plan.network_seeds) * len(plan.owners)
     done = total - sum(plan.batch(b, o).num_draws for o, bs in todo.items() for b in bs)
     lock = threading.Lock()
-    with tqdm(
+    with progress_bar(
         total=total, initial=done, desc="sampling (owner releases)", unit="draw", disable=not show_progress
     ) as bar:
 

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from owner_node.audit_verdict import AuditResult, lower_bound
 from owner_node.data import PrivateData
@@ -30,6 +29,7 @@ from shared.datasets import ImageSet
 from shared.kip import DEFAULT_REG, centred_one_hot, iter_per_example_image_gradients
 from shared.messages import FeatureRequest, KipStepRequest
 from shared.networks import NetworkSpec
+from shared.progress import progress_bar
 from shared.scattering import scattering_features
 from shared.statistic import KIP_SYNC, METHODS, clip_rows, per_example_statistic
 from shared.subspace import content_hash
@@ -145,7 +145,7 @@ class DistinguishingGame:
 
     def play(self, show_progress: bool = True, on_trial: Callable[[int], None] | None = None) -> AuditResult:
         without, with_ = [], []
-        for t in tqdm(range(self.config.trials), desc="audit (trials per world)", disable=not show_progress):
+        for t in progress_bar(range(self.config.trials), desc="audit (trials per world)", disable=not show_progress):
             without.append(self.release_score(0))
             with_.append(self.release_score(1))
             if on_trial is not None:

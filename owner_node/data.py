@@ -12,7 +12,7 @@ from owner_node.config import OwnerConfig
 from owner_node.randomness import SecureRandom
 from shared.datasets import ImageSet, load_npz, to_float
 from shared.identifiers import normalise_identifier
-from shared.images.report import LoadResult
+from shared.images.report import LoadReport, LoadResult
 from shared.images.source import load_source
 
 
@@ -28,6 +28,11 @@ class PrivateData:
     # The counts the owner publishes (Describe): the true ones, or noisy ones (class_counts = "dp").
     # Rates and expected counts derive from these, so replies reveal nothing more about the counts.
     public_counts: tuple[int, ...] | None = None
+    # What the loader reported (files ignored or skipped, cache, time) and the images held out of every
+    # release ([data] holdout): the owner's load summary shows them. None: data given in memory.
+    load_report: LoadReport | None = None
+    held_out: int = 0
+    source_files: tuple[str, ...] = ()  # the loaded files (file kinds), for the summary's format check
 
     @classmethod
     def from_image_set(
@@ -107,11 +112,12 @@ def patient_index(ids: Sequence[object]) -> torch.Tensor:
 class OwnerImages:
     data: ImageSet
     patients: torch.Tensor | None = None  # patient mode: each image's patient index
+    report: LoadReport | None = None  # the loader's report on the whole set (before any holdout)
+    files: tuple[str, ...] = ()  # the whole set's files (file kinds), as the loader listed them
 
     def subset(self, index: torch.Tensor) -> OwnerImages:
-        if self.patients is None:
-            return OwnerImages(self.data.subset(index))
-        return OwnerImages(self.data.subset(index), patient_index(self.patients[index].tolist()))
+        patients = None if self.patients is None else patient_index(self.patients[index].tolist())
+        return OwnerImages(self.data.subset(index), patients, self.report, self.files)
 
 
 def holdout_split(
@@ -202,7 +208,7 @@ def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[Owner
     result = load_source(config.image_source(), progress=progress, cache_dir=config.image_cache_dir)
     check_volumes_have_a_patient(config, result)
     patients = patient_index(patient_ids(config, result)) if config.privacy_unit == "patient" else None
-    images = OwnerImages(result.data, patients)
+    images = OwnerImages(result.data, patients, result.report, result.files)
     if not config.holdout:
         return images, None
     release, held = holdout_split(result.data, config.holdout, config.holdout_seed, patients)
@@ -229,8 +235,11 @@ def normalization_for(config: OwnerConfig, aux: ImageSet) -> tuple[float, float]
 
 
 def load_private_data(config: OwnerConfig, normalization: tuple[float, float], progress: bool = True) -> PrivateData:
-    images = load_owner_images(config, progress)[0]
-    return PrivateData.from_image_set(images.data, normalization, images.patients)
+    images, held = load_owner_images(config, progress)
+    data = PrivateData.from_image_set(images.data, normalization, images.patients)
+    data.load_report, data.held_out = images.report, len(held) if held is not None else 0
+    data.source_files = images.files
+    return data
 
 
 def load_auxiliary(config: OwnerConfig) -> ImageSet:

@@ -19,6 +19,7 @@ from owner_node.config import OwnerConfig, check_delta_for_records
 from owner_node.data import PrivateData, load_auxiliary, load_private_data, normalization_for
 from owner_node.kip_mechanism import KipStepMechanism
 from owner_node.ledger import Ledger, LedgerBusy, LedgerConflict
+from owner_node.load_summary import write_load_summary
 from owner_node.mechanism import FeatureMechanism
 from owner_node.validation import REQUEST_ID, RequestRefused, RequestValidator
 from shared.accounting import SampledGaussianEvent
@@ -110,6 +111,7 @@ class OwnerService:
         self.data.public_counts = published_counts(
             config, self.ledger, self.data.labels, len(self.data.class_names), self.data.patients, self.rule
         )
+        write_load_summary(config, self.data, self.describe())  # what was loaded, before anything is served
         # A computation (minutes, gigabytes) runs one at a time; a retried request id waits for its twin.
         # Neither lock is held by Describe, Budget, plans or refusals.
         self._compute_slot = threading.Lock()

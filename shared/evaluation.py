@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from shared.augmentation import DEFAULT_STRATEGY, augment
 from shared.datasets import to_float
@@ -26,6 +25,7 @@ from shared.device import autocast
 from shared.kip import DEFAULT_REG, centred_one_hot, krr_predict
 from shared.metrics import classification_metrics, mean_metrics
 from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, depth_for_image_size, pass_chunk
+from shared.progress import progress_bar
 from shared.scattering import scattering_features
 from shared.settings import bounded, check_settings
 from shared.subspace import Subspace
@@ -175,7 +175,7 @@ def evaluate(
     accs, runs = [], []
     others: dict[str, list[float]] = {name: [] for name in other_sets or {}}
     images = images.detach()
-    with tqdm(
+    with progress_bar(
         total=cfg.runs * cfg.epochs, desc=f"evaluation ({cfg.runs} trainings)", unit="ep", disable=not show_progress
     ) as bar:
         for r in range(cfg.runs):

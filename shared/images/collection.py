@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from shared.datasets import ImageSet
 from shared.images.cache import CachedImages, ImageCache, cache_key, file_fingerprints, listing_material
@@ -25,6 +24,7 @@ from shared.images.errors import ImageDecodeError, ImageSourceError, NotAnImage
 from shared.images.policy import ReadPolicy
 from shared.images.report import LoadReport, LoadResult, count_reasons
 from shared.images.resize import TargetFormat
+from shared.progress import progress_bar
 
 MAX_IGNORED_EXAMPLES = 10
 
@@ -55,7 +55,7 @@ def decode_files(
     skipped: list[tuple[str, str]] = []
     ignored: list[tuple[str, str]] = []
     patients = [""] * len(files)
-    for i, path in enumerate(tqdm(files, desc=desc, unit="file", disable=not progress)):
+    for i, path in enumerate(progress_bar(files, desc=desc, unit="file", disable=not progress)):
         try:
             decoded = decode_slices(path, target.channels, policy=reading, draft_size=target.image_size)
         except NotAnImage as exc:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from shared.images.decode import convert_channels
+from shared.progress import progress_bar
 
 RESIZE_POLICIES = ("crop", "pad")
 _FILTER = Image.Resampling.BILINEAR
@@ -113,7 +113,7 @@ def convert_array_images(
     if image_size is None or (h, w) == (image_size, image_size):
         return np.ascontiguousarray(images)
     out = np.empty((n, c, image_size, image_size), dtype=np.uint8)
-    for i in tqdm(range(n), desc=desc, unit="img", disable=not progress):
+    for i in progress_bar(range(n), desc=desc, unit="img", disable=not progress):
         arr = images[i, 0] if c == 1 else images[i].transpose(1, 2, 0)
         out[i] = to_chw(resize_image(Image.fromarray(np.ascontiguousarray(arr)), image_size, resize))
     return out
