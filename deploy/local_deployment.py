@@ -97,6 +97,7 @@ class LocalDeployment:
     private_subset: int | None = None
     max_draws_per_request: int = 1000
     seed: int = 0
+    owner_settings: dict | None = None  # further OwnerConfig fields for every owner (privacy unit, holdout, ...)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -140,6 +141,7 @@ class LocalDeployment:
             services=services,
             limits=owner_limits(self.max_draws_per_request),
             private=self.private,
+            owner_settings=self.owner_settings,
         )
         if os.geteuid() == 0:
             # The relays run as root without capabilities: a folder owned by another uid, mode 0700,

@@ -98,10 +98,12 @@ def cmd_deploy_local(a: argparse.Namespace) -> int:
         Path(a.out),
         num_owners=a.owners,
         epsilon=a.epsilon,
+        delta=a.delta,
         public=public,
         private=private,
         private_subset=a.private_subset,
         max_draws_per_request=max_draws,
+        owner_settings=owner_settings_from_args(a),
     )
     try:
         print(f"starting {a.owners} owner service(s), a SuperLink and {a.owners} SuperNode(s); logs in {d.logs}")
@@ -161,6 +163,32 @@ def cmd_compare_runs(a: argparse.Namespace) -> int:
     return 0
 
 
+def owner_options(p: argparse.ArgumentParser) -> None:
+    """The simulated owners' own choices (their owner.toml) that simulate and deploy-local take."""
+    p.add_argument(
+        "--unit",
+        choices=("image", "patient"),
+        default="image",
+        help="the owner's privacy unit: each image, or each patient (all its images; see --patient-from)",
+    )
+    p.add_argument("--patient-column", default="patient_id", help="with --unit patient: the manifest's column")
+    p.add_argument(
+        "--patient-from",
+        choices=("column", "dicom", "file"),
+        default="column",
+        help="with --unit patient: each image's patient from the manifest's column, its DICOM PatientID, or its "
+        "file (a volume's slices are one patient)",
+    )
+    p.add_argument(
+        "--holdout", type=float, help="the owner keeps this share of its data out of every release (owner-evaluate)"
+    )
+    p.add_argument(
+        "--class-counts-epsilon",
+        type=float,
+        help="the owner publishes its class counts with DP, for this share of its budget (default: public counts)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """simulate, deploy-local, flower-run, example-images, compare-runs"""
     s = sub.add_parser(
@@ -212,28 +240,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a public validation set (same classes, with --test): the same trainings are scored on it too, "
         "so settings can be chosen without looking at the test set",
     )
-    s.add_argument(
-        "--unit",
-        choices=("image", "patient"),
-        default="image",
-        help="the owner's privacy unit: each image, or each patient (all its images; see --patient-from)",
-    )
-    s.add_argument("--patient-column", default="patient_id", help="with --unit patient: the manifest's column")
-    s.add_argument(
-        "--patient-from",
-        choices=("column", "dicom", "file"),
-        default="column",
-        help="with --unit patient: each image's patient from the manifest's column, its DICOM PatientID, or its "
-        "file (a volume's slices are one patient)",
-    )
-    s.add_argument(
-        "--holdout", type=float, help="the owner keeps this share of its data out of every release (owner-evaluate)"
-    )
-    s.add_argument(
-        "--class-counts-epsilon",
-        type=float,
-        help="the owner publishes its class counts with DP, for this share of its budget (default: public counts)",
-    )
+    owner_options(s)
     s.add_argument("--seed", type=int, default=0, help="public seed for networks and augmentations")
     compute_options(s, "the distiller and the simulated owners")
     s.add_argument("--no-progress", action="store_true")
@@ -249,6 +256,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--owners", type=int, default=1)
     d.add_argument("--preset", choices=sorted(PRESETS), default="default")
     d.add_argument("--epsilon", type=float, default=1.0, help="each owner's budget")
+    d.add_argument("--delta", type=float, default=1e-5, help="each owner's delta (the run plans with it)")
     d.add_argument("--draws-per-request", type=int, help="draws per Flower message (default: the preset's, or 25)")
     d.add_argument("--group-size", type=float, help="default: the preset's, or 50")
     d.add_argument("--ipc", type=int, default=10)
@@ -260,6 +268,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--iterations", type=int)
     d.add_argument("--aux-per-class", type=int)
     d.add_argument("--private-subset", type=int)
+    owner_options(d)
     d.add_argument("--data-root")
     own_image_options(d, "the owners' own images (split among --owners)")
     compute_options(d, "the distiller (the owners' owner.toml [compute] device: cpu)")
