@@ -5,6 +5,7 @@ simulation engine), ``deploy-local`` (every role its own process), ``flower-run`
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from deploy.cli_options import (
@@ -16,6 +17,7 @@ from deploy.cli_options import (
     user_sets,
 )
 from deploy.presets import PRESETS
+from deploy.run_settings import RunSettings
 from shared.run_choices import INITS, METHODS
 
 DRY_RUN_HELP = (
@@ -129,6 +131,15 @@ def cmd_flower_run(a: argparse.Namespace) -> int:
 def cmd_example_images(a: argparse.Namespace) -> int:
     from deploy.example_images import write_example
 
+    if a.kind == "dicom":
+        from deploy.dicom_example import write_dicom_example
+
+        summary = write_dicom_example(Path(a.out))
+        print(f"DICOM collection in {a.out}/<split>/<modality>/: {json.dumps(summary['files'])}")
+        print(
+            f"volumes (train only): {summary['volumes_in_train']}; awkward files: {summary['awkward_files_in_train']}"
+        )
+        return 0
     summary = write_example(
         a.kind,
         Path(a.out),
@@ -196,10 +207,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run owner and distiller in one process on Fashion-MNIST or your own images (--data, --aux, --test)",
     )
     s.add_argument("--out", default="runs/default", help="output folder (an existing run there is resumed)")
-    s.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    s.add_argument("--epsilon", type=float, default=1.0)
-    s.add_argument("--delta", type=float, default=1e-5)
-    s.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
+    s.add_argument("--preset", choices=sorted(PRESETS), default=RunSettings.preset)
+    s.add_argument("--epsilon", type=float, default=RunSettings.epsilon)
+    s.add_argument("--delta", type=float, default=RunSettings.delta)
+    s.add_argument("--ipc", type=int, default=RunSettings.ipc, help="synthetic images per class")
     s.add_argument("--draws", type=int, help="number of noisy releases (sampling stage)")
     s.add_argument(
         "--draws-per-request", type=int, help="draws (kip-sync: steps) per owner request (default: preset's, or 25)"
@@ -221,7 +232,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--lr", type=float, help="learning rate for the synthetic images (SGD, momentum 0.5)")
     s.add_argument("--pea", action="store_true", help="store each image as 4 upsampled quadrants")
     s.add_argument("--aux-per-class", type=int, help="public auxiliary images per class (from the test split)")
-    s.add_argument("--eval-runs", type=int, default=3)
+    s.add_argument("--eval-runs", type=int, default=RunSettings.eval_runs)
     s.add_argument("--eval-epochs", type=int)
     s.add_argument("--eval-width", type=int)
     s.add_argument("--owners", type=int, default=1, help="split the private data among this many simulated owners")
@@ -241,7 +252,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "so settings can be chosen without looking at the test set",
     )
     owner_options(s)
-    s.add_argument("--seed", type=int, default=0, help="public seed for networks and augmentations")
+    s.add_argument("--seed", type=int, default=RunSettings.seed, help="public seed for networks and augmentations")
     compute_options(s, "the distiller and the simulated owners")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--benchmark-json", help="also write wall time, accuracy, epsilon and peak RSS to this JSON file")
@@ -254,15 +265,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--out", default="runs/deployment")
     d.add_argument("--owners", type=int, default=1)
-    d.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    d.add_argument("--epsilon", type=float, default=1.0, help="each owner's budget")
-    d.add_argument("--delta", type=float, default=1e-5, help="each owner's delta (the run plans with it)")
+    d.add_argument("--preset", choices=sorted(PRESETS), default=RunSettings.preset)
+    d.add_argument("--epsilon", type=float, default=RunSettings.epsilon, help="each owner's budget")
+    d.add_argument("--delta", type=float, default=RunSettings.delta, help="each owner's delta (the run plans with it)")
     d.add_argument("--draws-per-request", type=int, help="draws per Flower message (default: the preset's, or 25)")
     d.add_argument("--group-size", type=float, help="default: the preset's, or 50")
-    d.add_argument("--ipc", type=int, default=10)
-    d.add_argument("--eval-runs", type=int, default=3)
+    d.add_argument("--ipc", type=int, default=RunSettings.ipc)
+    d.add_argument("--eval-runs", type=int, default=RunSettings.eval_runs)
     d.add_argument("--eval-epochs", type=int)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=RunSettings.seed)
     d.add_argument("--draws", type=int)
     d.add_argument("--signal", choices=METHODS)
     d.add_argument("--iterations", type=int)
@@ -284,7 +295,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "example-images",
         help="write an example collection as PNG class folders and CSV manifests (train, aux, test) to try --data on",
     )
-    ex.add_argument("kind", choices=("fashion-mnist", "digits"))
+    ex.add_argument("kind", choices=("fashion-mnist", "digits", "dicom"))
     ex.add_argument("--out", required=True)
     ex.add_argument("--image-size", type=int, default=64)
     ex.add_argument("--channels", type=int, choices=(1, 3), default=3)
