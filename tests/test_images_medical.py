@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +19,9 @@ from shared.images.policy import ReadPolicy
 from shared.images.resize import TargetFormat
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.data import get_testdata_file  # noqa: E402
+from tests.dicom_files import dicom_file  # noqa: E402
 
 T = TargetFormat(16, 1)
-
-
-def dicom_file(name: str) -> Path:
-    """One of pydicom's test files, from the pydicom wheel or pydicom-data (never downloaded)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"{name} is shipped neither by pydicom nor by the installed pydicom-data")
-    return Path(path)
 
 
 def _edited(src: str, dst: Path, **changes) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import unicodedata
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,16 +18,9 @@ from shared.images.policy import ReadPolicy
 from tests.conftest import make_owner_config
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.data import get_testdata_file  # noqa: E402
+from tests.dicom_files import dicom_file  # noqa: E402
 
-
-def _test_file(name: str) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"{name} is shipped neither by pydicom nor by the installed pydicom-data")
-    return Path(path)
+_test_file = dicom_file
 
 
 def _dicom(dst: Path, src: str, patient: str | None) -> None:
