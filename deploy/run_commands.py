@@ -174,6 +174,17 @@ def cmd_compare_runs(a: argparse.Namespace) -> int:
     return 0
 
 
+def method_options(p: argparse.ArgumentParser) -> None:
+    """The method's settings (RunSettings fields) that simulate and deploy-local both take."""
+    p.add_argument("--subspace-dim", type=int, help="SER subspace dimension k (0: no projection)")
+    p.add_argument("--steps-per-draw", type=int, help="optimisation steps on one stored draw before the next")
+    p.add_argument("--init", choices=INITS, help="synthetic images start from noise or public auxiliary images")
+    p.add_argument("--width", type=int, help="width of the embedding ConvNets")
+    p.add_argument("--lr", type=float, help="learning rate for the synthetic images (SGD, momentum 0.5)")
+    p.add_argument("--pea", action="store_true", help="store each image as 4 upsampled quadrants")
+    p.add_argument("--eval-width", type=int)
+
+
 def owner_options(p: argparse.ArgumentParser) -> None:
     """The simulated owners' own choices (their owner.toml) that simulate and deploy-local take."""
     p.add_argument(
@@ -224,17 +235,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="what the owner releases: network embeddings (features), per-example loss gradients (gradients), "
         "or moments of projected scattering features for decoupled DP-KIP (kip; preset kip-decoupled)",
     )
-    s.add_argument("--subspace-dim", type=int, help="SER subspace dimension k (0: no projection)")
-    s.add_argument("--steps-per-draw", type=int, help="optimisation steps on one stored draw before the next")
-    s.add_argument("--init", choices=INITS, help="synthetic images start from noise or public auxiliary images")
-    s.add_argument("--width", type=int, help="width of the embedding ConvNets")
     s.add_argument("--iterations", type=int, help="optimisation iterations (free of privacy cost)")
-    s.add_argument("--lr", type=float, help="learning rate for the synthetic images (SGD, momentum 0.5)")
-    s.add_argument("--pea", action="store_true", help="store each image as 4 upsampled quadrants")
+    method_options(s)
     s.add_argument("--aux-per-class", type=int, help="public auxiliary images per class (from the test split)")
     s.add_argument("--eval-runs", type=int, default=RunSettings.eval_runs)
     s.add_argument("--eval-epochs", type=int)
-    s.add_argument("--eval-width", type=int)
     s.add_argument("--owners", type=int, default=1, help="split the private data among this many simulated owners")
     s.add_argument(
         "--transport",
@@ -277,6 +282,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--draws", type=int)
     d.add_argument("--signal", choices=METHODS)
     d.add_argument("--iterations", type=int)
+    method_options(d)
     d.add_argument("--aux-per-class", type=int)
     d.add_argument("--private-subset", type=int)
     owner_options(d)
