@@ -54,9 +54,7 @@ def committed_over_time(ledger: Ledger, rule: Budget) -> tuple[list[Point], str]
         for p in plans:
             reserved_at, cancelled_at = times[p.plan_id]
             if reserved_at <= t and (cancelled_at is None or cancelled_at > t):
-                used = sum(
-                    r.event.count for r in rows if r.request_id.startswith(p.request_prefix) and r.reserved_at <= t
-                )
+                used = sum(r.event.count for r in rows if r.plan_id == p.plan_id and r.reserved_at <= t)
                 left = p.event.count - used
                 if left > 0:
                     held.append(SampledGaussianEvent(p.event.noise_multiplier, p.event.sample_rate, left))
@@ -143,7 +141,7 @@ def write_budget_page(config: OwnerConfig, ledger: Ledger, out: Path) -> dict:
         for p in plans
     ]
     rows = ledger.rows()
-    unplanned = [r for r in rows if not any(r.request_id.startswith(p.request_prefix) for p in plans)]
+    unplanned = [r for r in rows if r.plan_id is None]
     peers: dict[str, list[int]] = {}
     for r in audit:
         counts = peers.setdefault(r.peer, [0, 0])

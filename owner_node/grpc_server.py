@@ -62,14 +62,8 @@ def _checked(service: OwnerService, method: str, answer: Callable[..., bytes]) -
         if not allowed(context, client_names):
             who = peer_identity(context)
             log.warning("peer not allowed: %s called %s", who, method)
-            service.ledger.audit(
-                peer=who,
-                method=method,
-                kind="not_decoded",
-                code="peer_not_allowed",
-                detail=f"certificate names {certificate_names(context)} not in [service] client_names",
-                epsilon_committed=service.epsilon_committed(),
-            )
+            detail = f"certificate names {certificate_names(context)} not in [service] client_names"
+            service.audit(who, method, None, "peer_not_allowed", detail, kind="not_decoded")
             _refuse(
                 context,
                 method,

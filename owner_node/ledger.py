@@ -12,7 +12,7 @@ plan's sigma and q, draws on that reservation instead of adding to the total.
 
 The budget check (the accountant, which may take seconds) runs outside every transaction: the
 ledger reads what is committed, the caller's check runs, and the row is written only if nothing
-the check depended on changed meanwhile (``_state``); otherwise the check runs again. Writers
+the check depended on changed meanwhile (``state``); otherwise the check runs again. Writers
 therefore hold SQLite's write lock for milliseconds, whatever the accountant costs.
 
 ``audit`` is the append-only trail of every request the owner was sent (refusals included), with
@@ -182,6 +182,7 @@ class LedgerRow:
     event: SampledGaussianEvent
     reserved_at: float
     released_at: float | None
+    plan_id: str | None = None  # the accepted plan this release drew on, if any
 
 
 class Ledger:
@@ -233,10 +234,10 @@ class Ledger:
 
     def rows(self) -> list[LedgerRow]:
         rows = self._read(
-            "SELECT request_id, digest, state, noise_multiplier, sample_rate, draws, reserved_at, released_at "
+            "SELECT request_id, digest, state, noise_multiplier, sample_rate, draws, reserved_at, released_at, plan_id "
             "FROM releases ORDER BY reserved_at"
         )
-        return [LedgerRow(r[0], r[1], r[2], SampledGaussianEvent(r[3], r[4], r[5]), r[6], r[7]) for r in rows]
+        return [LedgerRow(r[0], r[1], r[2], SampledGaussianEvent(r[3], r[4], r[5]), r[6], r[7], r[8]) for r in rows]
 
     def reply(self, request_id: str) -> bytes | None:
         """The exact reply bytes recorded for ``request_id`` (for audits: every reply sent is here)."""
@@ -250,7 +251,7 @@ class Ledger:
     def plans(self) -> list[PlanRow]:
         rows = self._read(
             "SELECT p.plan_id, p.request_prefix, p.noise_multiplier, p.sample_rate, p.releases, p.cancelled_at, "
-            "COALESCE((SELECT SUM(r.draws) FROM releases r WHERE r.plan_id = p.plan_id), 0), p.reserved_at "
+            "COALESCE((SELECT SUM(r.draws) FROM releases r WHERE r.plan_id = p.plan_id), 0) "
             "FROM plans p ORDER BY p.reserved_at"
         )
         return [PlanRow(r[0], r[1], SampledGaussianEvent(r[2], r[3], r[4]), int(r[6]), r[5] is not None) for r in rows]
@@ -279,12 +280,12 @@ class Ledger:
             plans = self._db.execute("SELECT COUNT(*), COUNT(cancelled_at), COALESCE(MAX(rowid), 0) FROM plans")
             return tuple(releases) + tuple(plans.fetchone())
 
-    def _checked_write(self, prepare: Callable[[sqlite3.Connection], Callable[[], None] | None], check) -> None:
-        """Run ``check`` (the budget rule: slow) outside any lock, then write under SQLite's write lock only
-        if the ledger is as the check saw it; else check again (up to ``MAX_CHECK_ATTEMPTS`` times).
+    def _checked_write(self, write: Callable[[sqlite3.Connection], None], check) -> None:
+        """Run ``check`` (the budget rule: slow) outside any lock, then ``write`` under SQLite's write lock
+        only if the ledger is as the check saw it; else check again (up to ``MAX_CHECK_ATTEMPTS`` times).
 
-        ``prepare(db)`` runs inside the write transaction: it returns the write to make (or None when
-        there is nothing to write, e.g. a retried request) and may raise to refuse.
+        ``write(db)`` runs inside the write transaction; it may find nothing to write (a retried request)
+        or raise to refuse, which rolls the transaction back.
         """
         for _ in range(MAX_CHECK_ATTEMPTS):
             with self._mutex:
@@ -294,9 +295,7 @@ class Ledger:
             with self._immediate() as db:
                 if self.state() != before:
                     continue
-                write = prepare(db)
-                if write is not None:
-                    write()
+                write(db)
                 return
         raise LedgerBusy(
             f"the ledger changed during each of {MAX_CHECK_ATTEMPTS} budget checks (other requests were being "
@@ -324,19 +323,26 @@ class Ledger:
             plan_id = self._plan_for(request_id, event)
             check(committed if plan_id is not None else committed + [event])
 
-        def prepare(db: sqlite3.Connection):
+        def write(db: sqlite3.Connection) -> None:
             found = self._existing_release(request_id, digest)
             if found is not None:  # the same request reserved by a concurrent twin meanwhile
                 stored[0] = found[1]
-                return None
-            plan_id = self._plan_for(request_id, event)
-            return lambda: db.execute(
+                return
+            db.execute(
                 "INSERT INTO releases (request_id, digest, state, noise_multiplier, sample_rate, draws, reserved_at, "
                 "plan_id) VALUES (?, ?, 'reserved', ?, ?, ?, ?, ?)",
-                (request_id, digest, event.noise_multiplier, event.sample_rate, event.count, time.time(), plan_id),
+                (
+                    request_id,
+                    digest,
+                    event.noise_multiplier,
+                    event.sample_rate,
+                    event.count,
+                    time.time(),
+                    self._plan_for(request_id, event),
+                ),
             )
 
-        self._checked_write(prepare, full_check)
+        self._checked_write(write, full_check)
         return stored[0]
 
     def _existing_release(self, request_id: str, digest: str) -> tuple[str, bytes | None] | None:
@@ -414,16 +420,16 @@ class Ledger:
         if conflicts():
             return
 
-        def prepare(db: sqlite3.Connection):
-            if conflicts():
-                return None
-            return lambda: db.execute(
+        def write(db: sqlite3.Connection) -> None:
+            if conflicts():  # the same plan held by a concurrent twin meanwhile
+                return
+            db.execute(
                 "INSERT INTO plans (plan_id, digest, request_prefix, noise_multiplier, sample_rate, releases, "
                 "reserved_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (plan_id, digest, request_prefix, event.noise_multiplier, event.sample_rate, event.count, time.time()),
             )
 
-        self._checked_write(prepare, lambda committed: check(committed + [event]))
+        self._checked_write(write, lambda committed: check(committed + [event]))
 
     def cancel_plan(self, plan_id: str) -> PlanRow:
         """Free what an abandoned run still holds (an operator's decision); its releases stay spent."""

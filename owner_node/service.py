@@ -162,13 +162,19 @@ class OwnerService:
         try:
             reply = self._answer(message, method, progress, lambda r: seen.__setitem__(0, r))
         except RequestRefused as exc:
-            self._audit(peer, method, seen[0], exc.code, str(exc))
+            self.audit(peer, method, seen[0], exc.code, str(exc))
             raise
-        self._audit(peer, method, seen[0], "", "")
+        self.audit(peer, method, seen[0], "", "")
         return reply
 
-    def _audit(self, peer: str, method: str | None, request: Any, code: str, detail: str) -> None:
-        kind = getattr(request, "kind", "undecodable")
+    def audit(
+        self, peer: str, method: str | None, request: Any, code: str, detail: str, kind: str | None = None
+    ) -> None:
+        """Append one call to the ledger's audit trail (``code`` empty: answered), with the epsilon committed.
+
+        ``kind`` defaults to the request's message kind, or "undecodable" where there is no request.
+        """
+        kind = kind or getattr(request, "kind", "undecodable")
         request_id = str(getattr(request, "request_id", getattr(request, "plan_id", "")))
         self.ledger.audit(
             peer=peer,
@@ -270,16 +276,8 @@ class OwnerService:
             raise RequestRefused("invalid_request", "the template's request_id must start with the plan's prefix")
         whole = SampledGaussianEvent(event.noise_multiplier, event.sample_rate, request.total_releases)
         digest = request_digest(request)
-        try:
+        with self._refusals_of_reservation(whole, "releases", "plan"):
             self.ledger.reserve_plan(request.plan_id, digest, request.request_prefix, whole, self.rule.check)
-        except LedgerConflict as exc:
-            raise _conflict(exc) from exc
-        except BudgetExceeded as exc:
-            raise self._over_budget(exc, whole, "releases", "plan") from exc
-        except AccountingRefused as exc:
-            raise RequestRefused(exc.code, f"plan {exc}") from exc
-        except LedgerBusy as exc:
-            raise RequestRefused("owner_busy", str(exc)) from exc
         committed = self.epsilon_committed()
         log.info(
             "accepted plan %s: %d releases at sigma=%.4f, q=%.6f",
@@ -295,6 +293,20 @@ class OwnerService:
             self.config.accountant,
             self.config.delta,
         )
+
+    @contextlib.contextmanager
+    def _refusals_of_reservation(self, event: SampledGaussianEvent, unit: str, what: str):
+        """What a ledger reservation (of a plan or a release) may raise, as the refusal the caller gets."""
+        try:
+            yield
+        except LedgerConflict as exc:
+            raise _conflict(exc) from exc
+        except BudgetExceeded as exc:
+            raise self._over_budget(exc, event, unit, what) from exc
+        except AccountingRefused as exc:
+            raise RequestRefused(exc.code, f"{what} {exc}") from exc
+        except LedgerBusy as exc:
+            raise RequestRefused("owner_busy", str(exc)) from exc
 
     def _over_budget(self, exc: Exception, event: SampledGaussianEvent, unit: str, what: str) -> RequestRefused:
         def figure(value: float | None) -> str:
@@ -365,16 +377,8 @@ class OwnerService:
         """
         digest = request_digest(request)
         unit = "draws" if isinstance(request, FeatureRequest) else "KIP steps (releases)"
-        try:
+        with self._refusals_of_reservation(event, unit, "release"):
             stored = self.ledger.reserve(request.request_id, digest, event, self.rule.check)
-        except LedgerConflict as exc:
-            raise _conflict(exc) from exc
-        except BudgetExceeded as exc:
-            raise self._over_budget(exc, event, unit, "release") from exc
-        except AccountingRefused as exc:
-            raise RequestRefused(exc.code, f"release {exc}") from exc
-        except LedgerBusy as exc:
-            raise RequestRefused("owner_busy", str(exc)) from exc
         if stored is not None:
             return stored
         with self._request_lock(request.request_id):

@@ -131,12 +131,25 @@ def _check_delta(delta: float) -> None:
         raise AccountingError(f"delta must be in [{MIN_DELTA:g}, 1), got {delta}")
 
 
-def _prv_parts(events: list[SampledGaussianEvent], delta: float):
-    from opacus.accountants.analysis.prv import (
-        Domain,
-        PoissonSubsampledGaussianPRV,
-        compute_safe_domain_size,
-    )
+@dataclass(frozen=True)
+class _PrvGrid:
+    """How PRV would discretise a composition: opacus's safe domain [-size, size] at step ``mesh``."""
+
+    prvs: list
+    counts: list[int]
+    size: float
+    mesh: float
+    delta_error: float
+
+    @property
+    def points(self) -> float:
+        """PRV's work: grid points times distinct events (each is discretised and composed on the grid)."""
+        return 2 * self.size / self.mesh * len(self.prvs)
+
+
+def _prv_grid(events: list[SampledGaussianEvent], delta: float) -> _PrvGrid:
+    """The grid, sized cheaply (RDP bounds the domain) before any discretisation."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
     delta_error = delta / 1000
     prvs = [PoissonSubsampledGaussianPRV(e.sample_rate, e.noise_multiplier) for e in events]
@@ -147,38 +160,39 @@ def _prv_parts(events: list[SampledGaussianEvent], delta: float):
             prvs=prvs, max_self_compositions=counts, eps_error=PRV_EPS_ERROR, delta_error=delta_error
         )
     mesh = PRV_EPS_ERROR / math.sqrt(sum(counts) * math.log(12 / delta_error) / 2)
-    return prvs, counts, size, mesh, Domain, delta_error
+    return _PrvGrid(prvs, counts, size, mesh, delta_error)
 
 
 def prv_points(events: Iterable[SampledGaussianEvent], delta: float) -> float:
     """PRV's work for ``events``: grid points times distinct events (cheap: RDP sizes the grid)."""
     events = accountable(events)
-    if not events:
-        return 0.0
-    _, _, size, mesh, _, _ = _prv_parts(events, delta)
-    return 2 * size / mesh * len(events)
+    return _prv_grid(events, delta).points if events else 0.0
 
 
 def _prv_bounds(events: list[SampledGaussianEvent], delta: float) -> tuple[float, float]:
     """(lower, upper) epsilon of ``events`` at ``delta`` from opacus's PRV discretisation."""
-    from opacus.accountants.analysis.prv import TruncatedPrivacyRandomVariable, compose_heterogeneous, discretize
+    from opacus.accountants.analysis.prv import (
+        Domain,
+        TruncatedPrivacyRandomVariable,
+        compose_heterogeneous,
+        discretize,
+    )
 
-    prvs, counts, size, mesh, domain_cls, delta_error = _prv_parts(events, delta)
-    points = 2 * size / mesh * len(events)
-    if points > MAX_PRV_POINTS:
+    grid = _prv_grid(events, delta)
+    if grid.points > MAX_PRV_POINTS:
         raise AccountingTooCostly(
-            f"PRV accounting of {sum(counts)} releases in {len(events)} distinct (sigma, q) pairs would need "
-            f"{points:.3g} grid points, above the bound of {MAX_PRV_POINTS:g} (epsilon this large, or this many "
+            f"PRV accounting of {sum(grid.counts)} releases in {len(events)} distinct (sigma, q) pairs would need "
+            f"{grid.points:.3g} grid points, above the bound of {MAX_PRV_POINTS:g} (epsilon this large, or this many "
             "releases, is beyond what the owner accounts for)",
-            points,
+            grid.points,
         )
-    domain = domain_cls.create_aligned(-size, size, mesh)
+    domain = Domain.create_aligned(-grid.size, grid.size, grid.mesh)
     # At q = 1 opacus evaluates log(1 - q) = -inf, which its comparison then uses as meant.
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        dprvs = [discretize(TruncatedPrivacyRandomVariable(p, domain.t_min, domain.t_max), domain) for p in prvs]
-        composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=counts)
+        dprvs = [discretize(TruncatedPrivacyRandomVariable(p, domain.t_min, domain.t_max), domain) for p in grid.prvs]
+        composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=grid.counts)
         try:
-            lower, _, upper = composed.compute_epsilon(delta, delta_error, PRV_EPS_ERROR)
+            lower, _, upper = composed.compute_epsilon(delta, grid.delta_error, PRV_EPS_ERROR)
         except (RuntimeError, ValueError, FloatingPointError) as exc:
             raise AccountingError(f"the PRV accountant failed at delta = {delta:g}: {exc}") from exc
     return float(lower), float(upper)
