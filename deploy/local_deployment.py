@@ -23,6 +23,7 @@ from deploy.certs import make_certs
 from deploy.public_sets import PublicSets
 from deploy.simulation import prepare_owners
 from owner_node.config import Limits, ServiceConfig
+from shared.accounting import DEFAULT_DELTA
 from shared.images.source import ImageSource
 from shared.rpc.channel import OwnerChannel, OwnerEndpoint
 from shared.rpc.errors import OwnerCallError
@@ -91,7 +92,7 @@ class LocalDeployment:
     root: Path
     num_owners: int = 1
     epsilon: float = 1.0
-    delta: float = 1e-5
+    delta: float = DEFAULT_DELTA
     public: PublicSets = field(default_factory=PublicSets)
     private: ImageSource | None = None  # one owner's own images (default: Fashion-MNIST's training set)
     private_subset: int | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from shared.accounting import DEFAULT_DELTA
+
 if TYPE_CHECKING:  # the configs import torch; presets are read by every command's --help
     from distiller_node.pipeline import DistillerConfig
 
@@ -149,7 +151,7 @@ def distiller_config(
     preset: str,
     *,
     epsilon: float = 1.0,
-    delta: float = 1e-5,
+    delta: float = DEFAULT_DELTA,
     ipc: int = 10,
     draws_per_request: int | None = None,
     group_size: float | None = None,

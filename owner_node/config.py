@@ -9,7 +9,7 @@ from pathlib import Path
 
 from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
-from shared.accounting import METHODS, MIN_DELTA
+from shared.accounting import DEFAULT_DELTA, METHODS, MIN_DELTA
 from shared.device import check_precision
 from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
@@ -116,7 +116,6 @@ class ServiceConfig:
             raise ValueError("[service] client_ca needs tls_cert and tls_key")
 
 
-DEFAULT_DELTA = 1e-5
 NORMALIZATION_MEAN = Bound(float, -1e6, 1e6)
 NORMALIZATION_STD = Bound(float, 0, 1e6, low_open=True)
 

@@ -35,6 +35,8 @@ MAX_DISTINCT_EVENTS = 8
 MAX_PRV_POINTS = 2_500_000
 # PRV's floating-point check refuses deltas near the grid size times long double precision.
 MIN_DELTA = 1e-12
+# The delta an owner and a run use unless told otherwise (the one home of this default).
+DEFAULT_DELTA = 1e-5
 
 
 class AccountingError(ValueError):
