@@ -22,12 +22,13 @@ import torch.nn.functional as F
 from deploy.presets import distiller_config
 from deploy.public_sets import PublicSets
 from deploy.simulation import owner_dirs, simulate
+from shared.accounting import MAX_EPSILON
 from shared.datasets import load_npz, to_float
 from shared.evaluation import EvaluationConfig, accuracy, train_once
 from shared.images.source import ImageSource
 from shared.networks import NetworkSpec, depth_for_image_size
 
-NEAR_NON_PRIVATE_EPSILON = 1e4  # the planner's noise floor (sigma 0.3) is reached long before this
+NEAR_NON_PRIVATE_EPSILON = MAX_EPSILON  # the planner's noise floor (sigma 0.3) binds long before this
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from deploy.presets import PRESETS, distiller_config
-from shared.accounting import DEFAULT_DELTA, MIN_DELTA
+from shared.accounting import DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
 from shared.settings import bounded, check_settings
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ UNSET_IN_RUN_CONFIG = {"subspace_dim": -1}
 @dataclass(frozen=True)
 class RunSettings:
     preset: str = "default"
-    epsilon: float = bounded(1.0, float, 0, 1000, low_open=True, key="epsilon")
+    epsilon: float = bounded(1.0, float, 0, MAX_EPSILON, low_open=True, key="epsilon")
     delta: float = bounded(DEFAULT_DELTA, float, MIN_DELTA, 1, high_open=True, key="delta")
     ipc: int = bounded(10, int, 1, 100_000, key="ipc")
     seed: int = bounded(0, int, 0, 2**63 - 1, key="seed")

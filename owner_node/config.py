@@ -9,7 +9,7 @@ from pathlib import Path
 
 from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
-from shared.accounting import DEFAULT_DELTA, METHODS, MIN_DELTA
+from shared.accounting import DEFAULT_DELTA, METHODS, MAX_EPSILON, MIN_DELTA
 from shared.device import check_precision
 from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
@@ -183,7 +183,7 @@ class OwnerConfig:
     data_path: Path | None
     aux_path: Path
     ledger_path: Path
-    epsilon: float = bounded(MISSING, float, 0, 1000, low_open=True, key="[privacy] epsilon")
+    epsilon: float = bounded(MISSING, float, 0, MAX_EPSILON, low_open=True, key="[privacy] epsilon")
     # Below 1 / (records protected): checked once the data are loaded (check_delta_for_records).
     delta: float = bounded(MISSING, float, MIN_DELTA, 1, high_open=True, key="[privacy] delta")
     clip_norm: float = bounded(1.0, float, 0, 1e6, low_open=True, key="[privacy] clip_norm")
@@ -221,7 +221,7 @@ class OwnerConfig:
     # [privacy] class_counts: "public" (Describe gives the true counts) or "dp" (published once with
     # the Gaussian mechanism for class_counts_epsilon of the budget; see owner_node.class_counts).
     class_counts: str = "public"
-    class_counts_epsilon: float = bounded(0.05, float, 0, 1000, low_open=True, key="[privacy] class_counts_epsilon")
+    class_counts_epsilon: float = bounded(0.05, float, 0, MAX_EPSILON, low_open=True, key="[privacy] class_counts_epsilon")
     class_counts_patient_clip: float = bounded(
         10.0, float, 1, 1e6, key="[privacy] class_counts_patient_clip"
     )  # patient mode: a patient's images-per-class vector, clipped

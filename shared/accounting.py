@@ -37,6 +37,8 @@ MAX_PRV_POINTS = 2_500_000
 MIN_DELTA = 1e-12
 # The delta an owner and a run use unless told otherwise (the one home of this default).
 DEFAULT_DELTA = 1e-5
+# Largest epsilon any budget or target may name: beyond it the noise floors bind and nothing changes.
+MAX_EPSILON = 1000.0
 
 
 class AccountingError(ValueError):
