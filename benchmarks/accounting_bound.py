@@ -45,7 +45,15 @@ def run_case(budget: float, events: list[tuple[float, float, int]]) -> dict:
     from shared.accounting import SampledGaussianEvent, epsilon
 
     epsilon([SampledGaussianEvent(1.0, 0.01, 1)], 1e-5, "prv")  # imports and first-call set-up, not measured
-    config = OwnerConfig("bench", "npz", Path("x.npz"), Path("aux.npz"), Path("ledger.sqlite"), budget, 1e-5)
+    config = OwnerConfig(
+        owner_id="bench",
+        data_source="npz",
+        data_path=Path("x.npz"),
+        aux_path=Path("aux.npz"),
+        ledger_path=Path("ledger.sqlite"),
+        epsilon=budget,
+        delta=1e-5,
+    )
     rule = Budget(config)
     before = _rss_mb("VmRSS")
     start = time.perf_counter()

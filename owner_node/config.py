@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
-from shared.accounting import DEFAULT_DELTA, METHODS, MAX_EPSILON, MIN_DELTA
+from shared.accounting import DEFAULT_DELTA, MAX_EPSILON, METHODS, MIN_DELTA
 from shared.device import check_precision
 from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
 from shared.messages import PRIVACY_UNITS
 from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
 from shared.rpc.channel import is_loopback
+from shared.rpc.relay_config import toml_string
 from shared.settings import Bound, SettingError, bounded, check_number, check_settings
 
 # The largest reply any transport carries: the decoder's and gRPC's cap, less the header's share.
@@ -137,101 +139,87 @@ def check_delta_for_records(delta: float, records: int, unit: str = "image") -> 
         )
 
 
-SECTION_KEYS = ("owner_id", "data", "auxiliary", "ledger", "privacy", "limits", "compute", "service")
-PRIVACY_KEYS = (
-    "epsilon",
-    "delta",
-    "clip_norm",
-    "accountant",
-    "noise",
-    "unit",
-    "class_counts",
-    "class_counts_epsilon",
-    "class_counts_patient_clip",
-)
-LEDGER_KEYS = ("path", "on_network_filesystem")
-COMPUTE_KEYS = ("device", "precision")
-DATA_KEYS = (
-    "source",
-    "path",
-    "name",
-    "split",
-    "image_size",
-    "channels",
-    "resize",
-    "classes",
-    "cache",
-    "normalization",
-    "holdout",
-    "holdout_seed",
-    "patient_column",
-    "patient_from",
-    "unreadable",
-    "max_skipped",
-    "volume_axis",
-    "slice_range",
-)
 # Where patient mode finds each image's patient: a CSV column, the DICOM PatientID tag, or the file
 # itself (each file, e.g. a volume whose slices are images, is one patient).
 PATIENT_SOURCES = ("column", "dicom", "file")
+# The tables of owner.toml besides those OwnerConfig's fields name: [limits] and [service] are dataclasses.
+NESTED_TABLES = {"limits": "limits", "service": "service"}
+# Paths in owner.toml are relative to the file; these fields hold paths.
+PATH_FIELDS = ("data_path", "aux_path", "ledger_path", "image_cache")
+SERVICE_PATHS = ("tls_cert", "tls_key", "client_ca")
+
+
+def at(table: str, key: str, default: Any = MISSING, bound: Bound | None = None) -> Any:
+    """A field read from ``[table] key`` of owner.toml ("" for the top level): the one statement of
+    where a setting lives, its default and its range, from which loading, writing and the checks follow."""
+    name = f"[{table}] {key}" if table else key
+    metadata = {"toml": (table, key), "key": name}
+    if bound is not None:
+        metadata["bound"] = bound
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class OwnerConfig:
-    owner_id: str
-    data_source: str  # one of shared.images.SOURCE_KINDS: image-folder | csv | npz | medmnist | torchvision | ...
-    data_path: Path | None
-    aux_path: Path
-    ledger_path: Path
-    epsilon: float = bounded(MISSING, float, 0, MAX_EPSILON, low_open=True, key="[privacy] epsilon")
+    """The owner's settings. Each field says where owner.toml holds it (``at``): ``load`` and
+    ``write_config`` follow those statements, so a default or a key is written once, here."""
+
+    aux_path: Path = at("auxiliary", "path")  # public auxiliary images; requests carry their SHA-256
+    ledger_path: Path = at("ledger", "path")
+    epsilon: float = at("privacy", "epsilon", bound=Bound(float, 0, MAX_EPSILON, low_open=True))
+    owner_id: str = at("", "owner_id", "owner")
+    # one of shared.images.SOURCE_KINDS: image-folder | csv | npz | medmnist | torchvision | fashion-mnist
+    data_source: str = at("data", "source", "fashion-mnist")
+    data_path: Path | None = at("data", "path", None)
     # Below 1 / (records protected): checked once the data are loaded (check_delta_for_records).
-    delta: float = bounded(MISSING, float, MIN_DELTA, 1, high_open=True, key="[privacy] delta")
-    clip_norm: float = bounded(1.0, float, 0, 1e6, low_open=True, key="[privacy] clip_norm")
-    accountant: str = "prv"
-    noise_sampler: str = "csprng"  # [privacy] noise: "csprng" (ChaCha20) or "exact" (OpenDP)
+    delta: float = at("privacy", "delta", DEFAULT_DELTA, Bound(float, MIN_DELTA, 1, high_open=True))
+    clip_norm: float = at("privacy", "clip_norm", 1.0, Bound(float, 0, 1e6, low_open=True))
+    accountant: str = at("privacy", "accountant", "prv")
+    noise_sampler: str = at("privacy", "noise", "csprng")  # "csprng" (ChaCha20) or "exact" (OpenDP)
     # Public pixel scaling (mean, std). None: taken from the *public* auxiliary set's pixels, never
     # from the private ones (Describe publishes it, so it must not depend on private data).
-    normalization: tuple[float, float] | None = None
+    normalization: tuple[float, float] | None = at("data", "normalization", None)
     limits: Limits = field(default_factory=Limits)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     # How the private images are read ([data]); image_size and channels are public (Describe).
-    image_size: int | None = bounded(None, int, 1, 8192, optional=True, key="[data] image_size")
-    channels: int | None = bounded(None, int, 1, 3, optional=True, key="[data] channels")
-    resize: str = "crop"  # shorter side to image_size then centre crop, or "pad" (letterbox)
-    classes: tuple[str, ...] | None = None  # explicit class order; default: natural sort of the names
-    data_split: str = "train"  # array kinds (medmnist, torchvision, fashion-mnist)
-    dataset_name: str | None = None  # torchvision kind: MNIST, FashionMNIST, CIFAR10, CIFAR100, SVHN
-    image_cache: Path | None = None  # decoded private images (uint8); default beside the ledger
+    image_size: int | None = at("data", "image_size", None, Bound(int, 1, 8192, optional=True))
+    channels: int | None = at("data", "channels", None, Bound(int, 1, 3, optional=True))
+    resize: str = at("data", "resize", "crop")  # shorter side to image_size then centre crop, or "pad" (letterbox)
+    classes: tuple[str, ...] | None = at("data", "classes", None)  # explicit order; default: natural sort
+    data_split: str = at("data", "split", "train")  # array kinds (medmnist, torchvision, fashion-mnist)
+    dataset_name: str | None = at("data", "name", None)  # torchvision: MNIST, FashionMNIST, CIFAR10, ...
+    image_cache: Path | None = at("data", "cache", None)  # decoded private images; default beside the ledger
     # A share of the private set kept for ``owner-evaluate``: never sampled, never released, never sent.
     # Drawn per class with ``holdout_seed``, so the same images stay out across restarts.
-    holdout: float = bounded(0.0, float, 0, 1, high_open=True, key="[data] holdout")
-    holdout_seed: int = bounded(0, int, 0, 2**63 - 1, key="[data] holdout_seed")
+    holdout: float = at("data", "holdout", 0.0, Bound(float, 0, 1, high_open=True))
+    holdout_seed: int = at("data", "holdout_seed", 0, Bound(int, 0, 2**63 - 1))
     # [privacy] unit: what one differential-privacy record is. "patient": every image of a patient
     # (the manifest's ``patient_column``) is one record; patients are sampled, and a patient's whole
     # contribution to a release is clipped to C.
-    privacy_unit: str = "image"
-    patient_column: str = "patient_id"
-    patient_from: str = "column"  # [data] patient_from: one of PATIENT_SOURCES
-    # [data] files that cannot be decoded ("refuse" or "skip", at most max_skipped of them) and
-    # volumes read as 2D slices (volume_axis, slice_range): shared.images.policy.ReadPolicy.
-    unreadable: str = "refuse"
-    max_skipped: float = bounded(DEFAULT_MAX_SKIPPED, float, 0, 1, key="[data] max_skipped")
-    volume_axis: int | None = bounded(None, int, 0, 2, optional=True, key="[data] volume_axis")
-    slice_range: tuple[float, float] = (0.0, 1.0)
+    privacy_unit: str = at("privacy", "unit", "image")
+    patient_column: str = at("data", "patient_column", "patient_id")
+    patient_from: str = at("data", "patient_from", "column")  # one of PATIENT_SOURCES
+    # Files that cannot be decoded ("refuse" or "skip", at most max_skipped of them) and volumes read
+    # as 2D slices (volume_axis, slice_range): shared.images.policy.ReadPolicy.
+    unreadable: str = at("data", "unreadable", "refuse")
+    max_skipped: float = at("data", "max_skipped", DEFAULT_MAX_SKIPPED, Bound(float, 0, 1))
+    volume_axis: int | None = at("data", "volume_axis", None, Bound(int, 0, 2, optional=True))
+    slice_range: tuple[float, float] = at("data", "slice_range", (0.0, 1.0))
     # [privacy] class_counts: "public" (Describe gives the true counts) or "dp" (published once with
     # the Gaussian mechanism for class_counts_epsilon of the budget; see owner_node.class_counts).
-    class_counts: str = "public"
-    class_counts_epsilon: float = bounded(0.05, float, 0, MAX_EPSILON, low_open=True, key="[privacy] class_counts_epsilon")
-    class_counts_patient_clip: float = bounded(
-        10.0, float, 1, 1e6, key="[privacy] class_counts_patient_clip"
-    )  # patient mode: a patient's images-per-class vector, clipped
-    # [compute] where releases are computed: "cpu", "auto", "cuda" or "cuda:N" (shared.device), and the
+    class_counts: str = at("privacy", "class_counts", "public")
+    class_counts_epsilon: float = at(
+        "privacy", "class_counts_epsilon", 0.05, Bound(float, 0, MAX_EPSILON, low_open=True)
+    )
+    # patient mode: a patient's images-per-class vector, clipped
+    class_counts_patient_clip: float = at("privacy", "class_counts_patient_clip", 10.0, Bound(float, 1, 1e6))
+    # Where releases are computed: "cpu", "auto", "cuda" or "cuda:N" (shared.device), and the
     # precision of the network passes ("float32" or "bf16"); neither changes the sensitivity bound.
-    device: str = "cpu"
-    precision: str = "float32"
-    # [ledger] on_network_filesystem: "refuse" (default) a ledger on NFS/SMB, or use SQLite's rollback
-    # journal there ("rollback-journal": only safe when this one machine ever opens the ledger).
-    ledger_on_network_filesystem: str = "refuse"
+    device: str = at("compute", "device", "cpu")
+    precision: str = at("compute", "precision", "float32")
+    # "refuse" (default) a ledger on NFS/SMB, or use SQLite's rollback journal there
+    # ("rollback-journal": only safe when this one machine ever opens the ledger).
+    ledger_on_network_filesystem: str = at("ledger", "on_network_filesystem", "refuse")
 
     def image_source(self) -> ImageSource:
         """The private set as ``shared.images`` loads it."""
@@ -253,19 +241,9 @@ class OwnerConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        for name in (
-            "owner_id",
-            "data_source",
-            "accountant",
-            "noise_sampler",
-            "resize",
-            "data_split",
-            "unreadable",
-            "patient_from",
-            "patient_column",
-        ):
-            if not isinstance(getattr(self, name), str):
-                raise SettingError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for f in fields(self):
+            if f.type == "str" and not isinstance(getattr(self, f.name), str):
+                raise SettingError(f"{f.metadata['key']} must be a string, got {getattr(self, f.name)!r}")
         if self.accountant not in METHODS:
             raise ValueError(f"[privacy] accountant must be one of {METHODS}, got {self.accountant!r}")
         check_sampler(self.noise_sampler)
@@ -310,6 +288,8 @@ class OwnerConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> OwnerConfig:
+        """Read owner.toml: every key is one ``at`` field's (or a [limits]/[service] field's); unknown
+        keys, missing required keys and wrong values are refused, naming the key."""
         path = Path(path)
         try:
             raw = tomllib.loads(path.read_text())
@@ -319,143 +299,98 @@ class OwnerConfig:
             raise ValueError(f"owner config {path} is not valid TOML: {exc}") from exc
         base = path.parent
 
-        def resolve(p: str | None) -> Path | None:
+        def resolve(p: object) -> Path | None:
             if not p:
                 return None
+            if not isinstance(p, str):
+                raise ValueError(f"a path must be a string, got {p!r}")
             q = Path(p).expanduser()
             return q if q.is_absolute() else (base / q).resolve()
 
+        known = toml_keys()
+        for table in [t for t in raw if t not in known[""]]:
+            raise ValueError(f"owner config {path}: unknown top-level key {table!r}; known: {', '.join(known[''])}")
+        given: dict[str, Any] = {}
         try:
-            data, privacy = raw.get("data", {}), raw["privacy"]
-            for section, table, known in (
-                ("top level", raw, SECTION_KEYS),
-                ("[data]", data, DATA_KEYS),
-                ("[privacy]", privacy, PRIVACY_KEYS),
-                ("[ledger]", raw["ledger"], LEDGER_KEYS),
-                ("[compute]", raw.get("compute", {}), COMPUTE_KEYS),
-                ("[auxiliary]", raw["auxiliary"], ("path",)),
-            ):
-                if not isinstance(table, dict):
-                    raise ValueError(f"owner config {path}: {section} must be a table")
-                unknown = sorted(set(table) - set(known))
+            for table, keys in known.items():
+                if not table:
+                    continue
+                values = raw.get(table, {})
+                if not isinstance(values, dict):
+                    raise ValueError(f"owner config {path}: [{table}] must be a table")
+                unknown = sorted(set(values) - set(keys))
                 if unknown:
-                    raise ValueError(
-                        f"owner config {path}: unknown {section} keys {unknown}; known: {', '.join(known)}"
-                    )
-            norm = data.get("normalization")
-            limits = Limits(**raw.get("limits", {}))
+                    raise ValueError(f"owner config {path}: unknown [{table}] keys {unknown}; known: {', '.join(keys)}")
+            for f in fields(cls):
+                if f.name in NESTED_TABLES.values():
+                    continue
+                table, key = f.metadata["toml"]
+                values = raw if not table else raw.get(table, {})
+                if key not in values:
+                    if f.default is MISSING:
+                        raise ValueError(f"owner config {path} lacks required key [{table}] {key}")
+                    continue
+                value = values[key]
+                if f.name in PATH_FIELDS:
+                    value = resolve(value)
+                elif isinstance(value, list):
+                    value = tuple(value)
+                given[f.name] = value
             svc = dict(raw.get("service", {}))
-            for key in ("tls_cert", "tls_key", "client_ca"):
+            for key in SERVICE_PATHS:
                 svc[key] = resolve(svc.get(key))
-            service = ServiceConfig(**svc)
-            return cls(
-                owner_id=str(raw.get("owner_id", "owner")),
-                data_source=data.get("source", "fashion-mnist"),
-                data_path=resolve(data.get("path")),
-                aux_path=resolve(raw["auxiliary"]["path"]),
-                ledger_path=resolve(raw["ledger"]["path"]),
-                ledger_on_network_filesystem=raw["ledger"].get("on_network_filesystem", "refuse"),
-                epsilon=privacy["epsilon"],
-                delta=privacy.get("delta", DEFAULT_DELTA),
-                clip_norm=privacy.get("clip_norm", 1.0),
-                accountant=privacy.get("accountant", "prv"),
-                noise_sampler=privacy.get("noise", "csprng"),
-                normalization=tuple(norm) if norm is not None else None,
-                limits=limits,
-                service=service,
-                image_size=data.get("image_size"),
-                channels=data.get("channels"),
-                resize=data.get("resize", "crop"),
-                classes=tuple(data["classes"]) if "classes" in data else None,
-                data_split=data.get("split", "train"),
-                dataset_name=data.get("name"),
-                image_cache=resolve(data.get("cache")),
-                holdout=data.get("holdout", 0.0),
-                holdout_seed=data.get("holdout_seed", 0),
-                privacy_unit=privacy.get("unit", "image"),
-                class_counts=privacy.get("class_counts", "public"),
-                class_counts_epsilon=privacy.get("class_counts_epsilon", 0.05),
-                class_counts_patient_clip=privacy.get("class_counts_patient_clip", 10.0),
-                patient_column=data.get("patient_column", "patient_id"),
-                patient_from=data.get("patient_from", "column"),
-                unreadable=data.get("unreadable", "refuse"),
-                max_skipped=data.get("max_skipped", DEFAULT_MAX_SKIPPED),
-                volume_axis=data.get("volume_axis"),
-                slice_range=tuple(r) if isinstance(r := data.get("slice_range", (0.0, 1.0)), list) else r,
-                device=str(raw.get("compute", {}).get("device", "cpu")),
-                precision=str(raw.get("compute", {}).get("precision", "float32")),
-            )
-        except KeyError as exc:
-            raise ValueError(f"owner config {path} lacks required key {exc}") from exc
+            if "client_names" in svc and isinstance(svc["client_names"], list):
+                svc["client_names"] = tuple(svc["client_names"])
+            return cls(**given, limits=Limits(**raw.get("limits", {})), service=ServiceConfig(**svc))
         except TypeError as exc:
             raise ValueError(f"owner config {path}: {exc}") from exc
 
 
+def toml_keys() -> dict[str, tuple[str, ...]]:
+    """owner.toml's keys by table ("" for the top level, which lists the tables too)."""
+    keys: dict[str, list[str]] = {"": []}
+    for f in fields(OwnerConfig):
+        if f.name in NESTED_TABLES.values():
+            continue
+        table, key = f.metadata["toml"]
+        keys.setdefault(table, []).append(key)
+        if table and table not in keys[""]:
+            keys[""].append(table)
+    keys["limits"] = [f.name for f in fields(Limits)]
+    keys["service"] = [f.name for f in fields(ServiceConfig)]
+    keys[""] += list(NESTED_TABLES)
+    return {table: tuple(names) for table, names in keys.items()}
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return toml_string(str(value))
+
+
 def write_config(path: str | Path, config: OwnerConfig) -> None:
-    """Write ``config`` as TOML (used by the simulation and deployment scripts)."""
-
-    def q(s: object) -> str:
-        return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = [
-        f"owner_id = {q(config.owner_id)}",
-        "",
-        "[data]",
-        f"source = {q(config.data_source)}",
-    ]
-    if config.data_path is not None:
-        lines.append(f"path = {q(config.data_path)}")
-    for key, value in (
-        ("name", config.dataset_name),
-        ("image_size", config.image_size),
-        ("channels", config.channels),
-        ("cache", config.image_cache),
-    ):
+    """Write ``config`` as owner.toml (the simulation and deployment scripts use it); ``load`` reads it
+    back equal. Settings that are None (absent) are left out."""
+    tables: dict[str, list[str]] = {}
+    for f in fields(config):
+        if f.name in NESTED_TABLES.values():
+            continue
+        table, key = f.metadata["toml"]
+        value = getattr(config, f.name)
         if value is not None:
-            lines.append(f"{key} = {value}" if isinstance(value, int) else f"{key} = {q(value)}")
-    lines += [f"split = {q(config.data_split)}", f"resize = {q(config.resize)}"]
-    if config.classes is not None:
-        lines.append("classes = [" + ", ".join(q(c) for c in config.classes) + "]")
-    if config.normalization is not None:
-        lines.append(f"normalization = [{config.normalization[0]}, {config.normalization[1]}]")
-    if config.holdout:
-        lines += [f"holdout = {config.holdout}", f"holdout_seed = {config.holdout_seed}"]
-    if config.privacy_unit == "patient":
-        lines += [f"patient_column = {q(config.patient_column)}", f"patient_from = {q(config.patient_from)}"]
-    lines += [f"unreadable = {q(config.unreadable)}", f"max_skipped = {config.max_skipped}"]
-    if config.volume_axis is not None:
-        lines.append(f"volume_axis = {config.volume_axis}")
-    lines.append(f"slice_range = [{config.slice_range[0]}, {config.slice_range[1]}]")
-    lines += [
-        "",
-        "[auxiliary]",
-        f"path = {q(config.aux_path)}",
-        "",
-        "[ledger]",
-        f"path = {q(config.ledger_path)}",
-        f"on_network_filesystem = {q(config.ledger_on_network_filesystem)}",
-        "",
-        "[privacy]",
-        f"epsilon = {config.epsilon}",
-        f"delta = {config.delta}",
-        f"clip_norm = {config.clip_norm}",
-        f"accountant = {q(config.accountant)}",
-        f"noise = {q(config.noise_sampler)}",
-        f"unit = {q(config.privacy_unit)}",
-        f"class_counts = {q(config.class_counts)}",
-        f"class_counts_epsilon = {config.class_counts_epsilon}",
-        f"class_counts_patient_clip = {config.class_counts_patient_clip}",
-        "",
-        "[limits]",
-    ]
-    for key, value in config.limits.to_dict().items():
-        lines.append(f"{key} = {value}")
-    lines += ["", "[compute]", f"device = {q(config.device)}", f"precision = {q(config.precision)}"]
-    svc = config.service
-    lines += ["", "[service]", f"listen = {q(svc.listen)}", f"max_workers = {svc.max_workers}"]
-    for key in ("tls_cert", "tls_key", "client_ca"):
-        if getattr(svc, key) is not None:
-            lines.append(f"{key} = {q(getattr(svc, key))}")
-    if svc.client_names:
-        lines.append("client_names = [" + ", ".join(q(n) for n in svc.client_names) + "]")
+            tables.setdefault(table, []).append(f"{key} = {_toml_value(value)}")
+    for table, nested in NESTED_TABLES.items():
+        obj = getattr(config, nested)
+        tables[table] = [
+            f"{f.name} = {_toml_value(getattr(obj, f.name))}"
+            for f in fields(obj)
+            if getattr(obj, f.name) not in (None, ())
+        ]
+    lines = tables.pop("")
+    for table, entries in tables.items():
+        lines += ["", f"[{table}]", *entries]
     Path(path).write_text("\n".join(lines) + "\n")

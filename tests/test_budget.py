@@ -165,11 +165,6 @@ def test_ledger_survives_sigkill_mid_run(tmp_path: Path) -> None:
     json.dumps(got)
 
 
-def test_example_config_in_deploy_loads() -> None:
-    config = OwnerConfig.load(Path(__file__).resolve().parents[1] / "deploy" / "owner.example.toml")
-    assert config.epsilon == 1.0 and config.limits.max_sample_rate == 0.05 and config.accountant == "prv"
-
-
 def test_owner_keeps_serving_after_an_internal_error(owner, monkeypatch) -> None:
     request = feature_request(owner, "flaky")
 
