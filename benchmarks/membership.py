@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deploy.presets import distiller_config
 from deploy.public_sets import PublicSets
+from deploy.run_settings import RunSettings
 from deploy.simulation import owner_dirs, simulate
 from shared.accounting import MAX_EPSILON
 from shared.datasets import load_npz, to_float
@@ -125,7 +125,8 @@ def membership_benchmark(
     non_member_set = held_out.subset(torch.arange(min(members, len(held_out))))
     member_x = member_y = non_members = None
     for name, eps in runs.items():
-        cfg = distiller_config(preset, epsilon=eps, group_size=group_size, seed=seed, eval_runs=1, draws=draws)
+        run = RunSettings(preset=preset, epsilon=eps, group_size=group_size, seed=seed, eval_runs=1, draws=draws)
+        cfg = run.distiller_config()
         cfg = replace(cfg, evaluation=replace(cfg.evaluation, epochs=eval_epochs, width=eval_width))
         summary = simulate(out / name, cfg, public, private, private_subset=members, show_progress=show_progress)
         member_set = load_npz(owner_dirs(out / name, 1)[0] / "private.npz")

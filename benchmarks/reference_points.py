@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from deploy.presets import distiller_config
+from deploy.run_settings import RunSettings
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, initial_state, training_images
 from distiller_node.pipeline import DistillerConfig, peak_rss_mb
@@ -99,7 +99,9 @@ def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root:
     if kind not in KINDS:
         raise ValueError(f"unknown reference {kind!r}; choose one of {KINDS}")
     t_start = time.perf_counter()
-    cfg = distiller_config(settings["preset"], epsilon=1.0, ipc=settings["ipc"], **settings.get("overrides", {}))
+    cfg = RunSettings(
+        preset=settings["preset"], ipc=settings["ipc"], **settings.get("overrides", {})
+    ).distiller_config()
     aux, test, val = (load_npz(public / f"{n}.npz") for n in ("aux", "test", "validation"))
     norm = FASHION_MNIST_NORMALIZATION
     if kind == "no-noise":

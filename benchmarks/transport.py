@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from deploy.local_deployment import LocalDeployment, descendants
-from deploy.presets import PRESETS, distiller_config
+from deploy.presets import PRESETS
 from deploy.public_sets import PublicSets
+from deploy.run_settings import RunSettings
 from deploy.simulation import simulate
 from owner_node.config import Limits
 
@@ -74,7 +75,7 @@ def transport_overhead(
     out = Path(out).resolve()
     aux_per_class = PRESETS[preset]["aux_per_class"]
     settings = dict(draws=draws, iterations=1, eval_epochs=1, eval_runs=1, draws_per_request=draws_per_request)
-    cfg = distiller_config(preset, **settings)
+    cfg = RunSettings(preset=preset, **settings).distiller_config()
 
     t0 = time.perf_counter()
     limits = Limits(max_draws_per_request=draws_per_request)

@@ -74,11 +74,10 @@ def dry_run_local(
     they are set up as the deployment would set them up, in a scratch folder."""
     from deploy.flower_app.dpdistill_flower.server_app import run_settings
     from deploy.local_deployment import owner_folder, owner_limits
-    from deploy.presets import distiller_config
     from deploy.simulation import owner_dirs, prepare_owners
 
     out, _, public, settings = run_settings(run_config)
-    cfg = distiller_config(settings.pop("preset"), **settings)
+    cfg = settings.distiller_config()
     aux, _ = public.load(show_progress=False)
     device = str(run_config.get("device", "") or "auto")
     existing = [d / "owner.toml" for d in owner_dirs(owner_folder(root), num_owners)]

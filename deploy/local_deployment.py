@@ -21,9 +21,9 @@ from pathlib import Path
 from deploy import flower_runs
 from deploy.certs import make_certs
 from deploy.public_sets import PublicSets
+from deploy.run_settings import RunSettings
 from deploy.simulation import prepare_owners
 from owner_node.config import Limits, ServiceConfig
-from shared.accounting import DEFAULT_DELTA
 from shared.images.source import ImageSource
 from shared.rpc.channel import OwnerChannel, OwnerEndpoint
 from shared.rpc.errors import OwnerCallError
@@ -91,8 +91,8 @@ def owner_folder(root: Path) -> Path:
 class LocalDeployment:
     root: Path
     num_owners: int = 1
-    epsilon: float = 1.0
-    delta: float = DEFAULT_DELTA
+    epsilon: float = RunSettings.epsilon  # each owner's budget: the run's epsilon unless told otherwise
+    delta: float = RunSettings.delta
     public: PublicSets = field(default_factory=PublicSets)
     private: ImageSource | None = None  # one owner's own images (default: Fashion-MNIST's training set)
     private_subset: int | None = None

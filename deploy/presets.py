@@ -1,13 +1,6 @@
-"""Named run settings, shared by the CLI and the Flower ServerApp so both build the same run."""
+"""Named run settings: the values a preset gives a run (``deploy.run_settings.RunSettings`` builds the run)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from shared.accounting import DEFAULT_DELTA
-
-if TYPE_CHECKING:  # the configs import torch; presets are read by every command's --help
-    from distiller_node.pipeline import DistillerConfig
 
 # Gradient-signal settings, chosen by measurement (see README, "Gradient signals").
 GRADIENT_DRAWS = 100
@@ -143,67 +136,3 @@ PRESETS = {
         draws_per_request=KIP_SYNC_STEPS_PER_REQUEST,
     ),
 }
-# Settings a preset may fix but the command line does not override through PRESETS["default"]'s keys.
-OPTIONAL_KEYS = ("group_size", "draws_per_request", "cache_mb")
-
-
-def distiller_config(
-    preset: str,
-    *,
-    epsilon: float = 1.0,
-    delta: float = DEFAULT_DELTA,
-    ipc: int = 10,
-    draws_per_request: int | None = None,
-    group_size: float | None = None,
-    seed: int = 0,
-    pea: bool = False,
-    eval_runs: int = 3,
-    precision: str = "float32",
-    **overrides,
-) -> DistillerConfig:
-    """A preset's values, replaced by any override that is not None. ``precision`` ("float32" or
-    "bf16") is that of the distiller's network passes, in optimisation and evaluation."""
-    from distiller_node.optimisation import OptimisationConfig
-    from distiller_node.pipeline import DistillerConfig
-    from distiller_node.sampling import SamplingConfig
-    from shared.evaluation import EvaluationConfig
-
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    unknown = set(overrides) - set(PRESETS[preset])
-    if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)}")
-    p = {k: v if overrides.get(k) is None else overrides[k] for k, v in PRESETS[preset].items()}
-    if group_size is None:
-        group_size = p.get("group_size", DEFAULT_GROUP_SIZE)
-    if draws_per_request is None:
-        draws_per_request = p.get("draws_per_request", DEFAULT_DRAWS_PER_REQUEST)
-    return DistillerConfig(
-        epsilon=epsilon,
-        delta=delta,
-        sampling=SamplingConfig(
-            draws=p["draws"],
-            draws_per_request=draws_per_request,
-            group_size=group_size,
-            subspace_dim=p["subspace_dim"],
-            width=p["width"],
-            seed=seed,
-            signal=p["signal"],
-            # KIP matches moments of the images themselves (DSA belongs to the ConvNet-matching methods).
-            augmentation="none" if p["signal"] in ("kip", "kip-sync") else SamplingConfig.augmentation,
-        ),
-        optimisation=OptimisationConfig(
-            ipc=ipc,
-            iterations=p["iterations"],
-            lr=p["lr"],
-            pea=pea,
-            seed=seed,
-            steps_per_draw=p["steps_per_draw"],
-            init=p["init"],
-            precision=precision,
-            cache_mb=p.get("cache_mb", OptimisationConfig.cache_mb),
-        ),
-        evaluation=EvaluationConfig(
-            runs=eval_runs, epochs=p["eval_epochs"], width=p["eval_width"], precision=precision
-        ),
-    )

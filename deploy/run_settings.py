@@ -17,7 +17,7 @@ import argparse
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from deploy.presets import PRESETS, distiller_config
+from deploy.presets import DEFAULT_DRAWS_PER_REQUEST, DEFAULT_GROUP_SIZE, PRESETS
 from shared.accounting import DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
 from shared.settings import bounded, check_settings
 
@@ -76,19 +76,44 @@ class RunSettings:
 
     def distiller_config(self) -> DistillerConfig:
         """The run these settings describe: the preset's values, each replaced by a field that is set."""
-        overrides = {k: getattr(self, k) for k in PRESET_FIELDS if k not in ("draws_per_request", "group_size")}
-        return distiller_config(
-            self.preset,
+        from distiller_node.optimisation import OptimisationConfig
+        from distiller_node.pipeline import DistillerConfig
+        from distiller_node.sampling import SamplingConfig
+        from shared.evaluation import EvaluationConfig
+
+        p = {k: v if getattr(self, k, None) is None else getattr(self, k) for k, v in PRESETS[self.preset].items()}
+        group_size = p.get("group_size", DEFAULT_GROUP_SIZE) if self.group_size is None else self.group_size
+        draws_per_request = self.draws_per_request
+        if draws_per_request is None:
+            draws_per_request = p.get("draws_per_request", DEFAULT_DRAWS_PER_REQUEST)
+        return DistillerConfig(
             epsilon=self.epsilon,
             delta=self.delta,
-            ipc=self.ipc,
-            draws_per_request=self.draws_per_request,
-            group_size=self.group_size,
-            seed=self.seed,
-            pea=self.pea,
-            eval_runs=self.eval_runs,
-            precision=self.precision,
-            **overrides,
+            sampling=SamplingConfig(
+                draws=p["draws"],
+                draws_per_request=draws_per_request,
+                group_size=group_size,
+                subspace_dim=p["subspace_dim"],
+                width=p["width"],
+                seed=self.seed,
+                signal=p["signal"],
+                # KIP matches moments of the images themselves (DSA belongs to the ConvNet-matching methods).
+                augmentation="none" if p["signal"] in ("kip", "kip-sync") else SamplingConfig.augmentation,
+            ),
+            optimisation=OptimisationConfig(
+                ipc=self.ipc,
+                iterations=p["iterations"],
+                lr=p["lr"],
+                pea=self.pea,
+                seed=self.seed,
+                steps_per_draw=p["steps_per_draw"],
+                init=p["init"],
+                precision=self.precision,
+                cache_mb=p.get("cache_mb", OptimisationConfig.cache_mb),
+            ),
+            evaluation=EvaluationConfig(
+                runs=self.eval_runs, epochs=p["eval_epochs"], width=p["eval_width"], precision=self.precision
+            ),
         )
 
     # ------------------------------------------------------------ the entry points' forms

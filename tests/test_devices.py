@@ -130,9 +130,10 @@ def test_cache_sized_cpu_chunks_change_neither_loss_nor_gradient(monkeypatch) ->
 
 
 def test_the_paper_preset_carries_the_published_settings() -> None:
-    from deploy.presets import PRESETS, distiller_config
+    from deploy.presets import PRESETS
+    from deploy.run_settings import RunSettings
 
-    cfg = distiller_config("paper", precision="bf16")
+    cfg = RunSettings(preset="paper", precision="bf16").distiller_config()
     assert (cfg.sampling.draws, cfg.optimisation.iterations, cfg.sampling.width) == (1000, 200_000, 128)
     assert (cfg.sampling.subspace_dim, PRESETS["paper"]["aux_per_class"], cfg.sampling.group_size) == (200, 100, 50)
     assert cfg.optimisation.precision == cfg.evaluation.precision == "bf16"

@@ -18,8 +18,8 @@ import torch
 from deploy.cli import main
 from deploy.example_images import write_example
 from deploy.flower_app.dpdistill_flower.server_app import run_settings
-from deploy.presets import distiller_config
 from deploy.public_sets import PublicSets
+from deploy.run_settings import RunSettings
 from deploy.simulation import prepare_owners
 from distiller_node.client import OwnerClient
 from distiller_node.pipeline import run_distillation
@@ -88,10 +88,10 @@ def test_grpc_owner_service_on_a_64px_rgb_folder_with_the_distillers_own_public_
     channel = OwnerChannel(OwnerEndpoint(f"127.0.0.1:{port}"), timeout_s=300)
     try:
         wait_ready(channel, proc, tmp_path / "owner.log")
-        cfg = distiller_config(
-            "quick", epsilon=8.0, ipc=2, group_size=20.0, draws_per_request=10, eval_runs=1,
+        cfg = RunSettings(
+            preset="quick", epsilon=8.0, ipc=2, group_size=20.0, draws_per_request=10, eval_runs=1,
             width=16, draws=20, subspace_dim=16, iterations=200, eval_epochs=60, eval_width=32,
-        )  # fmt: skip
+        ).distiller_config()  # fmt: skip
         results = run_distillation(
             OwnerClient(channel.call, "hospital"), cfg, tmp_path / "distiller", aux, test, show_progress=False
         )

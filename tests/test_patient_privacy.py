@@ -149,7 +149,7 @@ def test_holdout_in_patient_mode_keeps_each_patient_on_one_side(tmp_path: Path) 
 
 
 def test_a_run_against_a_patient_mode_owner_reports_patient_level_privacy(tmp_path: Path) -> None:
-    from deploy.presets import distiller_config
+    from deploy.run_settings import RunSettings
     from distiller_node.client import OwnerClient
     from distiller_node.pipeline import run_distillation
     from shared.datasets import load_npz
@@ -157,10 +157,10 @@ def test_a_run_against_a_patient_mode_owner_reports_patient_level_privacy(tmp_pa
     config = _manifest_owner(tmp_path, epsilon=10.0)
     service = OwnerService(config)
     try:
-        cfg = distiller_config(
-            "quick", epsilon=10.0, ipc=1, group_size=3.0, draws_per_request=2, eval_runs=1,
+        cfg = RunSettings(
+            preset="quick", epsilon=10.0, ipc=1, group_size=3.0, draws_per_request=2, eval_runs=1,
             width=8, draws=4, subspace_dim=4, iterations=3, eval_epochs=1,
-        )  # fmt: skip
+        ).distiller_config()  # fmt: skip
         aux = load_npz(config.aux_path)
         run_distillation(OwnerClient(service.call, "h"), cfg, tmp_path / "run", aux, None, show_progress=False)
     finally:

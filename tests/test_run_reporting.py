@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from deploy.cli import main
-from deploy.presets import distiller_config
+from deploy.run_settings import RunSettings
 from distiller_node.client import OwnerClient
 from distiller_node.export import labelled_grid, plot_loss, smoothing_window
 from distiller_node.pipeline import run_distillation
@@ -118,10 +118,10 @@ def test_signal_to_noise_formula() -> None:
 
 
 def _plan_only(service: OwnerService, tmp_path: Path, subspace_dim: int = 16, **settings) -> dict:
-    cfg = distiller_config(
-        "quick", epsilon=1.0, ipc=1, draws_per_request=10, eval_runs=1, width=8, draws=20, subspace_dim=subspace_dim,
-        **settings,
-    )  # fmt: skip
+    cfg = RunSettings(
+        preset="quick", epsilon=1.0, ipc=1, draws_per_request=10, eval_runs=1, width=8, draws=20,
+        subspace_dim=subspace_dim, **settings,
+    ).distiller_config()  # fmt: skip
     aux = load_npz(service.config.aux_path)
     client = OwnerClient(service.call, service.config.owner_id)
     return run_distillation(client, cfg, tmp_path / "run", aux, None, False, dry_run=True)
@@ -217,3 +217,15 @@ def test_grid_rows_are_labelled_and_the_loss_curve_reads_at_any_length(tmp_path:
     for n in (1, 5, 40, 3000):
         plot_loss(tmp_path / f"loss{n}.png", [1.0 / (i + 1) for i in range(n)])
         assert (tmp_path / f"loss{n}.png").stat().st_size > 0
+
+
+def test_deploy_local_dry_run_plans_through_the_same_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``deploy-local --dry-run`` builds its run from the Flower run config (RunSettings) and spends nothing
+    (it crashed once the run config became a typed table)."""
+    args = _simulate_args(tmp_path, "--dry-run")
+    args = ["deploy-local", *[a for a in args[1:] if a != "--no-progress"]]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for words in ("plan for owner", "sigma=", "planned epsilon=", "signal-to-noise"):
+        assert words in out, words
+    assert not list((tmp_path / "run").rglob("ledger.sqlite"))
