@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 from distiller_node.client import OwnerClient
@@ -22,7 +22,7 @@ from distiller_node.plan_summary import format_plan, plan_summary
 from distiller_node.report import format_report, privacy_report, write_report
 from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan, run_sampling
 from distiller_node.signal_store import SignalStore, atomic_write
-from shared.accounting import DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
+from shared.accounting import MAX_EPSILON, MIN_DELTA
 from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
 from shared.device import use_device
@@ -35,8 +35,9 @@ from shared.subspace import content_hash
 
 @dataclass(frozen=True)
 class DistillerConfig:
-    epsilon: float = bounded(1.0, float, 0, MAX_EPSILON, low_open=True)
-    delta: float = bounded(DEFAULT_DELTA, float, MIN_DELTA, 1, high_open=True)
+    # No defaults here: deploy.run_settings.RunSettings states the run's (the command line, Flower, benchmarks).
+    epsilon: float = bounded(MISSING, float, 0, MAX_EPSILON, low_open=True)
+    delta: float = bounded(MISSING, float, MIN_DELTA, 1, high_open=True)
     accountant: str = "prv"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optimisation: OptimisationConfig = field(default_factory=OptimisationConfig)

@@ -280,7 +280,7 @@ def test_distiller_settings_are_checked_too() -> None:
     from shared.evaluation import EvaluationConfig
 
     for build, key in (
-        (lambda: DistillerConfig(epsilon=float("inf")), "epsilon"),
+        (lambda: DistillerConfig(epsilon=float("inf"), delta=1e-5), "epsilon"),
         (lambda: SamplingConfig(draws=1.5), "sampling draws"),
         (lambda: SamplingConfig(group_size=float("nan")), "sampling group_size"),
         (lambda: OptimisationConfig(lr=float("inf")), "optimisation lr"),
