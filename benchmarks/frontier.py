@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from shared.datasets import public_split, save_npz
+from shared.datasets import public_split
+from shared.images.npz import save_npz
 from shared.measurement import cpu_model
 from shared.progress import progress_bar
 

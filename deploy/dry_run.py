@@ -20,7 +20,7 @@ from owner_node.config import OwnerConfig
 from owner_node.ledger import Ledger
 from owner_node.ledger_backup import backup_ledger
 from owner_node.service import OwnerService
-from shared.datasets import ImageSet
+from shared.images.image_set import ImageSet
 
 
 def scratch_config(config: OwnerConfig, folder: Path) -> OwnerConfig:

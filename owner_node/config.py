@@ -9,7 +9,7 @@ from pathlib import Path
 
 from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
-from shared.accounting import DEFAULT_DELTA, METHODS, MAX_EPSILON, MIN_DELTA
+from shared.accounting import DEFAULT_DELTA, MAX_EPSILON, METHODS, MIN_DELTA
 from shared.device import check_precision
 from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
@@ -221,7 +221,9 @@ class OwnerConfig:
     # [privacy] class_counts: "public" (Describe gives the true counts) or "dp" (published once with
     # the Gaussian mechanism for class_counts_epsilon of the budget; see owner_node.class_counts).
     class_counts: str = "public"
-    class_counts_epsilon: float = bounded(0.05, float, 0, MAX_EPSILON, low_open=True, key="[privacy] class_counts_epsilon")
+    class_counts_epsilon: float = bounded(
+        0.05, float, 0, MAX_EPSILON, low_open=True, key="[privacy] class_counts_epsilon"
+    )
     class_counts_patient_clip: float = bounded(
         10.0, float, 1, 1e6, key="[privacy] class_counts_patient_clip"
     )  # patient mode: a patient's images-per-class vector, clipped

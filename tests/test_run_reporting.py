@@ -23,7 +23,7 @@ from distiller_node.pipeline import run_distillation
 from owner_node.config import OwnerConfig
 from owner_node.load_summary import SUMMARY_FILE
 from owner_node.service import OwnerService
-from shared.datasets import load_npz, save_npz
+from shared.images.npz import load_npz, save_npz
 from shared.progress import PlainProgress, progress_bar
 from shared.signal_to_noise import LOW_SNR, class_snr, low_classes
 from tests.conftest import make_owner_config, random_image_set
