@@ -9,7 +9,7 @@ from pathlib import Path
 
 from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
-from shared.accounting import DEFAULT_DELTA, MAX_EPSILON, METHODS, MIN_DELTA
+from shared.accounting import ACCOUNTANTS, DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
 from shared.device import check_precision
 from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
@@ -268,8 +268,8 @@ class OwnerConfig:
         ):
             if not isinstance(getattr(self, name), str):
                 raise SettingError(f"{name} must be a string, got {getattr(self, name)!r}")
-        if self.accountant not in METHODS:
-            raise ValueError(f"[privacy] accountant must be one of {METHODS}, got {self.accountant!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"[privacy] accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
         check_sampler(self.noise_sampler)
         if self.ledger_on_network_filesystem not in NETWORK_FS_POLICIES:
             raise ValueError(

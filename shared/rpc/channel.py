@@ -19,7 +19,7 @@ from shared.rpc.errors import OwnerCallError, error_from_rpc
 
 # The service and its RPCs as owner.proto defines them; every call carries one serialised Message.
 SERVICE = owner_pb2.DESCRIPTOR.services_by_name["Owner"].full_name
-METHODS = tuple(m.name for m in owner_pb2.DESCRIPTOR.services_by_name["Owner"].methods)
+RPC_METHODS = tuple(m.name for m in owner_pb2.DESCRIPTOR.services_by_name["Owner"].methods)
 V1_SERVICE = "dpdistill.owner.v1.Owner"  # version 1 (JSON + npz inside an Envelope): refused by name
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
@@ -169,12 +169,12 @@ class OwnerChannel:
             self._channel = grpc.secure_channel(endpoint.address, creds, options=options)
         # The bytes go out and come back as they are: they already are serialised Messages, and the
         # relay forwarding them needs neither to parse them nor to know their kinds.
-        self._calls = {m: self._channel.unary_unary(f"/{SERVICE}/{m}") for m in METHODS}
+        self._calls = {m: self._channel.unary_unary(f"/{SERVICE}/{m}") for m in RPC_METHODS}
         self.timeout_s = timeout_s
 
     def _rpc(self, method: str) -> grpc.UnaryUnaryMultiCallable:
-        if method not in METHODS:
-            raise OwnerCallError("wrong_method", f"unknown owner RPC {method!r}; expected one of {METHODS}")
+        if method not in RPC_METHODS:
+            raise OwnerCallError("wrong_method", f"unknown owner RPC {method!r}; expected one of {RPC_METHODS}")
         return self._calls[method]
 
     def call(self, method: str, body: bytes) -> bytes:
