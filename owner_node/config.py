@@ -15,7 +15,7 @@ from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
 from shared.messages import PRIVACY_UNITS
 from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
-from shared.rpc.channel import is_loopback
+from shared.rpc.address import is_loopback
 from shared.settings import Bound, SettingError, bounded, check_number, check_settings
 
 # The largest reply any transport carries: the decoder's and gRPC's cap, less the header's share.
