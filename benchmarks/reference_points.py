@@ -1,7 +1,7 @@
 """The frontier's two reference points, computed in the benchmark harness itself, not through an owner.
 
 - ``no-noise``: the DOS+SER pipeline with sigma 0, an upper bound on what the noise costs. An owner
-  never releases without noise, so this drives the mechanism directly (like ``dpdistill speed``),
+  never releases without noise, so this drives the mechanism directly (like ``dpdistill-bench speed``),
   with the same sampling, networks, subspaces, optimisation and evaluation as a real run.
 - ``aux-only``: the public auxiliary images themselves as the synthetic set (the unoptimised start).
 
