@@ -331,12 +331,11 @@ def dry_run_local(
     they are set up as the deployment would set them up, in a scratch folder."""
     from deploy.dry_run import dry_run
     from deploy.flower_app.dpdistill_flower.server_app import run_settings
-    from deploy.presets import distiller_config
 
-    out, _, public, settings = run_settings(run_config)
-    cfg = distiller_config(settings.pop("preset"), **settings)
+    out, _, public, settings = run_settings(run_config)  # what the Flower run itself will read (RunSettings)
+    cfg = settings.distiller_config()
     aux, _ = public.load(show_progress=False)
-    device = str(run_config.get("device", "") or "auto")
+    device = settings.device
     existing = [d / "owner.toml" for d in owner_dirs(owner_folder(root), num_owners)]
     if all(p.exists() for p in existing):
         return dry_run(existing, cfg, out / "distiller", aux, device)

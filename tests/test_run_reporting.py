@@ -183,6 +183,18 @@ def test_dry_run_prints_the_plan_and_spends_nothing(tmp_path: Path, capsys: pyte
     assert "dry run: no owner was asked to hold budget" in capsys.readouterr().out
 
 
+def test_deploy_local_dry_run_prints_the_plan_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``deploy-local --dry-run`` read its run settings as a dict after they became ``RunSettings`` (an
+    AttributeError before any plan); it plans with the owners set up in a scratch folder."""
+    args = _simulate_args(tmp_path, "--dry-run")
+    args = ["deploy-local", *[a for a in args[1:] if a != "--no-progress"]]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for words in ("plan for owner", "sigma=", "planned epsilon="):
+        assert words in out, words
+    assert not list((tmp_path / "run").rglob("ledger.sqlite"))  # no owner set up, nothing spent
+
+
 # ---------------------------------------------------------------- part 6: outputs people look at
 
 
