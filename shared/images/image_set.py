@@ -15,6 +15,8 @@ from shared.identifiers import distinct_identifiers
 
 @dataclass(frozen=True)
 class ImageSet:
+    """Labelled images and their class names, checked on creation (shape, dtype, labels in range)."""
+
     images: torch.Tensor  # uint8 [N, C, H, W]
     labels: torch.Tensor  # int64 [N]
     class_names: tuple[str, ...]
