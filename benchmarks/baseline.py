@@ -1,6 +1,6 @@
 """The authors' per-draw and per-iteration work, done the straightforward way, as the speed baseline.
 
-What ``dpdistill speed`` sets beside this project's own stages, in the same process, on the same
+What ``dpdistill-bench speed`` sets beside this project's own stages, in the same process, on the same
 data and networks, so the ratio holds on whatever machine runs it:
 
 - per draw: build the draw's network and keep it (every network kept, as the authors' code does);

@@ -26,14 +26,15 @@ from pathlib import Path
 
 import torch
 
-from shared.datasets import public_split, save_npz
+from shared.datasets import public_split
+from shared.images.npz import save_npz
 from shared.measurement import cpu_model
 from shared.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # method -> the preset it runs, and its candidate settings (preset overrides), the preset's own first.
-METHODS: dict[str, tuple[str, dict[str, dict]]] = {
+METHOD_CANDIDATES: dict[str, tuple[str, dict[str, dict]]] = {
     "dos-ser": ("default", {"init-noise": {"init": "noise"}, "init-aux": {"init": "aux"}}),
     "dp-kip": ("kip-decoupled", {"lr-0.03": {"lr": 0.03}, "lr-0.1": {"lr": 0.1}}),
 }
@@ -54,7 +55,7 @@ PUBLISHED = (
 
 @dataclass(frozen=True)
 class Point:
-    method: str  # a METHODS key, or "no-noise" / "aux-only"
+    method: str  # a METHOD_CANDIDATES key, or "no-noise" / "aux-only"
     epsilon: float | None  # None: the references (no accountable release)
     ipc: int
     candidate: str
@@ -93,7 +94,7 @@ def load_run(out: Path, point: Point) -> dict | None:
 
 def chosen(out: Path, method: str) -> tuple[str, dict] | None:
     """The candidate with the best validation accuracy at SELECT_AT, once every candidate has run."""
-    preset, candidates = METHODS[method]
+    preset, candidates = METHOD_CANDIDATES[method]
     scores = {}
     for cand, overrides in candidates.items():
         run = load_run(out, Point(method, SELECT_AT[0], SELECT_AT[1], cand, overrides))
@@ -108,7 +109,7 @@ def planned_points(out: Path) -> list[Point]:
     """Every point in the order they are run; those that wait on a selection come once it is made."""
     points = [Point("aux-only", None, SELECT_AT[1], "public")]
     for method in ("dos-ser", "dp-kip"):
-        points += [Point(method, *SELECT_AT, c, o) for c, o in METHODS[method][1].items()]
+        points += [Point(method, *SELECT_AT, c, o) for c, o in METHOD_CANDIDATES[method][1].items()]
         pick = chosen(out, method)
         if pick is None:
             continue
@@ -125,8 +126,8 @@ def planned_points(out: Path) -> list[Point]:
 def run_point(out: Path, point: Point, public: Path, eval_runs: int, threads: int, data_root: str | None) -> dict:
     folder = out / point.name
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    if point.method in METHODS:
-        preset = METHODS[point.method][0]
+    if point.method in METHOD_CANDIDATES:
+        preset = METHOD_CANDIDATES[point.method][0]
         cmd = [sys.executable, "-m", "deploy.cli", "simulate", "--out", str(folder), "--preset", preset]
         cmd += ["--epsilon", str(point.epsilon), "--ipc", str(point.ipc), "--eval-runs", str(eval_runs)]
         for key, value in point.overrides.items():
@@ -135,7 +136,7 @@ def run_point(out: Path, point: Point, public: Path, eval_runs: int, threads: in
         cmd += ["--validation", str(public / "validation.npz"), "--no-progress"]
         cmd += ["--benchmark-json", str(folder / "run.json")]
     else:
-        preset = METHODS["dos-ser"][0]
+        preset = METHOD_CANDIDATES["dos-ser"][0]
         settings = {"preset": preset, "ipc": point.ipc, "overrides": point.overrides | {"eval_runs": eval_runs}}
         cmd = [sys.executable, "-m", "benchmarks.reference_points", point.method, "--out", str(folder)]
         cmd += ["--settings", json.dumps(settings), "--public", str(public), "--no-progress"]
@@ -236,7 +237,7 @@ def write_results(out: Path, eval_runs: int, threads: int) -> dict:
     points = planned_points(out)
     runs = {p.name: summary(p, r, threads) for p in points if (r := load_run(out, p)) is not None}
     selection = {}
-    for method, (preset, candidates) in METHODS.items():
+    for method, (preset, candidates) in METHOD_CANDIDATES.items():
         pick = chosen(out, method)
         selection[method] = {
             "preset": preset,

@@ -18,7 +18,8 @@ from shared.progress import progress_bar
 DOSSER_RERUN_KIP = 0.177  # DP-KIP-ScatterNet, ConvNet protocol, IPC 10, epsilon 1 (DESIGN section 7)
 
 
-METHODS = {"decoupled": "kip-decoupled", "sync": "kip-sync"}
+# A variant (--methods) -> the preset its runs use.
+KIP_PRESETS = {"decoupled": "kip-decoupled", "sync": "kip-sync"}
 
 
 def config_name(method: str, epsilon: float, ipc: int, init: str) -> str:
@@ -40,9 +41,9 @@ def kip_benchmark(
     ``sync_steps`` overrides the kip-sync preset's number of steps (each a release at the owner)."""
     out.mkdir(parents=True, exist_ok=True)
     runs = {}
-    unknown = set(methods) - set(METHODS)
+    unknown = set(methods) - set(KIP_PRESETS)
     if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; known: {sorted(METHODS)}")
+        raise ValueError(f"unknown methods {sorted(unknown)}; known: {sorted(KIP_PRESETS)}")
     grid = []
     for method in methods:
         extra = ["--draws", str(sync_steps)] if method == "sync" and sync_steps else []
@@ -52,10 +53,10 @@ def kip_benchmark(
     for method, epsilon, ipc, init, extra, suffix in progress_bar(grid, desc="KIP benchmark", unit="run"):
         name = config_name(method, epsilon, ipc, init) + suffix
         common = ["--epsilon", str(epsilon), "--ipc", str(ipc), "--init", init, "--eval-runs", str(eval_runs)]
-        r = run_one(out / name, METHODS[method], extra, common)
+        r = run_one(out / name, KIP_PRESETS[method], extra, common)
         krr = r.get("krr_accuracy") or {}
         runs[name] = {
-            "method": METHODS[method],
+            "method": KIP_PRESETS[method],
             "epsilon_target": epsilon,
             "ipc": ipc,
             "init": init,

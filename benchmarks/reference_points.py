@@ -1,7 +1,7 @@
 """The frontier's two reference points, computed in the benchmark harness itself, not through an owner.
 
 - ``no-noise``: the DOS+SER pipeline with sigma 0, an upper bound on what the noise costs. An owner
-  never releases without noise, so this drives the mechanism directly (like ``dpdistill speed``),
+  never releases without noise, so this drives the mechanism directly (like ``dpdistill-bench speed``),
   with the same sampling, networks, subspaces, optimisation and evaluation as a real run.
 - ``aux-only``: the public auxiliary images themselves as the synthetic set (the unoptimised start).
 
@@ -27,8 +27,11 @@ from distiller_node.sampling import plan_seeds
 from distiller_node.signal_store import Signals
 from owner_node.data import PrivateData
 from owner_node.mechanism import FeatureMechanism
-from shared.datasets import FASHION_MNIST_NORMALIZATION, ImageSet, load_fashion_mnist, load_npz, to_float
+from shared.datasets import to_float
 from shared.evaluation import evaluate
+from shared.images.fashion_mnist import FASHION_MNIST_NORMALIZATION, load_fashion_mnist
+from shared.images.image_set import ImageSet
+from shared.images.npz import load_npz
 from shared.measurement import cpu_model, write_json
 from shared.messages import FeatureRequest
 from shared.networks import NetworkSpec, depth_for_image_size

@@ -1,13 +1,14 @@
-"""``dpdistill``: the command-line entry point. It only wires together the commands, which live beside
-what they run: the owner's (``owner_node.commands``), the distiller's (``distiller_node.commands``),
-running the system (``deploy.run_commands``) and measuring it (``benchmarks.commands``)."""
+"""``dpdistill``: the command-line entry point for running the system. It only wires together the commands,
+which live beside what they run: the owner's (``owner_node.commands``), the distiller's
+(``distiller_node.commands``) and running the system (``deploy.run_commands``). Measuring it (speed, the
+``bench-*`` benchmarks, the privacy audit, membership inference) is ``dpdistill-bench``
+(``benchmarks.cli``): benchmarks run the system, so they sit above it and it never imports them."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from benchmarks import commands as measuring
 from deploy import run_commands as running
 from distiller_node import commands as distiller
 from owner_node import commands as owner
@@ -15,21 +16,29 @@ from owner_node import commands as owner
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dpdistill", description="Two-party differentially private dataset distillation."
+        prog="dpdistill",
+        description="Two-party differentially private dataset distillation.",
+        epilog="Measuring it (speed, bench-*, audit, membership): dpdistill-bench --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (running, owner, distiller, measuring):
+    for group in (running, owner, distiller):
         group.register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the chosen command; a refusal (bad input) is one line on stderr and status 2."""
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"dpdistill: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from owner_node.config import OwnerConfig
 from owner_node.ledger import Ledger
 from owner_node.ledger_backup import backup_ledger
 from owner_node.service import OwnerService
-from shared.datasets import ImageSet
+from shared.images.image_set import ImageSet
 
 
 def scratch_config(config: OwnerConfig, folder: Path) -> OwnerConfig:
@@ -56,44 +56,3 @@ def dry_run(owner_configs: list[Path], cfg: DistillerConfig, out: Path, aux: Ima
         finally:
             for s in services:
                 s.close()
-
-
-def dry_run_local(
-    root: Path,
-    run_config: dict,
-    num_owners: int,
-    epsilon: float,
-    private,
-    private_subset: int | None,
-    max_draws_per_request: int,
-    seed: int = 0,
-) -> dict:
-    """``deploy-local --dry-run``: the plan the deployment's run would make, nothing started or written.
-
-    Owners already set up under ``root`` are asked as they are (their ledgers read only); otherwise
-    they are set up as the deployment would set them up, in a scratch folder."""
-    from deploy.flower_app.dpdistill_flower.server_app import run_settings
-    from deploy.local_deployment import owner_folder, owner_limits
-    from deploy.simulation import owner_dirs, prepare_owners
-
-    out, _, public, settings = run_settings(run_config)
-    cfg = settings.distiller_config()
-    aux, _ = public.load(show_progress=False)
-    device = str(run_config.get("device", "") or "auto")
-    existing = [d / "owner.toml" for d in owner_dirs(owner_folder(root), num_owners)]
-    if all(p.exists() for p in existing):
-        return dry_run(existing, cfg, out / "distiller", aux, device)
-    with tempfile.TemporaryDirectory(prefix="dpdistill-dry-run-owners-") as tmp:
-        paths = prepare_owners(
-            Path(tmp),
-            aux,
-            epsilon,
-            cfg.delta,
-            public.data_root,
-            private_subset,
-            num_owners,
-            seed,
-            limits=owner_limits(max_draws_per_request),
-            private=private,
-        )
-        return dry_run(paths, cfg, out / "distiller", aux, device)

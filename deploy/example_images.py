@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.datasets import ImageSet, load_fashion_mnist, split_auxiliary
+from shared.datasets import split_auxiliary
+from shared.images.fashion_mnist import load_fashion_mnist
+from shared.images.image_set import ImageSet
 from shared.progress import progress_bar
 
 EXAMPLES = ("fashion-mnist", "digits")

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from deploy import flower_runs
 from deploy.certs import make_certs
 from deploy.public_sets import PublicSets
 from deploy.run_settings import RunSettings
-from deploy.simulation import prepare_owners
+from deploy.simulation import owner_dirs, prepare_owners
 from owner_node.config import Limits, ServiceConfig
 from shared.images.source import ImageSource
 from shared.rpc.channel import OwnerChannel, OwnerEndpoint
@@ -312,3 +313,43 @@ class LocalDeployment:
         ):
             if name in self.procs:
                 self.kill(name, signal.SIGTERM)
+
+
+def dry_run_local(
+    root: Path,
+    run_config: dict,
+    num_owners: int,
+    epsilon: float,
+    private,
+    private_subset: int | None,
+    max_draws_per_request: int,
+    seed: int = 0,
+) -> dict:
+    """``deploy-local --dry-run``: the plan the deployment's run would make, nothing started or written.
+
+    Owners already set up under ``root`` are asked as they are (their ledgers read only); otherwise
+    they are set up as the deployment would set them up, in a scratch folder."""
+    from deploy.dry_run import dry_run
+    from deploy.flower_app.dpdistill_flower.server_app import run_settings
+
+    out, _, public, settings = run_settings(run_config)  # what the Flower run itself will read (RunSettings)
+    cfg = settings.distiller_config()
+    aux, _ = public.load(show_progress=False)
+    device = settings.device
+    existing = [d / "owner.toml" for d in owner_dirs(owner_folder(root), num_owners)]
+    if all(p.exists() for p in existing):
+        return dry_run(existing, cfg, out / "distiller", aux, device)
+    with tempfile.TemporaryDirectory(prefix="dpdistill-dry-run-owners-") as tmp:
+        paths = prepare_owners(
+            Path(tmp),
+            aux,
+            epsilon,
+            cfg.delta,
+            public.data_root,
+            private_subset,
+            num_owners,
+            seed,
+            limits=owner_limits(max_draws_per_request),
+            private=private,
+        )
+        return dry_run(paths, cfg, out / "distiller", aux, device)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.datasets import ImageSet, public_split
+from shared.datasets import public_split
 from shared.images.classes import check_same_classes
+from shared.images.image_set import ImageSet
 from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.resize import check_resize_policy
 from shared.images.source import ImageSource, load_source, source_for_path

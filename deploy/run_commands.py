@@ -86,13 +86,11 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def cmd_deploy_local(a: argparse.Namespace) -> int:
-    from deploy.local_deployment import LocalDeployment
+    from deploy.local_deployment import LocalDeployment, dry_run_local
 
     public, private = user_sets(a)
     max_draws = max(a.draws_per_request or 100, 1)
     if a.dry_run:
-        from deploy.dry_run import dry_run_local
-
         rc = run_config_from_args(a, Path(a.out), public)
         dry_run_local(Path(a.out), rc, a.owners, a.epsilon, private, a.private_subset, max_draws, 0)
         return 0

@@ -17,7 +17,9 @@ from distiller_node.client import OwnerClient
 from distiller_node.pipeline import DistillerConfig, run_distillation
 from owner_node.config import Limits, OwnerConfig, ServiceConfig, write_config
 from owner_node.service import OwnerService
-from shared.datasets import FASHION_MNIST_NORMALIZATION, ImageSet, load_fashion_mnist, save_npz
+from shared.images.fashion_mnist import FASHION_MNIST_NORMALIZATION, load_fashion_mnist
+from shared.images.image_set import ImageSet
+from shared.images.npz import save_npz
 from shared.images.source import ImageSource, load_source
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 def cmd_evaluate(a: argparse.Namespace) -> int:
     import torch
 
-    from shared.datasets import load_fashion_mnist, split_auxiliary
+    from shared.datasets import split_auxiliary
     from shared.evaluation import EvaluationConfig, evaluate
     from shared.images.classes import check_same_classes
+    from shared.images.fashion_mnist import load_fashion_mnist
     from shared.images.source import load_source, source_for_path
     from shared.metrics import format_metrics
 

@@ -24,9 +24,10 @@ from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan, run
 from distiller_node.signal_store import SignalStore, atomic_write
 from shared.accounting import MAX_EPSILON, MIN_DELTA
 from shared.augmentation import parse_strategy
-from shared.datasets import ImageSet, to_float
+from shared.datasets import to_float
 from shared.device import use_device
 from shared.evaluation import EvaluationConfig, evaluate, krr_accuracy
+from shared.images.image_set import ImageSet
 from shared.metrics import format_metrics, plot_confusion
 from shared.settings import bounded, check_settings
 from shared.statistic import KIP_SYNC, public_subspace

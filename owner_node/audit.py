@@ -25,7 +25,7 @@ from owner_node.data import PrivateData
 from owner_node.kip_mechanism import ADAM_BETAS, KipStepMechanism
 from owner_node.mechanism import FeatureMechanism
 from shared.accounting import SampledGaussianEvent, epsilon
-from shared.datasets import ImageSet
+from shared.images.image_set import ImageSet
 from shared.kip import DEFAULT_REG, centred_one_hot, iter_per_example_image_gradients
 from shared.messages import FeatureRequest, KipStepRequest
 from shared.networks import NetworkSpec

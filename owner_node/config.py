@@ -10,13 +10,13 @@ from typing import Any
 
 from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
-from shared.accounting import DEFAULT_DELTA, MAX_EPSILON, METHODS, MIN_DELTA
+from shared.accounting import ACCOUNTANTS, DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
 from shared.device import check_precision
 from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
 from shared.messages import PRIVACY_UNITS
 from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
-from shared.rpc.channel import is_loopback
+from shared.rpc.address import is_loopback
 from shared.rpc.relay_config import toml_string
 from shared.settings import Bound, SettingError, bounded, check_number, check_settings
 
@@ -244,8 +244,8 @@ class OwnerConfig:
         for f in fields(self):
             if f.type == "str" and not isinstance(getattr(self, f.name), str):
                 raise SettingError(f"{f.metadata['key']} must be a string, got {getattr(self, f.name)!r}")
-        if self.accountant not in METHODS:
-            raise ValueError(f"[privacy] accountant must be one of {METHODS}, got {self.accountant!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"[privacy] accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
         check_sampler(self.noise_sampler)
         if self.ledger_on_network_filesystem not in NETWORK_FS_POLICIES:
             raise ValueError(

@@ -10,8 +10,10 @@ import torch
 
 from owner_node.config import OwnerConfig
 from owner_node.randomness import SecureRandom
-from shared.datasets import ImageSet, load_npz, to_float
+from shared.datasets import to_float
 from shared.identifiers import normalise_identifier
+from shared.images.image_set import ImageSet
+from shared.images.npz import load_npz
 from shared.images.report import LoadReport, LoadResult
 from shared.images.source import load_source
 

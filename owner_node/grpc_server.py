@@ -22,7 +22,7 @@ from owner_node.config import OwnerConfig
 from owner_node.peers import allowed, certificate_names, peer_identity
 from owner_node.service import OwnerService
 from owner_node.validation import RequestRefused
-from shared.rpc.channel import MAX_MESSAGE_BYTES, METHODS, SERVICE, V1_SERVICE
+from shared.rpc.channel import MAX_MESSAGE_BYTES, RPC_METHODS, SERVICE, V1_SERVICE
 from shared.rpc.errors import ERROR_CODE_KEY, STATUS_FOR_CODE
 
 log = logging.getLogger("owner_node")
@@ -85,12 +85,12 @@ def handlers(service: OwnerService) -> list[grpc.GenericRpcHandler]:
             SERVICE,
             {
                 m: grpc.unary_unary_rpc_method_handler(_checked(service, m, partial(_answer, service, m)))
-                for m in METHODS
+                for m in RPC_METHODS
             },
         ),
         grpc.method_handlers_generic_handler(
             V1_SERVICE,
-            {m: grpc.unary_unary_rpc_method_handler(_checked(service, m, partial(_refuse_v1, m))) for m in METHODS},
+            {m: grpc.unary_unary_rpc_method_handler(_checked(service, m, partial(_refuse_v1, m))) for m in RPC_METHODS},
         ),
     ]
 

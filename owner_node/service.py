@@ -23,9 +23,10 @@ from owner_node.load_summary import write_load_summary
 from owner_node.mechanism import FeatureMechanism
 from owner_node.validation import REQUEST_ID, RequestRefused, RequestValidator
 from shared.accounting import SampledGaussianEvent
-from shared.datasets import ImageSet, to_float
+from shared.datasets import to_float
 from shared.device import use_device
 from shared.images.classes import check_same_classes
+from shared.images.image_set import ImageSet
 from shared.messages import (
     BudgetReport,
     BudgetRequest,

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-METHODS = ("prv", "rdp")
+ACCOUNTANTS = ("prv", "rdp")  # the accountants ([privacy] accountant): PRV, RDP
 PRV_EPS_ERROR = 0.01
 # opacus's default orders plus large ones, which matter when sigma is big or q is large.
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 128, 256, 512, 1024, 4096]
@@ -221,8 +221,8 @@ def epsilon(events: Iterable[SampledGaussianEvent], delta: float, method: str = 
     Raises ``AccountingError`` for a failure or a value that is not finite and >= 0, and
     ``AccountingTooCostly`` where PRV's work would exceed its bound.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown accountant {method!r}; known: {', '.join(METHODS)}")
+    if method not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {method!r}; known: {', '.join(ACCOUNTANTS)}")
     _check_delta(delta)
     events = accountable(events)
     if not events:

@@ -11,7 +11,8 @@ import torch
 
 from owner_node.config import Limits, OwnerConfig
 from owner_node.service import OwnerService
-from shared.datasets import ImageSet, save_npz
+from shared.images.image_set import ImageSet
+from shared.images.npz import save_npz
 from shared.messages import FeatureRequest, KipStepRequest
 from shared.networks import NetworkSpec
 from shared.subspace import content_hash

@@ -11,16 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.datasets import (
-    FASHION_MNIST_FILES,
-    DataNotFound,
-    fashion_mnist_root,
-    load_fashion_mnist,
-    load_image_folder,
-    load_npz,
-    save_npz,
-    split_auxiliary,
-)
+from shared.datasets import split_auxiliary
+from shared.images.errors import DataNotFound
+from shared.images.fashion_mnist import FASHION_MNIST_FILES, fashion_mnist_root, load_fashion_mnist
+from shared.images.folder import load_folder
+from shared.images.npz import load_npz, save_npz
+from shared.images.resize import TargetFormat
 from tests.conftest import random_image_set
 
 
@@ -68,7 +64,7 @@ def test_image_folder_and_npz_hold_the_same_images(tmp_path: Path) -> None:
         folder = tmp_path / "folder" / data.class_names[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img[0].numpy()).save(folder / f"{i:03d}.png")
-    from_folder = load_image_folder(tmp_path / "folder")
+    from_folder = load_folder(tmp_path / "folder", TargetFormat(28, 1), progress=False).data
     save_npz(tmp_path / "d.npz", data)
     from_npz = load_npz(tmp_path / "d.npz")
     assert from_folder.class_names == from_npz.class_names == data.class_names

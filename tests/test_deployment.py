@@ -19,7 +19,8 @@ from deploy.cli import main
 from deploy.local_deployment import LocalDeployment, free_port
 from deploy.public_sets import PublicSets
 from owner_node.ledger import Ledger
-from shared.datasets import DataNotFound, fashion_mnist_root
+from shared.images.errors import DataNotFound
+from shared.images.fashion_mnist import fashion_mnist_root
 from shared.protocol import decode
 
 pytestmark = pytest.mark.slow

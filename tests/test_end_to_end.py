@@ -16,7 +16,8 @@ import torch
 from deploy.cli import main
 from distiller_node.pipeline import config_differences
 from owner_node.ledger import Ledger
-from shared.datasets import DataNotFound, fashion_mnist_root
+from shared.images.errors import DataNotFound
+from shared.images.fashion_mnist import fashion_mnist_root
 from shared.protocol import decode
 from tests.second_accountant import check_reported
 

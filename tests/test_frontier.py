@@ -13,8 +13,8 @@ from benchmarks import frontier
 from benchmarks.reference_points import NoiseFreeMechanism
 from owner_node.data import PrivateData
 from owner_node.mechanism import FeatureMechanism, clean_class_sums
-from shared.datasets import load_npz
 from shared.evaluation import EvaluationConfig, evaluate
+from shared.images.npz import load_npz
 from tests.conftest import SPEC, feature_request, random_image_set
 from tests.test_datasets import _write_idx
 
@@ -38,7 +38,7 @@ def _fake_run(out: Path, point: frontier.Point, validation: float, test: float) 
 
 
 def test_settings_are_chosen_by_validation_not_test_accuracy(tmp_path: Path) -> None:
-    preset, candidates = frontier.METHODS["dos-ser"]
+    preset, candidates = frontier.METHOD_CANDIDATES["dos-ser"]
     (a, a_over), (b, b_over) = candidates.items()
     eps, ipc = frontier.SELECT_AT
     _fake_run(tmp_path, frontier.Point("dos-ser", eps, ipc, a, a_over), validation=0.70, test=0.90)

@@ -14,11 +14,11 @@ from PIL import Image
 
 from owner_node.config import OwnerConfig, write_config
 from owner_node.data import patient_index
-from shared.datasets import ImageSet
 from shared.identifiers import distinct_identifiers, normalise_identifier
 from shared.images.classes import check_same_classes
 from shared.images.errors import ImageSourceError
 from shared.images.folder import load_folder
+from shared.images.image_set import ImageSet
 from shared.images.manifest import load_manifest
 from shared.images.resize import TargetFormat
 from shared.images.source import ImageSource, load_source

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.images.decode import MAX_IMAGE_PIXELS, convert_channels, decode_file, stretch_to_uint8
+from shared.images.decode import convert_channels, decode_file
 from shared.images.errors import ImageDecodeError
+from shared.images.pixels import MAX_IMAGE_PIXELS, stretch_to_uint8
 
 
 def _arr(image: Image.Image) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Class folders: any depth, hidden and non-image entries ignored and counted, empty class refused,
-natural class order or an explicit list, and the legacy ``load_image_folder`` at any size."""
+natural class order or an explicit list, at any size and channel count."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.datasets import DataNotFound, load_image_folder, load_image_set
-from shared.images.errors import ImageDecodeError, ImageSourceError
+from shared.images.errors import DataNotFound, ImageDecodeError, ImageSourceError
 from shared.images.folder import load_folder, scan_image_folder
 from shared.images.policy import ReadPolicy
 from shared.images.resize import TargetFormat
+from shared.images.source import ImageSource, load_source
 
 
 def _png(path: Path, value: int, size: tuple[int, int] = (10, 10), mode: str = "L") -> None:
@@ -97,20 +97,21 @@ def test_corrupt_file_names_it_or_is_skipped_when_asked(tmp_path: Path) -> None:
     assert "1 unreadable files skipped" in result.report.summary()
 
 
-def test_legacy_load_image_folder_keeps_size_and_channels(tmp_path: Path) -> None:
+def test_a_folder_loads_at_any_size_and_channel_count(tmp_path: Path) -> None:
     _png(tmp_path / "x" / "a.png", 200, size=(100, 50), mode="RGB")
     _png(tmp_path / "y" / "b.png", 100, size=(50, 100), mode="RGB")
-    default = load_image_folder(tmp_path)
+    default = load_folder(tmp_path, TargetFormat(28, 1), progress=False).data
     assert default.images.shape == (2, 1, 28, 28) and default.class_names == ("x", "y")
-    rgb = load_image_folder(tmp_path, image_size=64, channels=3)
+    rgb = load_folder(tmp_path, TargetFormat(64, 3), progress=False).data
     assert rgb.images.shape == (2, 3, 64, 64)
     assert rgb.images[0, :, 32, 32].tolist() == [200, 100, 0]
-    padded = load_image_folder(tmp_path, image_size=64, channels=3, resize="pad")
+    padded = load_folder(tmp_path, TargetFormat(64, 3, "pad"), progress=False).data
     assert padded.images[0, :, 0, 32].tolist() == [0, 0, 0]  # letterbox band above the wide image
-    routed = load_image_set("image-folder", tmp_path, image_size=32, channels=3)
+    source = ImageSource("image-folder", tmp_path, image_size=32, channels=3)
+    routed = load_source(source, progress=False, cache=False).data
     assert routed.images.shape == (2, 3, 32, 32)
     with pytest.raises(DataNotFound, match="does not exist"):
-        load_image_folder(tmp_path / "missing")
+        load_folder(tmp_path / "missing", TargetFormat(28, 1), progress=False)
 
 
 def test_rgb_folder_to_gray_uses_luma(tmp_path: Path) -> None:
@@ -118,5 +119,5 @@ def test_rgb_folder_to_gray_uses_luma(tmp_path: Path) -> None:
     arr[...] = (255, 0, 0)
     (tmp_path / "r").mkdir()
     Image.fromarray(arr).save(tmp_path / "r" / "red.png")
-    gray = load_image_folder(tmp_path, image_size=4, channels=1)
+    gray = load_folder(tmp_path, TargetFormat(4, 1), progress=False).data
     assert int(gray.images.max()) == 76 and int(gray.images.min()) == 76

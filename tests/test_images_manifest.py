@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.datasets import DataNotFound
-from shared.images.errors import ImageDecodeError, ImageSourceError
+from shared.images.errors import DataNotFound, ImageDecodeError, ImageSourceError
 from shared.images.manifest import load_manifest, read_manifest
 from shared.images.resize import TargetFormat
 from tests.test_images_dicom import write_dicom

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.datasets import DataNotFound
+from shared.images.errors import DataNotFound
 from shared.images.named import canonical_name, load_named
 from shared.images.source import ImageSource, load_source
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.datasets import ImageSet, save_npz
 from shared.images import ClassMismatchError, ImageSource, check_same_classes, load_source, load_sources_matching
+from shared.images.image_set import ImageSet
+from shared.images.npz import save_npz
 from tests.conftest import random_image_set
 
 

@@ -14,7 +14,8 @@ from distiller_node.sampling import SamplingConfig, effective_group_size, make_p
 from owner_node.data import PrivateData
 from owner_node.randomness import SecureRandom
 from owner_node.service import OwnerService
-from shared.datasets import ImageSet, save_npz
+from shared.images.image_set import ImageSet
+from shared.images.npz import save_npz
 from shared.messages import ErrorReply, FeatureReply, OwnerInfo
 from shared.protocol import decode, encode
 from tests.conftest import feature_request, make_owner_config

@@ -14,8 +14,9 @@ from deploy.cli import main
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
 from distiller_node.optimisation import OptimisationConfig, initial_state
 from owner_node.ledger import Ledger
-from shared.datasets import DataNotFound, fashion_mnist_root
 from shared.evaluation import krr_accuracy
+from shared.images.errors import DataNotFound
+from shared.images.fashion_mnist import fashion_mnist_root
 from shared.moments import pack_moments, unpack_moments
 from shared.protocol import decode
 from shared.scattering import scattering_features

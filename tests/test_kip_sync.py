@@ -19,7 +19,8 @@ from distiller_node.optimisation import initial_state
 from distiller_node.sampling import SamplingConfig, make_plan
 from owner_node.kip_mechanism import adam_update
 from owner_node.ledger import Ledger
-from shared.datasets import DataNotFound, fashion_mnist_root
+from shared.images.errors import DataNotFound
+from shared.images.fashion_mnist import fashion_mnist_root
 from shared.messages import ErrorReply, KipStepReply, KipStepRequest
 from shared.protocol import ProtocolError, decode, encode
 from shared.statistic import KIP_SYNC

@@ -1,8 +1,11 @@
 """The architecture's import rules: the two nodes meet only through the protocol in ``shared/``.
 
-``distiller_node`` never imports ``owner_node`` (nor the reverse), ``shared`` imports neither, and
-none of the three imports the launchers (``deploy``) or the benchmarks. Every import counts,
-including those inside functions.
+``distiller_node`` never imports ``owner_node`` (nor the reverse), ``shared`` imports neither, none of
+the three imports the launchers (``deploy``) or the benchmarks, and ``deploy`` does not import the
+benchmarks (they run the system, so they sit above it: ``dpdistill-bench`` is their own entry point).
+Within a package no two modules import each other, directly or around a longer loop (issue 28.5:
+``shared/datasets.py`` and ``shared/images/``, ``images/decode.py`` and ``images/dicom.py`` did).
+Every import counts, including those inside functions.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ FORBIDDEN = {
     "owner_node": {"distiller_node"} | LAUNCHERS,
     "distiller_node": {"owner_node"} | LAUNCHERS,
     "shared": {"owner_node", "distiller_node"} | LAUNCHERS,
+    "deploy": {"benchmarks"},
 }
+ACYCLIC = ("shared", "owner_node", "distiller_node", "deploy", "benchmarks")
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -48,6 +53,100 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     assert imported_packages(module) == {"owner_node", "deploy"}
 
 
+def module_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """Each module of ``package`` (under ``root``) and the modules of that package it imports, anywhere in
+    its body. ``from a.b import c`` points at ``a.b.c`` when that is a module, else at ``a.b``; importing a
+    module is not counted as importing its parent packages' ``__init__``. Imports under ``if TYPE_CHECKING:``
+    never run (they name a type for an annotation) and are left out."""
+    modules = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        targets = set()
+        tree = ast.parse(path.read_text(), filename=str(path))
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+            for stmt in node.body
+            for inner in ast.walk(stmt)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):  # ``import a.b.c`` runs a.b.c, which may be a package
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: from the module's own package, one level up per extra dot
+                    base = name.split(".")[: len(name.split(".")) - node.level + (1 if is_package else 0)]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                for alias in node.names:
+                    targets.add(f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules in order, the first repeated at the end), or None if there is none."""
+    state: dict[str, str] = {}  # "open" while on the current path, "done" once fully explored
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize("package", ACYCLIC)
+def test_no_module_imports_itself_around_a_loop(package: str) -> None:
+    graph = module_graph(ROOT, package)
+    assert graph, f"no modules found in {package}/"
+    cycle = find_cycle(graph)
+    assert cycle is None, f"import cycle in {package}/: {' -> '.join(cycle)}"
+
+
+def test_the_images_layer_sits_below_datasets() -> None:
+    """shared/images/ holds ImageSet, DataNotFound and every reader; shared/datasets.py uses them, never the reverse."""
+    graph = module_graph(ROOT, "shared")
+    images = {m for m in graph if m == "shared.images" or m.startswith("shared.images.")}
+    assert not [m for m in images if "shared.datasets" in graph[m]]
+    assert "shared.images.image_set" in graph["shared.datasets"]
+    assert not {"shared.images.decode"} & (graph["shared.images.dicom"] | graph["shared.images.nifti"])
+
+
+def test_the_cycle_checker_finds_a_loop_through_a_function_and_a_relative_import(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("from . import c\n")
+    (pkg / "sub" / "c.py").write_text("def f():\n    import pkg.a\n")
+    (pkg / "d.py").write_text("from pkg.a import thing\nimport os\nif TYPE_CHECKING:\n    from pkg.sub.c import T\n")
+    graph = module_graph(tmp_path, "pkg")
+    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.sub.b"] == {"pkg.sub.c"} and graph["pkg.d"] == {"pkg.a"}
+    assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]
+    (pkg / "sub" / "c.py").write_text("import os\n")  # the loop broken: d -> a -> b -> c, and c imports none
+    assert find_cycle(module_graph(tmp_path, "pkg")) is None
+
+
 def test_the_command_line_answers_help_without_torch_or_opacus() -> None:
     """Issue 28.4: `dpdistill --help` imported everything (11.6 s of CPU, 880 MB); heavy modules are
     imported only where a command runs."""
@@ -56,6 +155,19 @@ def test_the_command_line_answers_help_without_torch_or_opacus() -> None:
 
     code = (
         "import sys; from deploy.cli import build_parser; build_parser(); "
+        "heavy = [m for m in ('torch', 'opacus', 'torchvision', 'kymatio') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_measuring_command_answers_help_without_torch() -> None:
+    """``dpdistill-bench --help`` is as light as ``dpdistill --help``: each benchmark imports what it runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from benchmarks.cli import build_parser; build_parser(); "
         "heavy = [m for m in ('torch', 'opacus', 'torchvision', 'kymatio') if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from benchmarks.membership import membership_benchmark, roc, tpr_at
-from shared.datasets import DataNotFound, fashion_mnist_root
+from shared.images.errors import DataNotFound
+from shared.images.fashion_mnist import fashion_mnist_root
 
 
 def test_roc_auc_and_tpr_at_low_fpr() -> None:

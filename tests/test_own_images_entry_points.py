@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.cli import main as bench_main
 from deploy.cli import main
 from deploy.example_images import write_example
 from deploy.flower_app.dpdistill_flower.server_app import run_settings
@@ -24,7 +25,7 @@ from deploy.simulation import prepare_owners
 from distiller_node.client import OwnerClient
 from distiller_node.pipeline import run_distillation
 from owner_node.config import Limits, OwnerConfig, ServiceConfig, write_config
-from shared.datasets import load_npz, save_npz
+from shared.images.npz import load_npz, save_npz
 from shared.images.source import ImageSource
 from shared.rpc.channel import OwnerChannel, OwnerEndpoint
 from tests.owner_process import free_port, start_owner_service, stop_owner_service, wait_ready
@@ -132,10 +133,10 @@ def test_audit_takes_a_users_images_without_an_owner_config(digits32: Path, tmp_
     args = ["audit", "--out", str(tmp_path / "audit"), "--data", str(digits32 / "train.csv"), "--aux",
             str(digits32 / "aux"), "--image-size", "32", "--channels", "1", "--trials", "30",
             "--private-per-class", "4", "--subspace-dim", "8", "--width", "8", "--no-progress"]  # fmt: skip
-    assert main(args) in (0, 1)  # 30 trials: the verdict is weak, but the game ran on these images
+    assert bench_main(args) in (0, 1)  # 30 trials: the verdict is weak, but the game ran on these images
     result = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert result["config"]["network"]["image_size"] == 32 and result["config"]["network"]["depth"] == 3
-    assert main(["audit", "--out", str(tmp_path / "b"), "--data", str(digits32 / "train")]) == 2
+    assert bench_main(["audit", "--out", str(tmp_path / "b"), "--data", str(digits32 / "train")]) == 2
     assert "--aux" in capsys.readouterr().err
 
 
@@ -143,7 +144,7 @@ def test_speed_benchmark_on_a_users_images(digits32: Path, tmp_path: Path) -> No
     args = ["speed", "--json", str(tmp_path / "speed.json"), "--data", str(digits32 / "train"), "--aux",
             str(digits32 / "aux"), "--image-size", "32", "--channels", "1", "--width", "8", "--subspace-dim",
             "8", "--draws", "2", "--iterations", "3"]  # fmt: skip
-    assert main(args) == 0
+    assert bench_main(args) == 0
     result = json.loads((tmp_path / "speed.json").read_text())
     assert result["settings"]["image_shape"] == [1, 32, 32] and result["sampling_s_per_draw"] > 0
     assert result["machine"]

@@ -12,7 +12,8 @@ from PIL import Image
 from owner_node.config import OwnerConfig, write_config
 from owner_node.data import public_normalization
 from owner_node.service import OwnerService
-from shared.datasets import ImageSet, save_npz
+from shared.images.image_set import ImageSet
+from shared.images.npz import save_npz
 from shared.messages import FeatureReply
 from shared.protocol import decode, encode
 from tests.conftest import SPEC, feature_request, make_owner_config

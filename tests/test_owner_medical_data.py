@@ -149,7 +149,7 @@ def test_simulated_owners_get_the_read_policy_and_patient_source(tmp_path: Path)
     import torch
 
     from deploy.simulation import prepare_owners
-    from shared.datasets import ImageSet
+    from shared.images.image_set import ImageSet
     from shared.images.source import source_for_path
 
     _dicom_folder(tmp_path / "data")

@@ -22,7 +22,7 @@ from deploy.flower_app.dpdistill_flower.client_app import answer
 from owner_node.config import OwnerConfig, ServiceConfig, write_config
 from shared.messages import BudgetReport, BudgetRequest
 from shared.protocol import decode, encode
-from shared.rpc.channel import METHODS, V1_SERVICE, OwnerChannel, OwnerEndpoint
+from shared.rpc.channel import RPC_METHODS, V1_SERVICE, OwnerChannel, OwnerEndpoint
 from shared.rpc.errors import ERROR_CODE_KEY, OwnerCallError
 from shared.rpc.flower_records import pack_call, unpack_reply
 from tests.conftest import make_owner_config
@@ -135,7 +135,7 @@ def test_a_certificate_of_its_own_ca_under_another_name_is_refused_on_every_rpc(
     assert "CN=relay-intruder" in err.message and "relay-a" not in err.message  # the allowed names stay private
     channel = OwnerChannel(owner_a.endpoint("intruder"), timeout_s=30)
     try:
-        for method in METHODS:
+        for method in RPC_METHODS:
             with pytest.raises(OwnerCallError) as each:
                 channel.call(method, b"anything")
             assert each.value.code == "peer_not_allowed", method
@@ -156,7 +156,7 @@ def test_a_certificate_of_its_own_ca_under_another_name_is_refused_on_every_rpc(
     ledger = Ledger(OwnerConfig.load(owner_a.config_path).ledger_path)
     refused = [r for r in ledger.audit_rows() if r.code == "peer_not_allowed"]
     ledger.close()
-    assert len(refused) >= len(METHODS) + 2 and all("CN=relay-intruder" in r.peer for r in refused)
+    assert len(refused) >= len(RPC_METHODS) + 2 and all("CN=relay-intruder" in r.peer for r in refused)
 
 
 def test_a_name_imitating_the_relay_is_refused_and_logged_escaped(owner_a) -> None:

@@ -18,7 +18,7 @@ from owner_node.data import PrivateData, holdout_split, load_owner_images, patie
 from owner_node.mechanism import clean_class_sums, patient_clipped_sums
 from owner_node.randomness import SecureRandom
 from owner_node.service import OwnerService
-from shared.datasets import ImageSet
+from shared.images.image_set import ImageSet
 from shared.messages import ErrorReply, FeatureReply
 from shared.networks import NetworkSpec, build_network, freeze
 from shared.protocol import decode, encode
@@ -152,7 +152,7 @@ def test_a_run_against_a_patient_mode_owner_reports_patient_level_privacy(tmp_pa
     from deploy.run_settings import RunSettings
     from distiller_node.client import OwnerClient
     from distiller_node.pipeline import run_distillation
-    from shared.datasets import load_npz
+    from shared.images.npz import load_npz
 
     config = _manifest_owner(tmp_path, epsilon=10.0)
     service = OwnerService(config)

@@ -23,7 +23,7 @@ from distiller_node.pipeline import run_distillation
 from owner_node.config import OwnerConfig
 from owner_node.load_summary import SUMMARY_FILE
 from owner_node.service import OwnerService
-from shared.datasets import load_npz, save_npz
+from shared.images.npz import load_npz, save_npz
 from shared.progress import PlainProgress, progress_bar
 from shared.signal_to_noise import LOW_SNR, class_snr, low_classes
 from tests.conftest import make_owner_config, random_image_set
@@ -183,6 +183,18 @@ def test_dry_run_prints_the_plan_and_spends_nothing(tmp_path: Path, capsys: pyte
     assert "dry run: no owner was asked to hold budget" in capsys.readouterr().out
 
 
+def test_deploy_local_dry_run_prints_the_plan_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``deploy-local --dry-run`` read its run settings as a dict after they became ``RunSettings`` (an
+    AttributeError before any plan); it plans with the owners set up in a scratch folder."""
+    args = _simulate_args(tmp_path, "--dry-run")
+    args = ["deploy-local", *[a for a in args[1:] if a != "--no-progress"]]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for words in ("plan for owner", "sigma=", "planned epsilon="):
+        assert words in out, words
+    assert not list((tmp_path / "run").rglob("ledger.sqlite"))  # no owner set up, nothing spent
+
+
 # ---------------------------------------------------------------- part 6: outputs people look at
 
 
@@ -217,15 +229,3 @@ def test_grid_rows_are_labelled_and_the_loss_curve_reads_at_any_length(tmp_path:
     for n in (1, 5, 40, 3000):
         plot_loss(tmp_path / f"loss{n}.png", [1.0 / (i + 1) for i in range(n)])
         assert (tmp_path / f"loss{n}.png").stat().st_size > 0
-
-
-def test_deploy_local_dry_run_plans_through_the_same_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """``deploy-local --dry-run`` builds its run from the Flower run config (RunSettings) and spends nothing
-    (it crashed once the run config became a typed table)."""
-    args = _simulate_args(tmp_path, "--dry-run")
-    args = ["deploy-local", *[a for a in args[1:] if a != "--no-progress"]]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    for words in ("plan for owner", "sigma=", "planned epsilon=", "signal-to-noise"):
-        assert words in out, words
-    assert not list((tmp_path / "run").rglob("ledger.sqlite"))

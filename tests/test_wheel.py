@@ -106,6 +106,8 @@ def test_wheel_installs_whole_into_an_empty_environment(tmp_path: Path) -> None:
     assert done.stdout.strip() == str(len(modules))
     helped = subprocess.run([str(venv / "bin" / "dpdistill"), "--help"], capture_output=True, text=True, **run)
     assert "owner-serve" in helped.stdout
+    measured = subprocess.run([str(venv / "bin" / "dpdistill-bench"), "--help"], capture_output=True, text=True, **run)
+    assert "bench-frontier" in measured.stdout
 
 
 def test_the_cli_imports_no_torchvision() -> None:

@@ -28,10 +28,16 @@ CACHE_FORMAT_VERSION = 2  # 2: volumes as slices, invalid windows, files ignored
 CACHE_CHECKS = ("stat", "content")
 
 
-def default_cache_dir() -> Path:
-    """``$DPDISTILL_DATA_CACHE/images``, else ``~/.cache/dpdistill/images`` (beside the datasets cache)."""
+def data_cache_root() -> Path:
+    """``$DPDISTILL_DATA_CACHE``, else ``~/.cache/dpdistill``: where downloaded datasets (Fashion-MNIST,
+    torchvision's) and, under ``images/``, decoded images are kept."""
     root = os.environ.get("DPDISTILL_DATA_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "dpdistill") / "images"
+    return Path(root) if root else Path.home() / ".cache" / "dpdistill"
+
+
+def default_cache_dir() -> Path:
+    """``data_cache_root()/images``: decoded images, beside the datasets."""
+    return data_cache_root() / "images"
 
 
 def file_fingerprints(files: Sequence[Path], check: str = "stat", base: Path | None = None) -> list[list]:

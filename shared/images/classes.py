@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from shared.datasets import ImageSet
 from shared.identifiers import distinct_identifiers, normalise_identifier
 from shared.images.errors import ClassMismatchError, ImageSourceError
+from shared.images.image_set import ImageSet
 
 _CHUNKS = re.compile(r"(\d+)")
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.datasets import ImageSet
 from shared.images.cache import CachedImages, ImageCache, cache_key, file_fingerprints, listing_material
 from shared.images.decode import decode_slices
 from shared.images.errors import ImageDecodeError, ImageSourceError, NotAnImage
+from shared.images.image_set import ImageSet
 from shared.images.policy import ReadPolicy
 from shared.images.report import LoadReport, LoadResult, count_reasons
 from shared.images.resize import TargetFormat

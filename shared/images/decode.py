@@ -14,8 +14,8 @@ Rules (each is the documented behaviour the tests pin):
   Float images with NaN or infinity are refused. (Pillow itself reads 16-bit-per-channel RGB PNGs
   as 8-bit RGB by keeping the high byte: a fixed rule that does not clip either.)
 * A multi-page TIFF (a stack or volume) is refused; other multi-frame files give their first frame.
-* Decompression bombs: a file whose header declares more than ``MAX_IMAGE_PIXELS`` pixels is
-  refused before its pixel data is read; Pillow's own ``DecompressionBombWarning`` and
+* Decompression bombs: a file whose header declares more than ``MAX_IMAGE_PIXELS`` pixels (``shared.images.pixels``)
+  is refused before its pixel data is read; Pillow's own ``DecompressionBombWarning`` and
   ``DecompressionBombError`` become ``ImageDecodeError`` too. Pillow's global settings
   (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``) are not changed; the warning is
   caught with ``warnings.catch_warnings``, which is not thread-safe, so decode from one thread.
@@ -28,9 +28,7 @@ NIfTI volumes (``.nii``, ``.nii.gz``) to ``shared.images.nifti``; a volume gives
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,15 +36,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from shared.images.errors import ImageDecodeError
+from shared.images.pixels import MAX_IMAGE_PIXELS, check_pixel_count, stretch_to_uint8
 from shared.images.policy import ReadPolicy
 
-# Pillow's own default warning threshold (about 0.25 GiB of 24-bit pixels): far above any image a
-# distillation needs, low enough that a hostile header cannot make the owner allocate gigabytes.
-MAX_IMAGE_PIXELS = 89_478_485
-# A volume (multi-frame DICOM, NIfTI) is read whole at its stored type, then sliced: 2**28 voxels
-# (a 512 x 512 x 1024 CT, 512 MiB at 16 bits) bounds what one file may make the owner allocate.
-MAX_VOLUME_VOXELS = 2**28
-MAX_SLICES = 4096
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -77,41 +69,6 @@ def is_nifti(path: str | Path) -> bool:
 def is_image_file(path: str | Path) -> bool:
     """A file this layer can decode: a known image extension (any case), a NIfTI volume or a DICOM file."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS or is_nifti(path) or is_dicom(path)
-
-
-def check_pixel_count(path: str | Path, width: int, height: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-    if width * height > max_pixels:
-        raise ImageDecodeError(
-            path,
-            f"declares {width} x {height} = {width * height:,} pixels, above the limit of {max_pixels:,} "
-            "(decompression-bomb guard)",
-        )
-
-
-def value_range(arrays: Iterable[np.ndarray], path: str | Path = "<array>") -> tuple[float, float]:
-    """(min, max) over ``arrays`` (a volume's slices); NaN or infinity refused."""
-    lo, hi = math.inf, -math.inf
-    for values in arrays:
-        values = np.asarray(values)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise ImageDecodeError(path, f"holds {int((~np.isfinite(values)).sum())} NaN or infinite values")
-        if values.size:
-            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
-    return (lo, hi) if lo <= hi else (0.0, 0.0)
-
-
-def stretch_to_uint8(
-    values: np.ndarray, path: str | Path = "<array>", lo: float | None = None, hi: float | None = None
-) -> np.ndarray:
-    """Map an image's own value range (or the volume's ``lo``..``hi``) linearly onto 0..255; constant -> 0."""
-    values = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise ImageDecodeError(path, f"holds {int((~np.isfinite(values)).sum())} NaN or infinite values")
-    if lo is None or hi is None:
-        lo, hi = value_range([values], path)
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.rint((values - lo) * 255.0 / (hi - lo)).astype(np.uint8)
 
 
 def composite_on_black(image: Image.Image) -> Image.Image:

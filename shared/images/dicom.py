@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 
 from shared.identifiers import normalise_identifier
-from shared.images.decode import (
+from shared.images.errors import IGNORED_DICOMDIR, IGNORED_NO_PIXELS, ImageDecodeError, NotAnImage
+from shared.images.pixels import (
     MAX_IMAGE_PIXELS,
     MAX_SLICES,
     MAX_VOLUME_VOXELS,
@@ -35,7 +36,6 @@ from shared.images.decode import (
     stretch_to_uint8,
     value_range,
 )
-from shared.images.errors import IGNORED_DICOMDIR, IGNORED_NO_PIXELS, ImageDecodeError, NotAnImage
 from shared.images.policy import ReadPolicy
 
 _PROBE = np.array([-1e30, 1e30])  # far outside any pixel value: VOI functions map these to their output bounds

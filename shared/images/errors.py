@@ -1,13 +1,17 @@
 """Errors of the image-loading layer: each message names the file, row or class folder at fault.
 
 All are ``ValueError``s (bad input, not a bug), so callers that already turn ``ValueError`` into a
-user-facing refusal keep working. A missing root folder or file raises ``shared.datasets.DataNotFound``
-instead, like the other readers.
+user-facing refusal keep working. A missing root folder or file raises ``DataNotFound`` instead, for
+every reader alike.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+
+class DataNotFound(RuntimeError):
+    """No copy of a dataset could be found or fetched; the message says how to provide one."""
 
 
 class ImageDecodeError(ValueError):

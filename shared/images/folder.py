@@ -24,7 +24,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.datasets import DataNotFound
 from shared.identifiers import normalise_identifier
 from shared.images.cache import ImageCache
 from shared.images.classes import natural_key, resolve_classes
@@ -35,6 +34,7 @@ from shared.images.errors import (
     IGNORED_HIDDEN,
     IGNORED_NOT_IMAGE,
     IGNORED_OUTSIDE_CLASS,
+    DataNotFound,
     ImageSourceError,
 )
 from shared.images.policy import ReadPolicy

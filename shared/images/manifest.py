@@ -22,12 +22,11 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.datasets import DataNotFound
 from shared.identifiers import normalise_identifier
 from shared.images.cache import ImageCache
 from shared.images.classes import resolve_classes
 from shared.images.collection import Listing, load_listing
-from shared.images.errors import ImageSourceError
+from shared.images.errors import DataNotFound, ImageSourceError
 from shared.images.policy import ReadPolicy
 from shared.images.report import LoadResult
 from shared.images.resize import TargetFormat

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.datasets import DataNotFound, ImageSet
-from shared.images.errors import ImageSourceError
+from shared.images.errors import DataNotFound, ImageSourceError
+from shared.images.image_set import ImageSet
 
 MEDMNIST_SPLITS = ("train", "val", "test")
 

@@ -8,13 +8,14 @@ torchvision maps SVHN's digit 0, stored as 10, to label 0).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from shared.datasets import DataNotFound, ImageSet
+from shared.images.cache import data_cache_root
+from shared.images.errors import DataNotFound
+from shared.images.image_set import ImageSet
 
 NAMED_DATASETS = ("MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "SVHN")
 _LAYOUT = {
@@ -36,10 +37,6 @@ def canonical_name(name: str) -> str:
     raise ValueError(f"unknown dataset {name!r}; torchvision datasets supported: {', '.join(NAMED_DATASETS)}")
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("DPDISTILL_DATA_CACHE", Path.home() / ".cache" / "dpdistill"))
-
-
 def splits_of(name: str) -> tuple[str, ...]:
     return ("train", "test", "extra") if canonical_name(name) == "SVHN" else ("train", "test")
 
@@ -51,7 +48,7 @@ def load_named(name: str, root: str | Path | None = None, split: str = "train", 
     name = canonical_name(name)
     if split not in splits_of(name):
         raise ValueError(f"{name} has splits {splits_of(name)}, not {split!r}")
-    root = Path(root) if root is not None else default_root()
+    root = Path(root) if root is not None else data_cache_root()
     if name in _FOLDER and root.name == _FOLDER[name] and (root / "raw").is_dir():
         root = root.parent  # the user pointed at <root>/MNIST itself
     if not download and not root.is_dir():

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.images.decode import MAX_SLICES, MAX_VOLUME_VOXELS, check_pixel_count, stretch_to_uint8, value_range
 from shared.images.errors import ImageDecodeError
+from shared.images.pixels import MAX_SLICES, MAX_VOLUME_VOXELS, check_pixel_count, stretch_to_uint8, value_range
 from shared.images.policy import ReadPolicy
 
 NIFTI_DEFAULT_AXIS = 2  # axial, in RAS+ orientation

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from shared.datasets import ImageSet
+from shared.images.image_set import ImageSet
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.datasets import DataNotFound, ImageSet, load_fashion_mnist, load_npz
 from shared.identifiers import distinct_identifiers
 from shared.images.cache import CACHE_CHECKS, ImageCache
 from shared.images.classes import check_same_classes
+from shared.images.errors import DataNotFound
+from shared.images.fashion_mnist import load_fashion_mnist
 from shared.images.folder import load_folder
+from shared.images.image_set import ImageSet
 from shared.images.manifest import load_manifest
 from shared.images.medmnist import MEDMNIST_SPLITS, load_medmnist
 from shared.images.named import NAMED_DATASETS, load_named, splits_of
+from shared.images.npz import load_npz
 from shared.images.policy import ReadPolicy
 from shared.images.report import LoadResult, report_for
 from shared.images.resize import TargetFormat, check_resize_policy, convert_array_images

@@ -6,7 +6,6 @@ torch, numpy or any access to the data.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import ssl
 from dataclasses import dataclass
@@ -15,73 +14,14 @@ from pathlib import Path
 import grpc
 
 from shared.rpc import owner_pb2
+from shared.rpc.address import is_loopback
 from shared.rpc.errors import OwnerCallError, error_from_rpc
 
 # The service and its RPCs as owner.proto defines them; every call carries one serialised Message.
 SERVICE = owner_pb2.DESCRIPTOR.services_by_name["Owner"].full_name
-METHODS = tuple(m.name for m in owner_pb2.DESCRIPTOR.services_by_name["Owner"].methods)
+RPC_METHODS = tuple(m.name for m in owner_pb2.DESCRIPTOR.services_by_name["Owner"].methods)
 V1_SERVICE = "dpdistill.owner.v1.Owner"  # version 1 (JSON + npz inside an Envelope): refused by name
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-
-
-def _valid_port(port: str) -> bool:
-    return port.isascii() and port.isdigit() and int(port) <= 65535
-
-
-def _split_host(address: str) -> tuple[str, bool] | None:
-    """``(host, is_bracketed)`` of ``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 literal."""
-    if address.startswith("["):
-        end = address.find("]")
-        if end < 0:
-            return None
-        rest = address[end + 1 :]
-        if rest and not (rest.startswith(":") and _valid_port(rest[1:])):
-            return None
-        return address[1:end], True
-    if address.count(":") == 1:
-        host, port = address.split(":")
-        return (host, False) if _valid_port(port) else None
-    return address, False  # no port, or a bare IPv6 literal such as ``::1``
-
-
-def is_loopback(address: str) -> bool:
-    """Whether ``address`` can only reach this machine, so plaintext is acceptable there.
-
-    Only literals count: an IPv4 address in 127.0.0.0/8, ::1 (or an IPv4-mapped 127/8), the name
-    ``localhost``, or a ``unix:`` socket. Any other host name (``127.evil.example``) is resolved by DNS
-    and could point anywhere, and a malformed literal (``127.1``, ``127.0.0.256``) is refused: such
-    addresses need TLS.
-    """
-    if address.startswith("unix:"):
-        return True
-    split = _split_host(address)
-    if split is None:
-        return False
-    host, bracketed = split
-    if not bracketed and host.lower() == "localhost":
-        return True
-    try:
-        ip = ipaddress.IPv6Address(host) if bracketed else ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
-
-
-def split_address(address: str) -> tuple[str, int] | None:
-    """``(host, port)`` of a TCP address as gRPC reads it (port 443 when none is given); None for ``unix:``."""
-    if address.startswith("unix:"):
-        return None
-    split = _split_host(address)
-    if split is None:
-        return None
-    host, bracketed = split
-    if bracketed:
-        port = address.rsplit("]", 1)[1].lstrip(":")
-    else:
-        port = address.split(":")[1] if address.count(":") == 1 else ""
-    return host, int(port) if port else 443
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -169,12 +109,12 @@ class OwnerChannel:
             self._channel = grpc.secure_channel(endpoint.address, creds, options=options)
         # The bytes go out and come back as they are: they already are serialised Messages, and the
         # relay forwarding them needs neither to parse them nor to know their kinds.
-        self._calls = {m: self._channel.unary_unary(f"/{SERVICE}/{m}") for m in METHODS}
+        self._calls = {m: self._channel.unary_unary(f"/{SERVICE}/{m}") for m in RPC_METHODS}
         self.timeout_s = timeout_s
 
     def _rpc(self, method: str) -> grpc.UnaryUnaryMultiCallable:
-        if method not in METHODS:
-            raise OwnerCallError("wrong_method", f"unknown owner RPC {method!r}; expected one of {METHODS}")
+        if method not in RPC_METHODS:
+            raise OwnerCallError("wrong_method", f"unknown owner RPC {method!r}; expected one of {RPC_METHODS}")
         return self._calls[method]
 
     def call(self, method: str, body: bytes) -> bytes:
@@ -190,7 +130,7 @@ class OwnerChannel:
         except grpc.RpcError as exc:
             error = error_from_rpc(exc)
         if error.code == "owner_unavailable" and self.endpoint.root_cert is not None:
-            from shared.rpc import tls_probe  # only on this failure path (it imports this module)
+            from shared.rpc import tls_probe  # only on this failure path
 
             error = tls_probe.diagnose(self.endpoint, error)
         raise error

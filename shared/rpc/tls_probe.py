@@ -23,7 +23,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
-from shared.rpc.channel import split_address
+from shared.rpc.address import split_address
 from shared.rpc.errors import OwnerCallError
 
 if TYPE_CHECKING:
