@@ -22,7 +22,7 @@ from owner_node.ledger import Ledger
 from shared.datasets import DataNotFound, fashion_mnist_root
 from shared.messages import ErrorReply, KipStepReply, KipStepRequest
 from shared.protocol import ProtocolError, decode, encode
-from shared.statistic import KIP_SYNC
+from shared.run_choices import KIP_SYNC
 from tests.conftest import NUM_CLASSES, kip_request
 from tests.second_accountant import check_reported
 
