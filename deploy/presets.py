@@ -163,6 +163,7 @@ def distiller_config(
 ) -> DistillerConfig:
     """A preset's values, replaced by any override that is not None. ``precision`` ("float32" or
     "bf16") is that of the distiller's network passes, in optimisation and evaluation."""
+    from distiller_node.methods import distillation_method
     from distiller_node.optimisation import OptimisationConfig
     from distiller_node.pipeline import DistillerConfig
     from distiller_node.sampling import SamplingConfig
@@ -190,7 +191,7 @@ def distiller_config(
             seed=seed,
             signal=p["signal"],
             # KIP matches moments of the images themselves (DSA belongs to the ConvNet-matching methods).
-            augmentation="none" if p["signal"] in ("kip", "kip-sync") else SamplingConfig.augmentation,
+            augmentation=SamplingConfig.augmentation if distillation_method(p["signal"]).augmentable else "none",
         ),
         optimisation=OptimisationConfig(
             ipc=ipc,
