@@ -21,10 +21,9 @@ from distiller_node.report import format_report, privacy_report, write_report
 from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan
 from distiller_node.signal_store import atomic_write
 from shared.accounting import DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
-from shared.augmentation import parse_strategy
 from shared.datasets import ImageSet, to_float
 from shared.device import use_device
-from shared.evaluation import EvaluationConfig, evaluate, krr_accuracy
+from shared.evaluation import EvaluationConfig, evaluate
 from shared.metrics import format_metrics, plot_confusion
 from shared.settings import bounded, check_settings
 from shared.subspace import content_hash
@@ -116,10 +115,7 @@ def run_distillation(
     torch_device, compute = use_device(device, cfg.optimisation.precision)
     clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
     method = distillation_method(cfg.sampling.signal)
-    if not method.augmentable and parse_strategy(cfg.sampling.augmentation):
-        raise ValueError(f"{method.name} is matched without augmentation: set the sampling augmentation to 'none'")
-    if method.single_owner and len(clients) != 1:
-        raise ValueError(f"{method.name} runs against exactly one owner")
+    method.check(cfg.sampling.augmentation, len(clients))
     out = Path(out)
     if not dry_run:
         out.mkdir(parents=True, exist_ok=True)
@@ -206,13 +202,8 @@ def run_distillation(
             torch_device,
         )
     krr = None
-    if method.scattering_krr and test is not None:
-        # The KIP method's own protocol: KRR on scattering features, full and (decoupled) as optimised.
-        test_x = to_float(test.images, info.normalization)
-        classes = len(info.class_names)
-        krr = {"scattering": krr_accuracy(train_x, train_y, test_x, test.labels, classes)}
-        if method.projection is not None:
-            krr["projected"] = krr_accuracy(train_x, train_y, test_x, test.labels, classes, method.projection)
+    if test is not None:
+        krr = method.own_scores(train_x, train_y, test, info.normalization, len(info.class_names))
     timings["evaluation_s"] = time.perf_counter() - t0
     rss["after_evaluation"] = peak_rss_mb()
 
@@ -272,9 +263,5 @@ def run_distillation(
         )
         print(format_metrics(result.metrics))
     if krr is not None:
-        projected = f", {100 * krr['projected']:.2f}% (projected, k={plan.subspace_dim})" if "projected" in krr else ""
-        print(
-            "test accuracy (KRR on scattering features, synthetic set as support): "
-            f"{100 * krr['scattering']:.2f}% (full features){projected}"
-        )
+        print(method.format_scores(krr, plan.subspace_dim))
     return results
