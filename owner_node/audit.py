@@ -24,11 +24,12 @@ from owner_node.audit_verdict import AuditResult, lower_bound
 from owner_node.data import PrivateData
 from owner_node.kip_mechanism import ADAM_BETAS, KipStepMechanism
 from owner_node.mechanism import FeatureMechanism
-from shared.accounting import SampledGaussianEvent, epsilon
+from shared.accounting import epsilon
 from shared.datasets import ImageSet
 from shared.kip import DEFAULT_REG, centred_one_hot, iter_per_example_image_gradients
 from shared.messages import FeatureRequest, KipStepRequest
 from shared.networks import NetworkSpec
+from shared.privacy_event import SampledGaussianEvent
 from shared.progress import progress_bar
 from shared.run_choices import KIP_SYNC, METHODS
 from shared.scattering import scattering_features

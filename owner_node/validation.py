@@ -14,10 +14,10 @@ import numpy as np
 from owner_node.config import Limits
 from owner_node.data import PrivateData
 from owner_node.randomness import inclusion_threshold
-from shared.accounting import SampledGaussianEvent
 from shared.augmentation import parse_strategy
 from shared.kip_shapes import SCATTER_J, scatterable
 from shared.messages import FeatureRequest, KipStepRequest
+from shared.privacy_event import SampledGaussianEvent
 from shared.signals import get_signal_kind
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # used with fullmatch: "$" would let a trailing newline in
