@@ -215,7 +215,7 @@ class CanaryGame(DistinguishingGame):
             signal=config.signal,
         )
         if get_signal_kind(config.signal).needs_labels and aux_labels is None:
-            raise ValueError(f"auditing {config.signal} signals needs the auxiliary set's labels (for its subspace)")
+            raise ValueError(f"auditing {config.signal!r} signals needs the auxiliary set's labels (for its subspace)")
         if config.subspace_dim > len(aux_images) - 1:  # as the owner service refuses it (shared.subspace.fit_subspace)
             raise ValueError(
                 f"subspace_dim {config.subspace_dim} needs at least {config.subspace_dim + 1} auxiliary images, "

@@ -133,9 +133,9 @@ class FeatureMechanism:
         """The public network and its public basis (None when ``k`` is 0: no projection)."""
         if not get_signal_kind(signal).uses_network:  # one projection for every draw, fitted on the CPU
             net = freeze(build_network(spec, seed))
-            if (signal, k) not in self._shared_projections:
+            if k and (signal, k) not in self._shared_projections:
                 self._shared_projections[signal, k] = public_subspace(net, self.aux_images.cpu(), k, signal)
-            return net, self._shared_projections[signal, k]
+            return net, self._shared_projections[signal, k] if k else None
         net = freeze(build_network(spec, seed, self.device))
         if k == 0:
             return net, None
