@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from shared.kip import centred_one_hot, clipped_gradient_sum, synthetic_labels
-from shared.moments import moment_dim, pack_moments
+from shared.kip_shapes import moment_dim
+from shared.moments import pack_moments
 from shared.scattering import scattering_features
 from shared.statistic import class_sums, clip_rows, kip_projection
 

@@ -99,7 +99,7 @@ def owner_memory(config_path: Path, probes: tuple[tuple[int, int, int], ...] = M
     from shared.messages import FeatureRequest
     from shared.networks import NetworkSpec
     from shared.protocol import decode, encode
-    from shared.statistic import signal_dim
+    from shared.signals import get_signal_kind
 
     service = OwnerService(OwnerConfig.load(config_path))
     result = {"benchmark": "owner_memory", "after_load_mb": peak_rss_mb(), "num_aux": service.num_aux, "probes": []}
@@ -120,7 +120,7 @@ def owner_memory(config_path: Path, probes: tuple[tuple[int, int, int], ...] = M
             )
             t0 = time.perf_counter()
             reply = decode(service.handle(encode(request)))
-            params = signal_dim(spec, "gradients")
+            params = get_signal_kind("gradients").signal_dim(spec)
             result["probes"].append(
                 {
                     "width": width,

@@ -76,6 +76,7 @@ class RunSettings:
 
     def distiller_config(self) -> DistillerConfig:
         """The run these settings describe: the preset's values, each replaced by a field that is set."""
+        from distiller_node.methods import distillation_method
         from distiller_node.optimisation import OptimisationConfig
         from distiller_node.pipeline import DistillerConfig
         from distiller_node.sampling import SamplingConfig
@@ -98,7 +99,7 @@ class RunSettings:
                 seed=self.seed,
                 signal=p["signal"],
                 # KIP matches moments of the images themselves (DSA belongs to the ConvNet-matching methods).
-                augmentation="none" if p["signal"] in ("kip", "kip-sync") else SamplingConfig.augmentation,
+                augmentation=SamplingConfig.augmentation if distillation_method(p["signal"]).augmentable else "none",
             ),
             optimisation=OptimisationConfig(
                 ipc=self.ipc,

@@ -27,6 +27,7 @@ from shared.messages import (
 )
 from shared.protocol import decode, encode
 from shared.rpc.errors import OwnerCallError
+from shared.signals import get_signal_kind
 
 Transport = Callable[[str, bytes], bytes]
 
@@ -98,7 +99,8 @@ class OwnerClient:
         reply = decode(raw)
         if not isinstance(reply, FeatureReply) or reply.request_id != request.request_id:
             raise RuntimeError("owner answered with something other than the reply to this request")
-        if reply.noisy_sums.shape[0] != request.num_draws or reply.noisy_sums.shape[2] != request.statistic_dim:
+        dim = get_signal_kind(request.signal).released_dim(request.network, request.subspace_dim)
+        if reply.noisy_sums.shape[0] != request.num_draws or reply.noisy_sums.shape[2] != dim:
             raise RuntimeError("owner's reply has the wrong shape for this request")
         return reply, raw
 

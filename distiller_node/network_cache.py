@@ -11,6 +11,7 @@ from collections import OrderedDict
 import torch
 
 from shared.networks import ConvNet, NetworkSpec, build_network, freeze
+from shared.signals import get_signal_kind
 from shared.statistic import public_subspace
 from shared.subspace import Subspace, basis_fingerprint
 
@@ -28,8 +29,9 @@ class NetworkCache:
     ):
         self.spec = spec
         # Networks, bases and the auxiliary set they are fitted from live on the optimisation's device
-        # (decoupled KIP's scattering stays on the CPU). Fingerprints are always on the CPU.
-        self.device = torch.device(device) if signal != "kip" else torch.device("cpu")
+        # (a kind without a network, such as decoupled KIP's scattering, stays on the CPU). Fingerprints
+        # are always on the CPU.
+        self.device = torch.device(device) if get_signal_kind(signal).uses_network else torch.device("cpu")
         self.aux_images = aux_images.to(self.device)
         self.aux_labels = aux_labels.to(self.device) if aux_labels is not None else None
         self.signal = signal

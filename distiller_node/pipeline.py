@@ -14,23 +14,19 @@ from pathlib import Path
 
 from distiller_node.client import OwnerClient
 from distiller_node.export import export_synthetic, plot_loss
-from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
-from distiller_node.kip_sync import first_request, run_kip_sync
-from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state, training_images
+from distiller_node.methods import Run, distillation_method
+from distiller_node.optimisation import OptimisationConfig, initial_state, training_images
 from distiller_node.plan_summary import format_plan, plan_summary
 from distiller_node.report import format_report, privacy_report, write_report
-from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan, run_sampling
-from distiller_node.signal_store import SignalStore, atomic_write
+from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan
+from distiller_node.signal_store import atomic_write
 from shared.accounting import MAX_EPSILON, MIN_DELTA
-from shared.augmentation import parse_strategy
 from shared.datasets import to_float
 from shared.device import use_device
-from shared.evaluation import EvaluationConfig, evaluate, krr_accuracy
+from shared.evaluation import EvaluationConfig, evaluate
 from shared.images.image_set import ImageSet
 from shared.metrics import format_metrics, plot_confusion
 from shared.settings import bounded, check_settings
-from shared.statistic import KIP_SYNC, public_subspace
 from shared.subspace import content_hash
 
 
@@ -120,10 +116,8 @@ def run_distillation(
     released and written nothing, and returns ``{"dry_run": True, "plan": ...}``."""
     torch_device, compute = use_device(device, cfg.optimisation.precision)
     clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
-    if cfg.sampling.signal in ("kip", KIP_SYNC) and parse_strategy(cfg.sampling.augmentation):
-        raise ValueError("KIP is matched without augmentation: set the sampling augmentation to 'none'")
-    if cfg.sampling.signal == KIP_SYNC and len(clients) != 1:
-        raise ValueError("synchronised DP-KIP runs against exactly one owner")
+    method = distillation_method(cfg.sampling.signal)
+    method.check(cfg.sampling.augmentation, len(clients))
     out = Path(out)
     if not dry_run:
         out.mkdir(parents=True, exist_ok=True)
@@ -173,49 +167,22 @@ def run_distillation(
     # Every owner accepts (and holds budget for) the whole run before its first release, so a run
     # never stops half-spent for a reason known at its start; a resumed run repeats this as a no-op.
     for o, client in enumerate(clients):
-        first = first_request(plan, state.images, opt_cfg.lr) if plan.signal == KIP_SYNC else None
-        accepted = client.reserve(plan.reservation(o, first))
+        accepted = client.reserve(plan.reservation(o, method.first_request(plan, state.images, opt_cfg.lr)))
         print(
             f"owner '{plan.owners[o].owner_id}' accepted the plan: {accepted.event.count} releases held; "
             f"committed epsilon {accepted.epsilon_committed:.4f} ({accepted.accountant.upper()}, "
             f"delta {accepted.delta:g})"
         )
-    projection = None
-    cache_stats: dict = {}
+    run = Run(
+        clients, plan, out, (aux_float, aux.labels), opt_cfg, info.clip_norm, torch_device, show_progress,
+        cfg.sampling.in_flight,
+    )  # fmt: skip
     t0 = time.perf_counter()
-    if plan.signal == KIP_SYNC:
-        # Synchronised DP-KIP: every step is a release at the owner; nothing is left to optimise here.
-        public = (aux_float, aux.labels)
-        state = run_kip_sync(clients[0], plan, state, opt_cfg.lr, out / "kip_steps", public, show_progress)
-        timings["sampling_s"] = time.perf_counter() - t0
-        rss["after_sampling"] = peak_rss_mb()
-        t0 = time.perf_counter()
-    else:
-        signals = run_sampling(clients, plan, SignalStore(out / "signals"), show_progress, cfg.sampling.in_flight)
-        timings["sampling_s"] = time.perf_counter() - t0
-        rss["after_sampling"] = peak_rss_mb()
-        t0 = time.perf_counter()
-    if plan.signal == "kip":
-        # Decoupled DP-KIP: one public projection for every draw; the releases are summed once.
-        projection = public_subspace(None, aux_float, plan.subspace_dim, "kip")
-        estimate = MomentEstimate.from_releases(signals.noisy_sums, signals.expected_counts)
-        state = KipDistiller(estimate, projection, opt_cfg, signals=signals).run(
-            state, out / "checkpoint.pt", show_progress
-        )
-    elif plan.signal != KIP_SYNC:
-        cache = NetworkCache(
-            plan.network,
-            aux_float,
-            plan.subspace_dim,
-            opt_cfg.cache_mb * 2**20,
-            plan.signal,
-            aux.labels,
-            torch_device,
-        )
-        distiller = Distiller(signals, cache, plan.augmentation, info.clip_norm, opt_cfg)
-        state = distiller.run(state, checkpoint=out / "checkpoint.pt", show_progress=show_progress)
-        cache_stats = {"hits": cache.hits, "misses": cache.misses, "bytes": cache.nbytes}
-        del distiller, cache  # the cached networks and bases (~110 MB by default) are not needed to evaluate
+    state = method.release(run, state)
+    timings["sampling_s"] = time.perf_counter() - t0
+    rss["after_sampling"] = peak_rss_mb()
+    t0 = time.perf_counter()
+    state = method.optimise(run, state)
     timings["optimisation_s"] = time.perf_counter() - t0
     rss["after_optimisation"] = peak_rss_mb()
 
@@ -237,13 +204,8 @@ def run_distillation(
             torch_device,
         )
     krr = None
-    if plan.signal in ("kip", KIP_SYNC) and test is not None:
-        # The KIP method's own protocol: KRR on scattering features, full and (decoupled) as optimised.
-        test_x = to_float(test.images, info.normalization)
-        classes = len(info.class_names)
-        krr = {"scattering": krr_accuracy(train_x, train_y, test_x, test.labels, classes)}
-        if projection is not None:
-            krr["projected"] = krr_accuracy(train_x, train_y, test_x, test.labels, classes, projection)
+    if test is not None:
+        krr = method.own_scores(train_x, train_y, test, info.normalization, len(info.class_names))
     timings["evaluation_s"] = time.perf_counter() - t0
     rss["after_evaluation"] = peak_rss_mb()
 
@@ -265,11 +227,7 @@ def run_distillation(
             "pea": cfg.optimisation.pea,
         },
     )
-    ylabel = {
-        "kip": "KRR loss from the noisy moments",
-        KIP_SYNC: "KRR loss on the public auxiliary images (per request)",
-    }.get(plan.signal, "squared distance to noisy class sums")
-    plot_loss(out / "loss_curve.png", state.losses, ylabel=ylabel)
+    plot_loss(out / "loss_curve.png", state.losses, ylabel=method.loss_label)
     artefacts |= {"loss_curve": "loss_curve.png", "privacy_report": "privacy_report.json"}
     if result is not None and result.metrics is not None:
         title = f"public test set, {len(test)} images, {len(result.accuracies)} trainings"
@@ -287,7 +245,7 @@ def run_distillation(
         "timings_s": timings,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_mb_by_stage": rss,
-        "cache": cache_stats,
+        "cache": method.cache_stats,
         "artefacts": artefacts,
         "test_images": len(test) if test is not None else 0,
         "compute": compute,
@@ -307,9 +265,5 @@ def run_distillation(
         )
         print(format_metrics(result.metrics))
     if krr is not None:
-        projected = f", {100 * krr['projected']:.2f}% (projected, k={plan.subspace_dim})" if "projected" in krr else ""
-        print(
-            "test accuracy (KRR on scattering features, synthetic set as support): "
-            f"{100 * krr['scattering']:.2f}% (full features){projected}"
-        )
+        print(method.format_scores(krr, plan.subspace_dim))
     return results

@@ -8,8 +8,9 @@ from __future__ import annotations
 from distiller_node.sampling import SamplingPlan
 from shared.evaluation import EvaluationConfig
 from shared.messages import OwnerInfo
+from shared.run_choices import KIP_SYNC
 from shared.signal_to_noise import LOW_SNR, class_snr, low_classes
-from shared.statistic import KIP_SYNC, released_dim
+from shared.signals import get_signal_kind
 
 # Rough seconds per image pass on the 2-core CPU the README was measured on (two threads): sampling,
 # per draw and image (its sample and the auxiliary images its basis is fitted to); optimisation, per
@@ -80,7 +81,7 @@ def plan_summary(
     if plan.signal == KIP_SYNC:
         summary["snr"] = None  # one sum over every class of image gradients: not the calibrated model
     else:
-        dim = released_dim(plan.network, plan.signal, plan.subspace_dim)
+        dim = get_signal_kind(plan.signal).released_dim(plan.network, plan.subspace_dim)
         records = [[o.sample_rate * n for n in info.class_counts] for o, info in zip(plan.owners, infos, strict=True)]
         snr = class_snr(records, [o.noise_multiplier for o in plan.owners], draws, dim)
         summary |= {"released_dim": dim, "snr": snr, "low_snr_classes": low_classes(snr, names)}

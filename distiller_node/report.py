@@ -5,16 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from distiller_node.methods import distillation_method
 from distiller_node.sampling import SamplingPlan
 from shared.messages import BudgetReport, OwnerInfo
-
-SIGNAL_WORDS = {
-    "features": "the embedding of a seeded public network",
-    "gradients": "the flattened per-example gradient of a seeded public network's classification loss",
-    "kip": "the packed first and second moments (z, tri(z z^T)) of its scattering features z, projected onto a "
-    "public principal subspace of the auxiliary set's scattering features",
-}
-
 
 NOISE_SAMPLER_WORDS = {
     "csprng": "Gaussian noise and Poisson sample from ChaCha20 keyed with 256 bits of OS entropy per request "
@@ -22,21 +15,6 @@ NOISE_SAMPLER_WORDS = {
     "exact": "Gaussian noise from OpenDP's floating-point-safe Gaussian mechanism; Poisson sample from ChaCha20 "
     "keyed with 256 bits of OS entropy per request",
 }
-
-
-def sensitivity_statement(signal: str) -> str:
-    if signal == "kip-sync":
-        return (
-            "each step is one release: every sampled record's gradient of the KRR loss with respect to the "
-            "synthetic images (exact, per example, from its scattering features) is clipped to L2 norm C and "
-            "the clipped gradients are summed, so adding or removing a record moves the release by at most C; "
-            "the owner's Adam update uses only the noisy sum (post-processing)"
-        )
-    return (
-        "each record enters at most one class sum per release; its statistic ("
-        + SIGNAL_WORDS[signal]
-        + ") is clipped to L2 norm C after projection, so adding or removing it moves the release by at most C"
-    )
 
 
 def _owner_section(plan: SamplingPlan, o: int, budget: BudgetReport, info: OwnerInfo) -> dict:
@@ -89,7 +67,7 @@ def privacy_report(plan: SamplingPlan, budgets: list[BudgetReport], infos: list[
         "expected_group_size": plan.group_size,
         "combined_expected_group_size": plan.group_size * len(owners),
         "signal": plan.signal,
-        "sensitivity": sensitivity_statement(plan.signal),
+        "sensitivity": distillation_method(plan.signal).sensitivity,
         "mechanism": "Poisson-subsampled Gaussian mechanism, noise std sigma*C drawn once per release by each owner",
         "noise_sampler": worst["noise_sampler"],
         "noise_sampler_description": worst["noise_sampler_description"],

@@ -22,9 +22,10 @@ import torch
 
 from distiller_node.client import OwnerClient
 from distiller_node.signal_store import Signals, SignalStore, atomic_write
-from shared.accounting import SampledGaussianEvent, epsilon, noise_for_budget
+from shared.accounting import epsilon, noise_for_budget
 from shared.messages import FeatureRequest, OwnerInfo, PlanRequest
 from shared.networks import NetworkSpec, depth_for_image_size
+from shared.privacy_event import SampledGaussianEvent
 from shared.progress import progress_bar
 from shared.protocol import encode
 from shared.settings import bounded, check_settings

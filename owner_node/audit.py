@@ -24,14 +24,17 @@ from owner_node.audit_verdict import AuditResult, lower_bound
 from owner_node.data import PrivateData
 from owner_node.kip_mechanism import ADAM_BETAS, KipStepMechanism
 from owner_node.mechanism import FeatureMechanism
-from shared.accounting import SampledGaussianEvent, epsilon
+from shared.accounting import epsilon
 from shared.images.image_set import ImageSet
 from shared.kip import DEFAULT_REG, centred_one_hot, iter_per_example_image_gradients
 from shared.messages import FeatureRequest, KipStepRequest
 from shared.networks import NetworkSpec
+from shared.privacy_event import SampledGaussianEvent
 from shared.progress import progress_bar
+from shared.run_choices import KIP_SYNC, METHODS
 from shared.scattering import scattering_features
-from shared.statistic import KIP_SYNC, METHODS, clip_rows, per_example_statistic
+from shared.signals import get_signal_kind
+from shared.statistic import clip_rows, per_example_statistic
 from shared.subspace import content_hash
 
 
@@ -59,8 +62,8 @@ class AuditConfig:
             raise ValueError("confidence must be in (0, 1)")
         if self.signal not in METHODS:
             raise ValueError(f"cannot audit signal {self.signal!r}; known: {', '.join(METHODS)}")
-        if self.signal == "kip" and self.subspace_dim < 1:
-            raise ValueError("kip signals need a projection (subspace_dim >= 1)")
+        if self.signal != KIP_SYNC and get_signal_kind(self.signal).needs_projection and self.subspace_dim < 1:
+            raise ValueError(f"{self.signal} signals need a projection (subspace_dim >= 1)")
         if self.signal == KIP_SYNC and self.draws != 1:
             raise ValueError(
                 "a kip-sync audit plays one step per message (its noisy gradient is read back from Adam's m)"
@@ -211,8 +214,8 @@ class CanaryGame(DistinguishingGame):
             noise_multiplier=config.noise_multiplier,
             signal=config.signal,
         )
-        if config.signal == "gradients" and aux_labels is None:
-            raise ValueError("auditing gradient signals needs the auxiliary set's labels (for its subspace)")
+        if get_signal_kind(config.signal).needs_labels and aux_labels is None:
+            raise ValueError(f"auditing {config.signal!r} signals needs the auxiliary set's labels (for its subspace)")
         if config.subspace_dim > len(aux_images) - 1:  # as the owner service refuses it (shared.subspace.fit_subspace)
             raise ValueError(
                 f"subspace_dim {config.subspace_dim} needs at least {config.subspace_dim + 1} auxiliary images, "

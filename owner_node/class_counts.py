@@ -22,7 +22,8 @@ from owner_node.budget import Budget, BudgetExceeded
 from owner_node.config import OwnerConfig
 from owner_node.ledger import Ledger
 from owner_node.randomness import SecureRandom, noisy
-from shared.accounting import SampledGaussianEvent, noise_for_budget
+from shared.accounting import noise_for_budget
+from shared.privacy_event import SampledGaussianEvent
 
 # Not a valid distiller request id (those never hold '#'): no request can read or replace it.
 COUNTS_RELEASE_ID = "#class-counts"

@@ -1,4 +1,4 @@
-"""The release mechanism (DESIGN section 3) for feature, gradient and decoupled-KIP signals.
+"""The release mechanism (DESIGN section 3) for every signal kind (``shared.signals``).
 
 Per draw: rebuild the public network and its public subspace, Poisson-sample every class with the
 owner's own generator, push the sample through augment -> describe (embedding or per-example loss
@@ -20,7 +20,8 @@ from owner_node.randomness import SecureRandom, check_sampler, noisy
 from shared.datasets import to_float
 from shared.messages import FeatureRequest
 from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, freeze, pass_chunk
-from shared.statistic import class_sums, per_example_statistic, public_subspace, released_dim
+from shared.signals import get_signal_kind
+from shared.statistic import class_sums, per_example_statistic, public_subspace
 from shared.subspace import Subspace, basis_fingerprint
 
 
@@ -50,7 +51,7 @@ def clean_class_sums(
     """
     if images.dtype == torch.uint8 and normalization is None:
         raise ValueError("uint8 images need their normalization")
-    k = released_dim(net.spec, signal, subspace.dim if subspace is not None else 0)
+    k = get_signal_kind(signal).released_dim(net.spec, subspace.dim if subspace is not None else 0)
     total = torch.zeros(num_classes, k, dtype=torch.float64)
     device = next(net.parameters()).device
     chunk = pass_chunk(net.spec, device, budget_mb)
@@ -123,17 +124,18 @@ class FeatureMechanism:
         self.aux_images = aux_images.to(self.device)
         self.aux_labels = aux_labels.to(self.device) if aux_labels is not None else None
         self.clip_norm = clip_norm
-        self._kip_projections: dict[int, Subspace] = {}  # public, identical for every draw: computed once per k
+        # Kinds without a network: their public projection is identical for every draw, fitted once per k.
+        self._shared_projections: dict[tuple[str, int], Subspace] = {}
 
     def network_and_subspace(
         self, spec: NetworkSpec, seed: int, k: int, signal: str = "features"
     ) -> tuple[torch.nn.Module, Subspace | None]:
         """The public network and its public basis (None when ``k`` is 0: no projection)."""
-        if signal == "kip":  # scattering needs no network (and runs on the CPU): one projection for every draw
+        if not get_signal_kind(signal).uses_network:  # one projection for every draw, fitted on the CPU
             net = freeze(build_network(spec, seed))
-            if k not in self._kip_projections:
-                self._kip_projections[k] = public_subspace(net, self.aux_images.cpu(), k, signal)
-            return net, self._kip_projections[k]
+            if k and (signal, k) not in self._shared_projections:
+                self._shared_projections[signal, k] = public_subspace(net, self.aux_images.cpu(), k, signal)
+            return net, self._shared_projections[signal, k] if k else None
         net = freeze(build_network(spec, seed, self.device))
         if k == 0:
             return net, None
@@ -149,15 +151,18 @@ class FeatureMechanism:
         rates = self.data.sample_rates(request.expected_group_size)
         num_classes = len(self.data.class_names)
         sample_stream, noise_stream = SecureRandom(), SecureRandom()  # fresh 256-bit OS keys, never kept
-        out = np.empty((request.num_draws, num_classes, request.statistic_dim), dtype=np.float32)
+        kind = get_signal_kind(request.signal)
+        out = np.empty(
+            (request.num_draws, num_classes, kind.released_dim(request.network, request.subspace_dim)), np.float32
+        )
         prints = np.empty((request.num_draws, request.subspace_dim), dtype=np.float32)
-        kip_print = None  # kip: one projection serves every draw, fingerprinted once
+        shared_print = None  # a kind without a network: one projection serves every draw, fingerprinted once
         for d, (net_seed, aug_seed) in enumerate(zip(request.network_seeds, request.augment_seeds, strict=True)):
             net, subspace = self.network_and_subspace(request.network, net_seed, request.subspace_dim, request.signal)
             if subspace is not None:
-                if request.signal != "kip" or kip_print is None:
-                    kip_print = basis_fingerprint(subspace).numpy()
-                prints[d] = kip_print
+                if kind.uses_network or shared_print is None:
+                    shared_print = basis_fingerprint(subspace).numpy()
+                prints[d] = shared_print
             index = self.data.poisson_sample(rates, sample_stream)
             sums = clean_class_sums(
                 net,

@@ -22,7 +22,6 @@ from owner_node.ledger import Ledger, LedgerBusy, LedgerConflict
 from owner_node.load_summary import write_load_summary
 from owner_node.mechanism import FeatureMechanism
 from owner_node.validation import REQUEST_ID, RequestRefused, RequestValidator
-from shared.accounting import SampledGaussianEvent
 from shared.datasets import to_float
 from shared.device import use_device
 from shared.images.classes import check_same_classes
@@ -40,6 +39,7 @@ from shared.messages import (
     PlanReply,
     PlanRequest,
 )
+from shared.privacy_event import SampledGaussianEvent
 from shared.protocol import ProtocolError, decode, encode
 from shared.rpc.errors import OwnerCallError
 from shared.subspace import content_hash

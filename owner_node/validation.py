@@ -14,10 +14,11 @@ import numpy as np
 from owner_node.config import Limits
 from owner_node.data import PrivateData
 from owner_node.randomness import inclusion_threshold
-from shared.accounting import SampledGaussianEvent
 from shared.augmentation import parse_strategy
+from shared.kip_shapes import SCATTER_J, scatterable
 from shared.messages import FeatureRequest, KipStepRequest
-from shared.statistic import signal_dim
+from shared.privacy_event import SampledGaussianEvent
+from shared.signals import get_signal_kind
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # used with fullmatch: "$" would let a trailing newline in
 MAX_SEED = 2**63 - 1
@@ -116,8 +117,10 @@ class RequestValidator:
         if m > lim.max_kip_images:
             raise RequestRefused("too_large", f"at most {lim.max_kip_images} synthetic images per request, got {m}")
         self.reply_size(3 * r.images.size * 4, "ask for fewer synthetic images")
-        if self.data.image_shape[1] % 4 or self.data.image_shape[2] % 4:
-            raise RequestRefused("invalid_request", "scattering (J = 2) needs image sides divisible by 4")
+        if not (scatterable(self.data.image_shape[1]) and scatterable(self.data.image_shape[2])):
+            raise RequestRefused(
+                "invalid_request", f"scattering (J = {SCATTER_J}) needs image sides divisible by {2**SCATTER_J}"
+            )
         if not 1 <= r.num_steps <= lim.max_kip_steps_per_request:
             raise RequestRefused(
                 "too_many_draws",
@@ -161,15 +164,17 @@ class RequestValidator:
             parse_strategy(r.augmentation)
         except ValueError as exc:
             raise refuse(str(exc)) from exc
-        raw_dim = signal_dim(r.network, r.signal)
+        try:
+            kind = get_signal_kind(r.signal)
+        except ValueError as exc:
+            raise refuse(str(exc)) from None
+        raw_dim = kind.signal_dim(r.network)
         max_k = min(lim.max_subspace_dim, self.num_aux - 1, raw_dim)  # n centred vectors span n - 1 directions
         if not 0 <= r.subspace_dim <= max_k:
             raise refuse(f"subspace_dim must be in 0..{max_k} (0: no projection), got {r.subspace_dim}")
-        if r.signal == "kip":
-            if r.subspace_dim < 1:
-                raise refuse("kip signals need a projection: subspace_dim must be at least 1")
-            if r.network.image_size % 4:
-                raise refuse(f"scattering (J = 2) needs an image size divisible by 4, got {r.network.image_size}")
+        refusal = kind.refusal(r.network, r.subspace_dim)
+        if refusal is not None:
+            raise refuse(refusal)
         # The owner's working memory for one draw: the auxiliary set's vectors (float32) and the basis.
         basis_mb = (self.num_aux * raw_dim * 4 + raw_dim * r.subspace_dim * 12) / 2**20
         if basis_mb > lim.max_basis_mb:
@@ -180,7 +185,7 @@ class RequestValidator:
                 "too_large",
             )
         image_mb = r.network.activation_bytes / 2**20
-        if r.signal != "kip" and image_mb > lim.max_activation_mb:
+        if kind.uses_network and image_mb > lim.max_activation_mb:
             raise refuse(
                 f"one {r.network.image_size}px image through a width-{r.network.width} network needs about "
                 f"{image_mb:.0f} MB of activations; the owner allows {lim.max_activation_mb} MB a pass: "
@@ -189,7 +194,7 @@ class RequestValidator:
             )
         # Noisy sums plus one basis fingerprint per draw (at most a class sum's length).
         self.reply_size(
-            r.num_draws * (len(self.data.class_names) + 1) * r.statistic_dim * 4,
+            r.num_draws * (len(self.data.class_names) + 1) * kind.released_dim(r.network, r.subspace_dim) * 4,
             "ask for fewer draws per request or a projection",
         )
         if r.aux_hash != self.aux_hash:

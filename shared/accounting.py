@@ -19,9 +19,11 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
+
+from shared.privacy_event import SampledGaussianEvent
 
 ACCOUNTANTS = ("prv", "rdp")  # the accountants ([privacy] accountant): PRV, RDP
 PRV_EPS_ERROR = 0.01
@@ -51,30 +53,6 @@ class AccountingTooCostly(AccountingError):
     def __init__(self, message: str, points: float):
         super().__init__(message)
         self.points = points
-
-
-@dataclass(frozen=True)
-class SampledGaussianEvent:
-    """``count`` compositions of the Poisson-subsampled Gaussian mechanism."""
-
-    noise_multiplier: float
-    sample_rate: float
-    count: int
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
-            raise ValueError(f"noise multiplier must be finite and > 0, got {self.noise_multiplier}")
-        if not (0 < self.sample_rate <= 1):
-            raise ValueError(f"sample rate must be in (0, 1], got {self.sample_rate}")
-        if int(self.count) != self.count or self.count < 1:
-            raise ValueError(f"count must be a positive integer, got {self.count}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SampledGaussianEvent:
-        return cls(float(d["noise_multiplier"]), float(d["sample_rate"]), int(d["count"]))
 
 
 def compose(events: Iterable[SampledGaussianEvent]) -> list[SampledGaussianEvent]:

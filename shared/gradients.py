@@ -14,19 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from shared.networks import NetworkSpec
+from shared.network_spec import NetworkSpec, num_parameters
 
 # Per-example gradients held at once (vmap's transient per-layer gradients and activations are a
 # few times this): bounds the owner's working memory for wide networks without slowing small ones.
 GRADIENT_CHUNK_BYTES = 64 * 2**20
 MAX_GRADIENT_CHUNK = 256
-
-
-def num_parameters(spec: NetworkSpec) -> int:
-    """Length of a flattened gradient: every weight and bias of the ConvNet, classifier included."""
-    conv = sum((spec.channels if i == 0 else spec.width) * spec.width * 9 + spec.width for i in range(spec.depth))
-    norm = 2 * spec.width * spec.depth
-    return conv + norm + spec.embedding_dim * spec.num_classes + spec.num_classes
 
 
 def gradient_chunk(spec: NetworkSpec) -> int:

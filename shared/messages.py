@@ -1,7 +1,9 @@
 """The messages between distiller and owner, as the Python dataclasses both nodes use.
 
 Their wire form is defined in ``shared/rpc/owner.proto`` (one protobuf message per dataclass) and
-``shared/protocol.py`` converts between the two, checking every field on the way in.
+``shared/protocol.py`` converts between the two, checking every field on the way in. Plain values
+only: decoding a message loads neither torch nor the accountants (a request's released length is
+its signal kind's to say, ``shared.signals``).
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from shared.accounting import SampledGaussianEvent
-from shared.networks import NetworkSpec
-from shared.statistic import released_dim
+from shared.network_spec import NetworkSpec
+from shared.privacy_event import SampledGaussianEvent
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,6 @@ class FeatureRequest:
     @property
     def num_draws(self) -> int:
         return len(self.network_seeds)
-
-    @property
-    def statistic_dim(self) -> int:
-        """Length of each released class sum: k, the whole signal when there is no projection, or
-        the packed moments of k projected features for ``kip``."""
-        return released_dim(self.network, self.signal, self.subspace_dim)
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,7 @@ import math
 
 import torch
 
-
-def moment_dim(k: int) -> int:
-    """Length of one example's vector: k (k + 1) / 2 second-moment entries, then k first-moment ones."""
-    return k * (k + 1) // 2 + k
+from shared.kip_shapes import moment_dim
 
 
 @functools.lru_cache(maxsize=8)

@@ -8,64 +8,15 @@ and never from the global RNG.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURES = ("convnet",)
-# Working memory for a forward and backward pass: the full-resolution layer's conv, norm and pool
-# tensors plus what autograd keeps of the smaller layers come to about four full-resolution maps.
-ACTIVATION_MAPS = 4
+from shared.network_spec import ACTIVATION_MAPS, ARCHITECTURES, NetworkSpec, depth_for_image_size  # noqa: F401 (re-exported)
+
 # How much activation memory one chunk of images may take where the caller sets no budget.
 DEFAULT_ACTIVATION_BUDGET_MB = 256
-
-
-def depth_for_image_size(image_size: int) -> int:
-    """The field's convention: pool until the feature map is about 4x4 (28 or 32 px: 3, 64: 4,
-    128: 5, 224 or 256: 6), so the embedding stays a few thousand numbers at any resolution."""
-    if image_size < 2:
-        raise ValueError(f"image size {image_size} is too small for a ConvNet")
-    return max(1, round(math.log2(image_size / 4)))
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """Public description of a ConvNet; with a seed it fixes every weight."""
-
-    arch: str = "convnet"
-    width: int = 128
-    depth: int = 3
-    channels: int = 1
-    image_size: int = 28
-    num_classes: int = 10
-
-    def validate(self, max_width: int = 512, max_depth: int = 5) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
-        if not 1 <= self.width <= max_width:
-            raise ValueError(f"network width {self.width} outside 1..{max_width}")
-        if not 1 <= self.depth <= max_depth:
-            raise ValueError(f"network depth {self.depth} outside 1..{max_depth}")
-        if self.image_size >> self.depth < 1:
-            raise ValueError(f"depth {self.depth} pools a {self.image_size}px image to nothing")
-        if not 1 <= self.channels <= 4 or not 2 <= self.num_classes <= 1000:
-            raise ValueError("channels must be 1..4 and num_classes 2..1000")
-
-    @property
-    def embedding_dim(self) -> int:
-        side = self.image_size >> self.depth
-        return self.width * side * side
-
-    @property
-    def activation_bytes(self) -> int:
-        """Working memory of one image's pass through the network (float32, ``ACTIVATION_MAPS`` maps);
-        it grows with the square of the image side, which is what bounds chunk sizes at high resolution."""
-        return ACTIVATION_MAPS * 4 * max(self.width, self.channels) * self.image_size**2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def image_chunk(spec: NetworkSpec, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB, most: int = 128) -> int:

@@ -20,11 +20,11 @@ from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from shared import messages
-from shared.accounting import SampledGaussianEvent
 from shared.messages import MESSAGE_TYPES, PRIVACY_UNITS
-from shared.networks import NetworkSpec
+from shared.network_spec import NetworkSpec
+from shared.privacy_event import SampledGaussianEvent
 from shared.rpc import owner_pb2 as pb
-from shared.statistic import SIGNALS
+from shared.signals import get_signal_kind
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # Room for everything in a message but its arrays (the owner's reply limit leaves this much spare).
@@ -165,8 +165,10 @@ def _check(msg: Any) -> Any:
     if isinstance(msg, messages.BudgetReport) and not 0 <= msg.epsilon_remaining <= msg.epsilon_budget:
         raise ProtocolError("epsilon_remaining must be in [0, epsilon_budget]")
     if isinstance(msg, messages.FeatureRequest):
-        if msg.signal not in SIGNALS:
-            raise ProtocolError(f"unknown signal kind {msg.signal[:32]!r}; known: {', '.join(SIGNALS)}")
+        try:
+            get_signal_kind(msg.signal)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
         if len(msg.network_seeds) != len(msg.augment_seeds):
             raise ProtocolError("network_seeds and augment_seeds must have the same length")
     if isinstance(msg, messages.FeatureReply):

@@ -1,13 +1,14 @@
 """The names of the choices a run offers, in a module light enough for every command's ``--help``.
 
-Signal kinds (what a FeatureRequest asks to be released), what a run or an audit can be about, and
-where the synthetic images start. The modules that implement them (``shared.statistic``,
-``distiller_node.optimisation``) import these names from here; nothing here imports torch.
+Signal kinds (what a FeatureRequest asks to be released; ``shared.signals`` registers them), what a
+run or an audit can be about, and where the synthetic images start. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-SIGNALS = ("features", "gradients", "kip")  # what a FeatureRequest can ask to be released
+from shared.signals import signal_names
+
+SIGNALS = signal_names()  # what a FeatureRequest can ask to be released
 # Synchronised DP-KIP is a method, not a signal kind: the owner sees KipStepRequests, not FeatureRequests.
 KIP_SYNC = "kip-sync"
 METHODS = (*SIGNALS, KIP_SYNC)  # what a run, or an audit, can be about

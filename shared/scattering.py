@@ -18,16 +18,9 @@ import functools
 import torch
 from kymatio.torch import Scattering2D
 
-SCATTER_J = 2
-SCATTER_L = 8
+from shared.kip_shapes import SCATTER_J, SCATTER_L, feature_dim
+
 SCATTER_CHUNK = 256
-
-
-def feature_dim(image_shape: tuple[int, ...], J: int = SCATTER_J, L: int = SCATTER_L) -> int:
-    """Number of scattering features: channels x (1 + J L + L^2 J (J - 1) / 2) x (H / 2^J) x (W / 2^J)."""
-    c, h, w = image_shape
-    paths = 1 + J * L + L * L * J * (J - 1) // 2
-    return c * paths * (h // 2**J) * (w // 2**J)
 
 
 @functools.lru_cache(maxsize=8)

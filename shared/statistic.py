@@ -1,11 +1,11 @@
 """The per-example statistic both parties compute: augment, describe, project, clip.
 
 The owner sums these over a Poisson sample and adds noise; the distiller pushes synthetic images
-through exactly the same function and compares. Two signal kinds describe an image: ``features``
-(the network's embedding), ``gradients`` (the flattened per-example gradient of the network's
-classification loss, see ``shared.gradients``) and ``kip`` (decoupled DP-KIP: wavelet scattering
-features, which need no network, projected and expanded into their first and second moments, see
-``shared.moments``). Clipping is the last step, after projection (and expansion), so each
+through exactly the same function and compares. A signal kind (``shared.signals``) describes an
+image: ``features`` (the network's embedding), ``gradients`` (the flattened per-example gradient of
+the network's classification loss, see ``shared.gradients``) or ``kip`` (decoupled DP-KIP: wavelet
+scattering features, which need no network, projected and expanded into their first and second
+moments, see ``shared.moments``). Clipping is the last step, after projection (and expansion), so each
 example's contribution has L2 norm at most ``clip_norm`` whatever network, signal or basis.
 """
 
@@ -18,53 +18,13 @@ from torch import nn
 
 from shared.augmentation import augment
 from shared.device import autocast
-from shared.gradients import gradients_in_chunks, num_parameters, per_example_gradients
-from shared.moments import moment_dim, pack_moments
-from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, pass_chunk
-from shared.run_choices import KIP_SYNC, METHODS, SIGNALS  # noqa: F401 (re-exported)
-from shared.scattering import feature_dim, scattering_features
+from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, pass_chunk
+from shared.signals import get_signal_kind
 from shared.subspace import Subspace, fit_subspace
 
 # kip: the projection is scaled so that the median auxiliary ||z|| is this; with C = 1 the median
 # example's packed vector then has norm sqrt(0.75^4 + 0.75^2) = 0.90, just inside the clip.
 KIP_TARGET_NORM = 0.75
-
-
-def check_signal(signal: str) -> None:
-    if signal not in SIGNALS:
-        raise ValueError(f"unknown signal kind {signal!r}; known: {', '.join(SIGNALS)}")
-
-
-def signal_dim(spec: NetworkSpec, signal: str) -> int:
-    """Length of the unprojected per-example vector."""
-    check_signal(signal)
-    if signal == "features":
-        return spec.embedding_dim
-    if signal == "gradients":
-        return num_parameters(spec)
-    return feature_dim((spec.channels, spec.image_size, spec.image_size))
-
-
-def released_dim(spec: NetworkSpec, signal: str, k: int) -> int:
-    """Length of one released class sum for projection dimension ``k`` (0: no projection)."""
-    if signal == "kip":
-        if k < 1:
-            raise ValueError("kip signals need a projection (subspace_dim >= 1)")
-        return moment_dim(k)
-    return k or signal_dim(spec, signal)
-
-
-def describe(net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, signal: str) -> torch.Tensor:
-    """The unprojected per-example vectors [n, signal_dim]; differentiable in ``images``."""
-    if signal == "features":
-        return net.embed(images)
-    if signal == "gradients":
-        if labels is None:
-            raise ValueError("gradient signals need labels")
-        return per_example_gradients(net, images, labels)
-    if signal == "kip":
-        return scattering_features(images)
-    raise ValueError(f"unknown signal kind {signal!r}; known: {', '.join(SIGNALS)}")
 
 
 def embed_images(net: nn.Module, images: torch.Tensor, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB) -> torch.Tensor:
@@ -81,14 +41,7 @@ def public_subspace(
     net: nn.Module, aux_images: torch.Tensor, k: int, signal: str = "features", aux_labels: torch.Tensor | None = None
 ) -> Subspace:
     """SER basis for one network and signal: top-k PCA of the auxiliary set's vectors (no augmentation)."""
-    check_signal(signal)
-    if signal == "features":
-        return fit_subspace(embed_images(net, aux_images), k)
-    if signal == "kip":
-        return kip_projection(scattering_features(aux_images), k)
-    if aux_labels is None:
-        raise ValueError("a gradient subspace needs the auxiliary set's labels")
-    return fit_subspace(gradients_in_chunks(net, aux_images, aux_labels), k)
+    return get_signal_kind(signal).public_basis(net, aux_images, k, aux_labels)
 
 
 def kip_projection(aux_features: torch.Tensor, k: int) -> Subspace:
@@ -128,22 +81,22 @@ def per_example_statistic(
 ) -> torch.Tensor:
     """clip_C(P(describe(augment(x)))) for every row of ``images``; differentiable in ``images``.
 
-    For ``kip`` the projected vector is expanded into its packed moments before the clip.
-    ``precision`` "bf16" autocasts the network pass of feature signals (``shared.device``); the
+    A kind may expand the projected vector before the clip (``kip``: its packed moments).
+    ``precision`` "bf16" autocasts the network pass of kinds that allow it (``shared.device``); the
     projection and the clip stay in float32 / float64, so the sensitivity bound is unchanged.
     """
+    kind = get_signal_kind(signal)
     augmented = augment(images, augment_seed, strategy)
-    if signal == "features" and precision != "float32":
+    if kind.reduced_precision and precision != "float32":
         with autocast(images.device, precision):
-            vectors = describe(net, augmented, labels, signal)
+            vectors = kind.describe(net, augmented, labels)
         vectors = vectors.float()
     else:
-        vectors = describe(net, augmented, labels, signal)
+        vectors = kind.describe(net, augmented, labels)
     projected = subspace.project(vectors) if subspace is not None else vectors
-    if signal == "kip":
-        if subspace is None:
-            raise ValueError("kip signals need a projection (subspace_dim >= 1)")
-        projected = pack_moments(projected)
+    if kind.needs_projection and subspace is None:
+        raise ValueError(f"{kind.name} signals need a projection (subspace_dim >= 1)")
+    projected = kind.expand(projected)
     return clip_rows(projected, clip_norm)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from shared.accounting import RDP_ORDERS, SampledGaussianEvent, compose, epsilon, noise_for_budget
+from shared.accounting import RDP_ORDERS, compose, epsilon, noise_for_budget
+from shared.privacy_event import SampledGaussianEvent
 
 
 @pytest.mark.parametrize("sigma, q, steps", [(1.25, 50 / 6000, 1000), (0.9, 0.01, 200), (3.0, 0.05, 50)])

@@ -18,7 +18,7 @@ from owner_node.service import OwnerService, request_digest
 from shared.messages import BudgetReport, BudgetRequest, ErrorReply, FeatureReply
 from shared.networks import NetworkSpec
 from shared.protocol import decode, encode
-from shared.statistic import signal_dim
+from shared.signals import get_signal_kind
 from tests.conftest import feature_request, make_owner_config
 
 
@@ -193,7 +193,11 @@ def test_gradient_basis_memory_is_capped_by_the_owner_config(tmp_path: Path) -> 
         reply = decode(service.handle(encode(feature_request(service, "g3", signal="gradients"))))
         assert reply.noisy_sums.shape == (2, 4, 6)
         reply = decode(service.handle(encode(feature_request(service, "g4", subspace_dim=0, signal="gradients"))))
-        assert reply.noisy_sums.shape == (2, 4, signal_dim(feature_request(service).network, "gradients"))
+        assert reply.noisy_sums.shape == (
+            2,
+            4,
+            get_signal_kind("gradients").signal_dim(feature_request(service).network),
+        )
         assert [r.request_id for r in service.ledger.rows()] == ["g3", "g4"]
     finally:
         service.close()

@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 
 from owner_node.service import OwnerService
 from owner_node.validation import MAX_NOISE_MULTIPLIER, RequestRefused
-from shared.accounting import SampledGaussianEvent
 from shared.messages import (
     MESSAGE_TYPES,
     BudgetReport,
@@ -42,6 +41,7 @@ from shared.messages import (
     PlanReply,
     PlanRequest,
 )
+from shared.privacy_event import SampledGaussianEvent
 from shared.protocol import ProtocolError, decode, encode
 from shared.rpc import owner_pb2 as pb
 from shared.rpc.errors import STATUS_FOR_CODE

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from owner_node.ledger import Ledger
-from shared.accounting import SampledGaussianEvent, epsilon
+from shared.accounting import epsilon
 from shared.messages import BudgetReport, BudgetRequest, DescribeRequest, FeatureReply, FeatureRequest
+from shared.privacy_event import SampledGaussianEvent
 from shared.protocol import decode, encode
 from shared.rpc import owner_pb2 as pb
 from shared.rpc.channel import OwnerChannel

@@ -20,8 +20,9 @@ from shared.kip import (
     psd_part,
     synthetic_labels,
 )
-from shared.moments import moment_dim, moment_k, pack_moments, unpack_moments
-from shared.scattering import feature_dim, scattering_features
+from shared.kip_shapes import feature_dim, moment_dim
+from shared.moments import moment_k, pack_moments, unpack_moments
+from shared.scattering import scattering_features
 from shared.statistic import KIP_TARGET_NORM, class_sums, kip_projection, per_example_statistic
 
 CLASSES = 3

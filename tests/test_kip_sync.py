@@ -23,7 +23,7 @@ from shared.images.errors import DataNotFound
 from shared.images.fashion_mnist import fashion_mnist_root
 from shared.messages import ErrorReply, KipStepReply, KipStepRequest
 from shared.protocol import ProtocolError, decode, encode
-from shared.statistic import KIP_SYNC
+from shared.run_choices import KIP_SYNC
 from tests.conftest import NUM_CLASSES, kip_request
 from tests.second_accountant import check_reported
 

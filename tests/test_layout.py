@@ -172,3 +172,37 @@ def test_the_measuring_command_answers_help_without_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_wire_loads_neither_torch_nor_the_accountants() -> None:
+    """Issue 28.4: decoding a message loaded torch, kymatio and the accountants through the signal maths;
+    the wire (messages, protocol) and the signal registry it checks names with are plain values."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import shared.messages, shared.protocol, shared.signals; "
+        "from shared.protocol import decode, encode; from shared.messages import FeatureRequest; "
+        "from shared.network_spec import NetworkSpec; "
+        "r = FeatureRequest('r', NetworkSpec(), (1,), (2,), 'none', 4, 'h', 5.0, 1.0, 'kip'); "
+        "assert decode(encode(r)) == r; "
+        "heavy = ('torch', 'opacus', 'kymatio', 'scipy', 'shared.accounting', 'shared.statistic', 'shared.networks'); "
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_signal_kind_is_one_registered_object() -> None:
+    """Issue 28.2: each kind answers for itself; an unknown name is refused naming the known ones."""
+    from shared.network_spec import NetworkSpec
+    from shared.run_choices import SIGNALS
+    from shared.signals import get_signal_kind, signal_names
+
+    assert SIGNALS == signal_names() == ("features", "gradients", "kip")
+    spec = NetworkSpec(width=8, depth=2, image_size=16)
+    assert get_signal_kind("features").released_dim(spec, 0) == 8 * 4 * 4
+    assert get_signal_kind("kip").released_dim(spec, 3) == 3 * 4 // 2 + 3
+    assert get_signal_kind("kip").refusal(spec, 0) is not None and get_signal_kind("features").refusal(spec, 0) is None
+    with pytest.raises(ValueError, match="unknown signal kind 'moments'; known: features, gradients, kip"):
+        get_signal_kind("moments")

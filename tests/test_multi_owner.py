@@ -12,8 +12,8 @@ import torch
 from deploy.cli import main
 from distiller_node.sampling import SamplingConfig, check_compatible, make_plan
 from distiller_node.signal_store import SignalStore
-from shared.accounting import SampledGaussianEvent
 from shared.messages import FeatureReply, OwnerInfo
+from shared.privacy_event import SampledGaussianEvent
 from shared.protocol import decode, encode
 
 INFO = dict(

@@ -9,7 +9,7 @@ import torch
 from owner_node.mechanism import clean_class_sums
 from shared.messages import ErrorReply, FeatureReply
 from shared.protocol import decode, encode
-from shared.statistic import SIGNALS
+from shared.run_choices import SIGNALS
 from tests.conftest import feature_request
 
 

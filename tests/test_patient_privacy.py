@@ -22,7 +22,8 @@ from shared.images.image_set import ImageSet
 from shared.messages import ErrorReply, FeatureReply
 from shared.networks import NetworkSpec, build_network, freeze
 from shared.protocol import decode, encode
-from shared.statistic import SIGNALS, public_subspace
+from shared.run_choices import SIGNALS
+from shared.statistic import public_subspace
 from tests.conftest import feature_request, kip_request, make_owner_config
 
 C = 1.0

@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from shared.accounting import SampledGaussianEvent
 from shared.messages import (
     MESSAGE_TYPES,
     BudgetReport,
@@ -22,6 +21,7 @@ from shared.messages import (
     PlanRequest,
 )
 from shared.networks import NetworkSpec
+from shared.privacy_event import SampledGaussianEvent
 from shared.protocol import OldWireFormat, ProtocolError, decode, encode
 from shared.rpc import owner_pb2 as pb
 from tests.conftest import feature_request, kip_request

@@ -14,10 +14,11 @@ from distiller_node.pipeline import DistillerConfig, run_distillation
 from distiller_node.sampling import SamplingConfig, make_plan
 from owner_node.ledger import Ledger
 from owner_node.service import OwnerService
-from shared.accounting import SampledGaussianEvent, epsilon
+from shared.accounting import epsilon
 from shared.evaluation import EvaluationConfig
 from shared.images.npz import load_npz
 from shared.messages import ErrorReply, OwnerInfo, PlanReply
+from shared.privacy_event import SampledGaussianEvent
 from shared.protocol import decode, encode
 from tests.conftest import make_owner_config, random_image_set
 

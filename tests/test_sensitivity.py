@@ -8,7 +8,9 @@ import torch
 
 from owner_node.mechanism import clean_class_sums
 from shared.networks import NetworkSpec, build_network, freeze
-from shared.statistic import SIGNALS, clip_rows, public_subspace, signal_dim
+from shared.run_choices import SIGNALS
+from shared.signals import get_signal_kind
+from shared.statistic import clip_rows, public_subspace
 from shared.subspace import Subspace
 
 C = 1.0
@@ -76,7 +78,7 @@ def test_one_record_changes_one_class_by_at_most_c(name: str, aug_seed: int, sig
 def test_adversarial_projection_basis_cannot_raise_sensitivity(scale: float, signal: str) -> None:
     net = freeze(build_network(SPEC, 4))
     g = torch.Generator().manual_seed(1)
-    d = signal_dim(SPEC, signal)
+    d = get_signal_kind(signal).signal_dim(SPEC)
     # Not orthonormal, not centred, absurdly scaled: clipping after projection must still bound it.
     hostile = Subspace(mean=torch.randn(d, generator=g) * scale, basis=torch.randn(d, 7, generator=g) * scale)
     record = torch.randn(1, 16, 16, generator=g) * 100
@@ -89,7 +91,7 @@ def test_no_projection_is_also_bounded(signal: str) -> None:
     net = freeze(build_network(SPEC, 5))
     record = torch.full((1, 16, 16), 1e6)
     diff = _neighbour_difference(net, None, record, label=3, position=39, aug_seed=7, signal=signal)
-    assert diff.shape[1] == signal_dim(SPEC, signal)
+    assert diff.shape[1] == get_signal_kind(signal).signal_dim(SPEC)
     _assert_bounded(diff, label=3)
 
 

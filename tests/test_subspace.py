@@ -9,7 +9,8 @@ from distiller_node.network_cache import NetworkCache
 from owner_node.mechanism import FeatureMechanism
 from shared.augmentation import augment
 from shared.networks import NetworkSpec, build_network
-from shared.statistic import public_subspace, signal_dim
+from shared.signals import get_signal_kind
+from shared.statistic import public_subspace
 from shared.subspace import canonical_signs, content_hash, fit_subspace
 
 SPEC = NetworkSpec(width=16, depth=3, channels=1, image_size=28, num_classes=10)
@@ -46,7 +47,7 @@ def test_owner_and_distiller_build_the_identical_subspace(signal: str) -> None:
     _, s_owner = owner_side.network_and_subspace(SPEC, 42, 20, signal)
     cache = NetworkCache(SPEC, aux.clone(), 20, max_bytes=1 << 30, signal=signal, aux_labels=aux_labels.clone())
     _, s_dist = cache.get(42)
-    assert s_owner.basis.shape == (signal_dim(SPEC, signal), 20)
+    assert s_owner.basis.shape == (get_signal_kind(signal).signal_dim(SPEC), 20)
     assert torch.equal(s_owner.basis, s_dist.basis) and torch.equal(s_owner.mean, s_dist.mean)
     eye = s_owner.basis.T.double() @ s_owner.basis.double()
     assert torch.allclose(eye, torch.eye(20, dtype=torch.float64), atol=1e-5)

@@ -48,7 +48,7 @@ def _aux(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def _owner_side(aux: torch.Tensor, aux_labels: torch.Tensor) -> FeatureMechanism:
     """Only the public half of the owner's mechanism (no private data is needed to build a basis)."""
     owner = FeatureMechanism.__new__(FeatureMechanism)
-    owner.aux_images, owner.aux_labels, owner._kip_projections = aux, aux_labels, {}
+    owner.aux_images, owner.aux_labels, owner._shared_projections = aux, aux_labels, {}
     owner.device = torch.device("cpu")
     return owner
 
