@@ -17,9 +17,9 @@ import torch
 
 from shared.kip import centred_one_hot, clipped_gradient_sum, synthetic_labels
 from shared.kip_shapes import moment_dim
-from shared.moments import pack_moments
+from shared.moments import kip_projection, pack_moments
 from shared.scattering import scattering_features
-from shared.statistic import class_sums, clip_rows, kip_projection
+from shared.statistic import class_sums, clip_rows
 
 
 def _peak_rss_mb() -> float:

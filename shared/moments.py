@@ -17,6 +17,7 @@ import math
 import torch
 
 from shared.kip_shapes import moment_dim
+from shared.subspace import Subspace, fit_subspace
 
 
 @functools.lru_cache(maxsize=8)
@@ -58,3 +59,21 @@ def moment_k(length: int) -> int:
     if moment_dim(k) != length:
         raise ValueError(f"{length} is not the length of a packed moment vector")
     return k
+
+
+# kip: the projection is scaled so that the median auxiliary ||z|| is this; with C = 1 the median
+# example's packed vector then has norm sqrt(0.75^4 + 0.75^2) = 0.90, just inside the clip.
+KIP_TARGET_NORM = 0.75
+
+
+def kip_projection(aux_features: torch.Tensor, k: int) -> Subspace:
+    """Top-``k`` PCA of public auxiliary scattering features, scaled to a public median norm.
+
+    The scale balances the two moment blocks (norms ||z||^2 and ||z||) under the joint clip; it
+    rescales the kernel only, which the KRR's relative ridge makes irrelevant to predictions.
+    """
+    subspace = fit_subspace(aux_features, k)
+    norms = torch.linalg.vector_norm(subspace.project(aux_features.to(torch.float32)).double(), dim=1)
+    median = float(norms.median())
+    scale = median / KIP_TARGET_NORM if math.isfinite(median) and median > 0 else 1.0
+    return Subspace(subspace.mean, subspace.basis, scale)

@@ -174,3 +174,13 @@ def freeze(net: nn.Module) -> nn.Module:
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+def embed_images(net: nn.Module, images: torch.Tensor, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB) -> torch.Tensor:
+    """Embeddings of a public or private image set, without gradients, in chunks within ``budget_mb``."""
+    chunk = pass_chunk(net.spec, images.device, budget_mb)
+    with torch.inference_mode():
+        parts = [net.embed(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
+    if not parts:
+        return torch.zeros(0, net.spec.embedding_dim, device=images.device)
+    return torch.cat(parts)

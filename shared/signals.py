@@ -85,7 +85,7 @@ class FeatureSignal(SignalKind):
     def public_basis(
         self, net: nn.Module | None, aux_images: torch.Tensor, k: int, aux_labels: torch.Tensor | None
     ) -> Subspace:
-        from shared.statistic import embed_images
+        from shared.networks import embed_images
         from shared.subspace import fit_subspace
 
         return fit_subspace(embed_images(net, aux_images), k)
@@ -152,8 +152,8 @@ class KipSignal(SignalKind):
     def public_basis(
         self, net: nn.Module | None, aux_images: torch.Tensor, k: int, aux_labels: torch.Tensor | None
     ) -> Subspace:
+        from shared.moments import kip_projection
         from shared.scattering import scattering_features
-        from shared.statistic import kip_projection
 
         return kip_projection(scattering_features(aux_images), k)
 

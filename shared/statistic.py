@@ -11,30 +11,13 @@ example's contribution has L2 norm at most ``clip_norm`` whatever network, signa
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from shared.augmentation import augment
 from shared.device import autocast
-from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, pass_chunk
 from shared.signals import get_signal_kind
-from shared.subspace import Subspace, fit_subspace
-
-# kip: the projection is scaled so that the median auxiliary ||z|| is this; with C = 1 the median
-# example's packed vector then has norm sqrt(0.75^4 + 0.75^2) = 0.90, just inside the clip.
-KIP_TARGET_NORM = 0.75
-
-
-def embed_images(net: nn.Module, images: torch.Tensor, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB) -> torch.Tensor:
-    """Embeddings of a public or private image set, without gradients, in chunks within ``budget_mb``."""
-    chunk = pass_chunk(net.spec, images.device, budget_mb)
-    with torch.inference_mode():
-        parts = [net.embed(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
-    if not parts:
-        return torch.zeros(0, net.spec.embedding_dim, device=images.device)
-    return torch.cat(parts)
+from shared.subspace import Subspace
 
 
 def public_subspace(
@@ -42,19 +25,6 @@ def public_subspace(
 ) -> Subspace:
     """SER basis for one network and signal: top-k PCA of the auxiliary set's vectors (no augmentation)."""
     return get_signal_kind(signal).public_basis(net, aux_images, k, aux_labels)
-
-
-def kip_projection(aux_features: torch.Tensor, k: int) -> Subspace:
-    """Top-``k`` PCA of public auxiliary scattering features, scaled to a public median norm.
-
-    The scale balances the two moment blocks (norms ||z||^2 and ||z||) under the joint clip; it
-    rescales the kernel only, which the KRR's relative ridge makes irrelevant to predictions.
-    """
-    subspace = fit_subspace(aux_features, k)
-    norms = torch.linalg.vector_norm(subspace.project(aux_features.to(torch.float32)).double(), dim=1)
-    median = float(norms.median())
-    scale = median / KIP_TARGET_NORM if math.isfinite(median) and median > 0 else 1.0
-    return Subspace(subspace.mean, subspace.basis, scale)
 
 
 def clip_rows(z: torch.Tensor, clip_norm: float) -> torch.Tensor:

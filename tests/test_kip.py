@@ -21,9 +21,9 @@ from shared.kip import (
     synthetic_labels,
 )
 from shared.kip_shapes import feature_dim, moment_dim
-from shared.moments import moment_k, pack_moments, unpack_moments
+from shared.moments import KIP_TARGET_NORM, kip_projection, moment_k, pack_moments, unpack_moments
 from shared.scattering import scattering_features
-from shared.statistic import KIP_TARGET_NORM, class_sums, kip_projection, per_example_statistic
+from shared.statistic import class_sums, per_example_statistic
 
 CLASSES = 3
 C = 1.0

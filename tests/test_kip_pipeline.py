@@ -17,10 +17,10 @@ from owner_node.ledger import Ledger
 from shared.evaluation import krr_accuracy
 from shared.images.errors import DataNotFound
 from shared.images.fashion_mnist import fashion_mnist_root
-from shared.moments import pack_moments, unpack_moments
+from shared.moments import kip_projection, pack_moments, unpack_moments
 from shared.protocol import decode
 from shared.scattering import scattering_features
-from shared.statistic import class_sums, kip_projection
+from shared.statistic import class_sums
 from tests.second_accountant import check_reported
 
 CLASSES = 3
