@@ -8,6 +8,7 @@ from pathlib import Path
 
 from deploy.cli_options import own_image_options, user_sets
 from deploy.presets import PRESETS
+from deploy.run_settings import RunSettings
 from shared.run_choices import INITS, KIP_SYNC, METHODS
 
 
@@ -265,7 +266,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="benchmark: gradient vs feature signals, with and without the subspace, same budget (JSON, PNG)",
     )
     bs.add_argument("--out", default="runs/bench/signals")
-    bs.add_argument("--epsilon", type=float, default=1.0)
+    bs.add_argument("--epsilon", type=float, default=RunSettings.epsilon)
     bs.add_argument("--ipc", type=int, default=10)
     bs.add_argument("--eval-runs", type=int, default=3)
     bs.add_argument("--only", nargs="+", help="run only these configurations (names as in signals.json)")
@@ -339,7 +340,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--out", default="runs/membership")
     m.add_argument("--members", type=int, default=1000, help="private records (the attack's members)")
-    m.add_argument("--epsilon", type=float, default=1.0)
+    m.add_argument("--epsilon", type=float, default=RunSettings.epsilon)
     m.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     m.add_argument("--group-size", type=float, default=4.0, help="expected sample per class (owner caps q at 0.05)")
     m.add_argument("--draws", type=int)

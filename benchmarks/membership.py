@@ -98,7 +98,7 @@ def attack(
 def membership_benchmark(
     out: Path,
     members: int = 1000,
-    epsilon: float = 1.0,
+    epsilon: float = RunSettings.epsilon,
     preset: str = "quick",
     group_size: float = 4.0,
     draws: int | None = None,
