@@ -23,8 +23,9 @@ from distiller_node.optimisation import Distiller, OptimisationConfig, Synthetic
 from distiller_node.sampling import SamplingPlan, run_sampling
 from distiller_node.signal_store import Signals, SignalStore
 from shared.augmentation import parse_strategy
-from shared.datasets import ImageSet, to_float
+from shared.datasets import to_float
 from shared.evaluation import krr_accuracy
+from shared.images.image_set import ImageSet
 from shared.messages import KipStepRequest
 from shared.run_choices import KIP_SYNC
 from shared.signals import SignalKind, get_signal_kind
@@ -182,38 +183,6 @@ class SynchronisedKip(DistillationMethod):
     @property
     def augmentable(self) -> bool:
         return False
-
-    def check(self, augmentation: str, num_owners: int) -> None:
-        """Refuse, before anything is asked of an owner, settings this method cannot run with."""
-        if not self.augmentable and parse_strategy(augmentation):
-            raise ValueError(f"{self.name} is matched without augmentation: set the sampling augmentation to 'none'")
-        if self.single_owner and num_owners != 1:
-            raise ValueError(f"{self.name} runs against exactly one owner")
-
-    def own_scores(
-        self,
-        train_x: torch.Tensor,
-        train_y: torch.Tensor,
-        test: ImageSet,
-        normalization: tuple[float, float],
-        classes: int,
-    ) -> dict | None:
-        """The method's own evaluation protocol beside the ConvNet trainings (None: it has none). KIP's: KRR
-        on scattering features with the synthetic set as support, full and through the optimised projection."""
-        if not self.scattering_krr:
-            return None
-        test_x = to_float(test.images, normalization)
-        krr = {"scattering": krr_accuracy(train_x, train_y, test_x, test.labels, classes)}
-        if self.projection is not None:
-            krr["projected"] = krr_accuracy(train_x, train_y, test_x, test.labels, classes, self.projection)
-        return krr
-
-    def format_scores(self, krr: dict, k: int) -> str:
-        projected = f", {100 * krr['projected']:.2f}% (projected, k={k})" if "projected" in krr else ""
-        return (
-            "test accuracy (KRR on scattering features, synthetic set as support): "
-            f"{100 * krr['scattering']:.2f}% (full features){projected}"
-        )
 
     def first_request(self, plan: SamplingPlan, images: torch.Tensor, lr: float) -> KipStepRequest | None:
         return first_request(plan, images, lr)

@@ -142,8 +142,8 @@ def check_delta_for_records(delta: float, records: int, unit: str = "image") -> 
 # Where patient mode finds each image's patient: a CSV column, the DICOM PatientID tag, or the file
 # itself (each file, e.g. a volume whose slices are images, is one patient).
 PATIENT_SOURCES = ("column", "dicom", "file")
-# The tables of owner.toml besides those OwnerConfig's fields name: [limits] and [service] are dataclasses.
-NESTED_TABLES = {"limits": "limits", "service": "service"}
+# owner.toml tables that are OwnerConfig fields of their own (dataclasses), each named as its field.
+NESTED_TABLES = ("limits", "service")
 # Paths in owner.toml are relative to the file; these fields hold paths.
 PATH_FIELDS = ("data_path", "aux_path", "ledger_path", "image_cache")
 SERVICE_PATHS = ("tls_cert", "tls_key", "client_ca")
@@ -308,8 +308,10 @@ class OwnerConfig:
             return q if q.is_absolute() else (base / q).resolve()
 
         known = toml_keys()
-        for table in [t for t in raw if t not in known[""]]:
-            raise ValueError(f"owner config {path}: unknown top-level key {table!r}; known: {', '.join(known[''])}")
+        unknown = [t for t in raw if t not in known[""]]
+        if unknown:
+            known_keys = ", ".join(known[""])
+            raise ValueError(f"owner config {path}: unknown top-level key {unknown[0]!r}; known: {known_keys}")
         given: dict[str, Any] = {}
         try:
             for table, keys in known.items():
@@ -322,7 +324,7 @@ class OwnerConfig:
                 if unknown:
                     raise ValueError(f"owner config {path}: unknown [{table}] keys {unknown}; known: {', '.join(keys)}")
             for f in fields(cls):
-                if f.name in NESTED_TABLES.values():
+                if f.name in NESTED_TABLES:
                     continue
                 table, key = f.metadata["toml"]
                 values = raw if not table else raw.get(table, {})
@@ -350,7 +352,7 @@ def toml_keys() -> dict[str, tuple[str, ...]]:
     """owner.toml's keys by table ("" for the top level, which lists the tables too)."""
     keys: dict[str, list[str]] = {"": []}
     for f in fields(OwnerConfig):
-        if f.name in NESTED_TABLES.values():
+        if f.name in NESTED_TABLES:
             continue
         table, key = f.metadata["toml"]
         keys.setdefault(table, []).append(key)
@@ -377,14 +379,14 @@ def write_config(path: str | Path, config: OwnerConfig) -> None:
     back equal. Settings that are None (absent) are left out."""
     tables: dict[str, list[str]] = {}
     for f in fields(config):
-        if f.name in NESTED_TABLES.values():
+        if f.name in NESTED_TABLES:
             continue
         table, key = f.metadata["toml"]
         value = getattr(config, f.name)
         if value is not None:
             tables.setdefault(table, []).append(f"{key} = {_toml_value(value)}")
-    for table, nested in NESTED_TABLES.items():
-        obj = getattr(config, nested)
+    for table in NESTED_TABLES:
+        obj = getattr(config, table)
         tables[table] = [
             f"{f.name} = {_toml_value(getattr(obj, f.name))}"
             for f in fields(obj)

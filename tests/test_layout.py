@@ -147,50 +147,38 @@ def test_the_cycle_checker_finds_a_loop_through_a_function_and_a_relative_import
     assert find_cycle(module_graph(tmp_path, "pkg")) is None
 
 
-def test_the_command_line_answers_help_without_torch_or_opacus() -> None:
+HEAVY = ("torch", "opacus", "torchvision", "kymatio")
+
+
+def modules_loaded_by(code: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has imported after running ``code`` from the repo root."""
+    import subprocess
+    import sys
+
+    script = f"import sys\n{code}\nprint([m for m in {watched!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    return ast.literal_eval(out.stdout.strip())
+
+
+@pytest.mark.parametrize("cli", ["deploy.cli", "benchmarks.cli"])
+def test_the_command_lines_answer_help_without_torch_or_opacus(cli: str) -> None:
     """Issue 28.4: `dpdistill --help` imported everything (11.6 s of CPU, 880 MB); heavy modules are
-    imported only where a command runs."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from deploy.cli import build_parser; build_parser(); "
-        "heavy = [m for m in ('torch', 'opacus', 'torchvision', 'kymatio') if m in sys.modules]; print(heavy)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_the_measuring_command_answers_help_without_torch() -> None:
-    """``dpdistill-bench --help`` is as light as ``dpdistill --help``: each benchmark imports what it runs."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from benchmarks.cli import build_parser; build_parser(); "
-        "heavy = [m for m in ('torch', 'opacus', 'torchvision', 'kymatio') if m in sys.modules]; print(heavy)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    imported only where a command runs. ``dpdistill-bench --help`` (benchmarks.cli) is as light."""
+    assert modules_loaded_by(f"from {cli} import build_parser; build_parser()", HEAVY) == []
 
 
 def test_the_wire_loads_neither_torch_nor_the_accountants() -> None:
     """Issue 28.4: decoding a message loaded torch, kymatio and the accountants through the signal maths;
     the wire (messages, protocol) and the signal registry it checks names with are plain values."""
-    import subprocess
-    import sys
-
     code = (
-        "import sys; import shared.messages, shared.protocol, shared.signals; "
-        "from shared.protocol import decode, encode; from shared.messages import FeatureRequest; "
-        "from shared.network_spec import NetworkSpec; "
-        "r = FeatureRequest('r', NetworkSpec(), (1,), (2,), 'none', 4, 'h', 5.0, 1.0, 'kip'); "
-        "assert decode(encode(r)) == r; "
-        "heavy = ('torch', 'opacus', 'kymatio', 'scipy', 'shared.accounting', 'shared.statistic', 'shared.networks'); "
-        "print([m for m in heavy if m in sys.modules])"
+        "import shared.messages, shared.protocol, shared.signals\n"
+        "from shared.protocol import decode, encode\nfrom shared.messages import FeatureRequest\n"
+        "from shared.network_spec import NetworkSpec\n"
+        "r = FeatureRequest('r', NetworkSpec(), (1,), (2,), 'none', 4, 'h', 5.0, 1.0, 'kip')\n"
+        "assert decode(encode(r)) == r"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    watched = (*HEAVY, "scipy", "shared.accounting", "shared.statistic", "shared.networks")
+    assert modules_loaded_by(code, watched) == []
 
 
 def test_a_signal_kind_is_one_registered_object() -> None:

@@ -48,7 +48,7 @@ def _example_with_every_key() -> dict:
 def _defaults() -> dict[tuple[str, str], object]:
     out = {}
     for f in fields(OwnerConfig):
-        if f.name not in NESTED_TABLES.values():
+        if f.name not in NESTED_TABLES:
             out[f.metadata["toml"]] = f.default
     for table, cls in (("limits", Limits), ("service", ServiceConfig)):
         out |= {(table, f.name): f.default for f in fields(cls)}
