@@ -43,7 +43,7 @@ def run_case(budget: float, events: list[tuple[float, float, int]]) -> dict:
     from owner_node.budget import AccountingRefused, Budget, BudgetExceeded
     from owner_node.config import OwnerConfig
     from shared.accounting import epsilon
-    from shared.privacy_event import SampledGaussianEvent
+    from shared.wire.privacy_event import SampledGaussianEvent
 
     epsilon([SampledGaussianEvent(1.0, 0.01, 1)], 1e-5, "prv")  # imports and first-call set-up, not measured
     config = OwnerConfig(

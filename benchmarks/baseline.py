@@ -10,7 +10,7 @@ data and networks, so the ratio holds on whatever machine runs it:
   the same augmentation, embedding, projection and clip, and add the squared distance of the
   rescaled sum to the noisy one; one backward pass and one SGD step.
 
-The statistics are the same function as the project's (``shared.statistic``): only the way the
+The statistics are the same function as the project's (``shared.compute.statistic``): only the way the
 work is organised differs, and the network pools with PyTorch's ``nn.AvgPool2d`` as the authors'
 ConvNet does (the project's own ``AvgPool2x2`` computes the same means with faster CPU kernels).
 The noise here comes from a seeded ``torch.Generator``: this is timing code, never a release.
@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.augmentation import augment
-from shared.networks import AvgPool2x2, ConvNet, NetworkSpec, build_network, freeze
-from shared.statistic import clip_rows
+from shared.compute.augmentation import augment
+from shared.compute.networks import AvgPool2x2, ConvNet, NetworkSpec, build_network, freeze
+from shared.compute.statistic import clip_rows
 
 
 def authors_network(spec: NetworkSpec, seed: int) -> ConvNet:

@@ -141,10 +141,10 @@ def cmd_audit(a: argparse.Namespace) -> int:
         normalization_for,
         public_normalization,
     )
+    from shared.compute.networks import NetworkSpec, depth_for_image_size
     from shared.datasets import to_float
     from shared.images.fashion_mnist import FASHION_MNIST_NORMALIZATION, load_fashion_mnist
     from shared.images.source import load_source
-    from shared.networks import NetworkSpec, depth_for_image_size
 
     if a.config:
         if a.data or a.aux:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from shared.kip import centred_one_hot, clipped_gradient_sum, synthetic_labels
-from shared.kip_shapes import moment_dim
-from shared.moments import kip_projection, pack_moments
-from shared.scattering import scattering_features
-from shared.statistic import class_sums, clip_rows
+from shared.compute.kip import centred_one_hot, clipped_gradient_sum, synthetic_labels
+from shared.compute.kip_shapes import moment_dim
+from shared.compute.moments import kip_projection, pack_moments
+from shared.compute.scattering import scattering_features
+from shared.compute.statistic import class_sums, clip_rows
 
 
 def _peak_rss_mb() -> float:

@@ -23,11 +23,11 @@ from deploy.public_sets import PublicSets
 from deploy.run_settings import RunSettings
 from deploy.simulation import owner_dirs, simulate
 from shared.accounting import MAX_EPSILON
+from shared.compute.networks import NetworkSpec, depth_for_image_size
 from shared.datasets import to_float
 from shared.evaluation import EvaluationConfig, accuracy, train_once
 from shared.images.npz import load_npz
 from shared.images.source import ImageSource
-from shared.networks import NetworkSpec, depth_for_image_size
 
 NEAR_NON_PRIVATE_EPSILON = MAX_EPSILON  # the planner's noise floor (sigma 0.3) binds long before this
 

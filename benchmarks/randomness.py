@@ -14,7 +14,7 @@ import torch
 
 from distiller_node.pipeline import peak_rss_mb
 from owner_node.randomness import SecureRandom, noisy
-from shared.kip_shapes import moment_dim
+from shared.compute.kip_shapes import moment_dim
 from shared.measurement import cpu_model
 
 # Request shapes of the presets (Fashion-MNIST: 10 classes of 6,000 records, group size 50).

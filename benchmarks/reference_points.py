@@ -27,16 +27,16 @@ from distiller_node.sampling import plan_seeds
 from distiller_node.signal_store import Signals
 from owner_node.data import PrivateData
 from owner_node.mechanism import FeatureMechanism
+from shared.compute.networks import NetworkSpec, depth_for_image_size
+from shared.compute.subspace import content_hash
 from shared.datasets import to_float
 from shared.evaluation import evaluate
 from shared.images.fashion_mnist import FASHION_MNIST_NORMALIZATION, load_fashion_mnist
 from shared.images.image_set import ImageSet
 from shared.images.npz import load_npz
 from shared.measurement import cpu_model, write_json
-from shared.messages import FeatureRequest
-from shared.networks import NetworkSpec, depth_for_image_size
 from shared.progress import progress_bar
-from shared.subspace import content_hash
+from shared.wire.messages import FeatureRequest
 
 KINDS = ("no-noise", "aux-only")
 

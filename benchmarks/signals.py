@@ -95,11 +95,11 @@ def owner_memory(config_path: Path, probes: tuple[tuple[int, int, int], ...] = M
     from distiller_node.pipeline import peak_rss_mb
     from owner_node.config import OwnerConfig
     from owner_node.service import OwnerService
-    from shared.augmentation import DEFAULT_STRATEGY
-    from shared.messages import FeatureRequest
-    from shared.networks import NetworkSpec
-    from shared.protocol import decode, encode
-    from shared.signals import get_signal_kind
+    from shared.compute.augmentation import DEFAULT_STRATEGY
+    from shared.compute.networks import NetworkSpec
+    from shared.compute.signals import get_signal_kind
+    from shared.wire.messages import FeatureRequest
+    from shared.wire.protocol import decode, encode
 
     service = OwnerService(OwnerConfig.load(config_path))
     result = {"benchmark": "owner_memory", "after_load_mb": peak_rss_mb(), "num_aux": service.num_aux, "probes": []}

@@ -24,15 +24,15 @@ from distiller_node.pipeline import peak_rss_mb
 from distiller_node.signal_store import Signals
 from owner_node.data import PrivateData, public_normalization
 from owner_node.mechanism import FeatureMechanism
-from shared.augmentation import DEFAULT_STRATEGY
+from shared.compute.augmentation import DEFAULT_STRATEGY
+from shared.compute.device import use_device
+from shared.compute.networks import NetworkSpec, depth_for_image_size
 from shared.datasets import to_float
-from shared.device import use_device
 from shared.images.classes import check_same_classes
 from shared.images.fashion_mnist import FASHION_MNIST_NORMALIZATION, load_fashion_mnist
 from shared.images.source import ImageSource, load_source
 from shared.measurement import cpu_model
-from shared.messages import FeatureRequest
-from shared.networks import NetworkSpec, depth_for_image_size
+from shared.wire.messages import FeatureRequest
 
 
 def speed(

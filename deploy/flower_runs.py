@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from shared.rpc.relay_config import toml_string
+from shared.wire.rpc.relay_config import toml_string
 
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 

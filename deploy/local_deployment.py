@@ -26,8 +26,8 @@ from deploy.run_settings import RunSettings
 from deploy.simulation import owner_dirs, prepare_owners
 from owner_node.config import Limits, ServiceConfig
 from shared.images.source import ImageSource
-from shared.rpc.channel import OwnerChannel, OwnerEndpoint
-from shared.rpc.errors import OwnerCallError
+from shared.wire.rpc.channel import OwnerChannel, OwnerEndpoint
+from shared.wire.rpc.errors import OwnerCallError
 
 ROLES = Path(__file__).resolve().parent / "roles"
 FEDERATION = "dpdistill"

@@ -1,7 +1,7 @@
 """The distiller's view of an owner: typed calls over any transport, retried when the path fails.
 
 A transport takes an RPC name (``Describe``, ``Release``, ``Budget``) and a serialised ``Message``
-(both defined in shared/rpc/owner.proto) and returns the reply bytes, or raises ``OwnerCallError``.
+(both defined in shared/wire/rpc/owner.proto) and returns the reply bytes, or raises ``OwnerCallError``.
 The in-process simulation, a direct gRPC channel and the Flower relay are all transports, so the
 pipeline has one code path. Retrying is safe because a release is idempotent by request id: the
 owner answers a repeated id from its ledger without spending again.
@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from shared.messages import (
+from shared.compute.signals import get_signal_kind
+from shared.wire.messages import (
     BudgetReport,
     BudgetRequest,
     DescribeRequest,
@@ -25,9 +26,8 @@ from shared.messages import (
     PlanReply,
     PlanRequest,
 )
-from shared.protocol import decode, encode
-from shared.rpc.errors import OwnerCallError
-from shared.signals import get_signal_kind
+from shared.wire.protocol import decode, encode
+from shared.wire.rpc.errors import OwnerCallError
 
 Transport = Callable[[str, bytes], bytes]
 

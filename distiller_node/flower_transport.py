@@ -17,10 +17,10 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from distiller_node.client import Transport
-from shared.messages import DescribeRequest, OwnerInfo
-from shared.protocol import decode, encode
-from shared.rpc.errors import OwnerCallError
-from shared.rpc.flower_records import MESSAGE_TYPE, pack_call, unpack_reply
+from shared.wire.messages import DescribeRequest, OwnerInfo
+from shared.wire.protocol import decode, encode
+from shared.wire.rpc.errors import OwnerCallError
+from shared.wire.rpc.flower_records import MESSAGE_TYPE, pack_call, unpack_reply
 
 # Flower's error codes (flwr.common.constant.ErrorCode) that say the relay itself could not run: the
 # ClientApp failed to load (1), raised (2) or came in an invalid FAB (7). Retrying does not help.

@@ -1,10 +1,10 @@
 """Optimisation stage for decoupled DP-KIP: fit the synthetic set to the released moments, offline.
 
 The stored ``kip`` releases are per-class sums of packed moments of projected scattering features
-(``shared.moments``). Summed over draws (and owners), they give M = sum_i z_i z_i^T (its noisy class
+(``shared.compute.moments``). Summed over draws (and owners), they give M = sum_i z_i z_i^T (its noisy class
 rows added up, then projected onto the PSD cone) and the per-class sums of z. The KRR loss of the
 synthetic set against the whole private sample is a function of those two alone
-(``shared.kip.decoupled_krr_loss``), so Adam runs on it for as many steps as wanted with no further
+(``shared.compute.kip.decoupled_krr_loss``), so Adam runs on it for as many steps as wanted with no further
 release: pure post-processing. Scaling all sums by a constant does not move the minimiser, so no
 normalisation by the sample size is needed.
 """
@@ -18,11 +18,11 @@ import torch
 
 from distiller_node.optimisation import OptimisationConfig, SyntheticState
 from distiller_node.signal_store import Signals
-from shared.kip import DEFAULT_REG, centred_one_hot, decoupled_krr_loss, psd_part
-from shared.moments import moment_k, unpack_moments
+from shared.compute.kip import DEFAULT_REG, centred_one_hot, decoupled_krr_loss, psd_part
+from shared.compute.moments import moment_k, unpack_moments
+from shared.compute.scattering import scattering_features
+from shared.compute.subspace import FINGERPRINT_TOL, Subspace, basis_fingerprint
 from shared.progress import progress_bar
-from shared.scattering import scattering_features
-from shared.subspace import FINGERPRINT_TOL, Subspace, basis_fingerprint
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from distiller_node.client import OwnerClient
 from distiller_node.optimisation import SyntheticState
 from distiller_node.sampling import SamplingPlan
 from distiller_node.signal_store import atomic_write
-from shared.kip import DEFAULT_REG, centred_one_hot, krr_loss
-from shared.messages import KipStepReply, KipStepRequest
+from shared.compute.kip import DEFAULT_REG, centred_one_hot, krr_loss
+from shared.compute.scattering import scattering_features
 from shared.progress import progress_bar
-from shared.protocol import read_message
-from shared.scattering import scattering_features
+from shared.wire.messages import KipStepReply, KipStepRequest
+from shared.wire.protocol import read_message
 
 
 def public_kip_loss(images: torch.Tensor, labels: torch.Tensor, aux: tuple[torch.Tensor, torch.Tensor]) -> float:

@@ -3,7 +3,7 @@
 ``distiller_node.pipeline.run_distillation`` is the common skeleton (plan, reserve, release,
 optimise, evaluate, report); a method fills in what differs. Matching a signal kind's noisy class
 sums with the same statistic of the synthetic set (``SignalMatching``) is the default for every kind
-in ``shared.signals``; decoupled DP-KIP and synchronised DP-KIP are their own methods. A method is
+in ``shared.compute.signals``; decoupled DP-KIP and synchronised DP-KIP are their own methods. A method is
 chosen by the run's ``signal`` setting (``distillation_method``).
 """
 
@@ -22,14 +22,14 @@ from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, SyntheticState
 from distiller_node.sampling import SamplingPlan, run_sampling
 from distiller_node.signal_store import Signals, SignalStore
-from shared.augmentation import parse_strategy
+from shared.compute.augmentation import parse_strategy
+from shared.compute.signals import SignalKind, get_signal_kind
+from shared.compute.subspace import Subspace
 from shared.datasets import to_float
 from shared.evaluation import krr_accuracy
 from shared.images.image_set import ImageSet
-from shared.messages import KipStepRequest
 from shared.run_choices import KIP_SYNC
-from shared.signals import SignalKind, get_signal_kind
-from shared.subspace import Subspace
+from shared.wire.messages import KipStepRequest
 
 
 @dataclass

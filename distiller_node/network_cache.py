@@ -10,10 +10,10 @@ from collections import OrderedDict
 
 import torch
 
-from shared.networks import ConvNet, NetworkSpec, build_network, freeze
-from shared.signals import get_signal_kind
-from shared.statistic import public_subspace
-from shared.subspace import Subspace, basis_fingerprint
+from shared.compute.networks import ConvNet, NetworkSpec, build_network, freeze
+from shared.compute.signals import get_signal_kind
+from shared.compute.statistic import public_subspace
+from shared.compute.subspace import Subspace, basis_fingerprint
 
 
 class NetworkCache:

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 
 from distiller_node.network_cache import NetworkCache
 from distiller_node.signal_store import Signals
-from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, image_chunk, pass_chunk
+from shared.compute.networks import DEFAULT_ACTIVATION_BUDGET_MB, image_chunk, pass_chunk
+from shared.compute.statistic import class_sums, per_example_statistic
+from shared.compute.subspace import FINGERPRINT_TOL
 from shared.progress import progress_bar
 from shared.run_choices import INITS
 from shared.settings import bounded, check_settings
-from shared.statistic import class_sums, per_example_statistic
-from shared.subspace import FINGERPRINT_TOL
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class OptimisationConfig:
     # Activation memory of one pass: a synthetic set whose pass would need more is pushed through in
     # chunks, with the exact gradient of the whole-set loss (two passes; see ``Distiller.step``).
     activation_budget_mb: float = bounded(DEFAULT_ACTIVATION_BUDGET_MB, float, 0, 1 << 24, low_open=True)
-    # "bf16": autocast the network passes (shared.device); the loss and the images stay float32/64.
+    # "bf16": autocast the network passes (shared.compute.device); the loss and the images stay float32/64.
     precision: str = "float32"
 
     def __post_init__(self) -> None:

@@ -21,13 +21,13 @@ from distiller_node.report import format_report, privacy_report, write_report
 from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan
 from distiller_node.signal_store import atomic_write
 from shared.accounting import MAX_EPSILON, MIN_DELTA
+from shared.compute.device import use_device
+from shared.compute.subspace import content_hash
 from shared.datasets import to_float
-from shared.device import use_device
 from shared.evaluation import EvaluationConfig, evaluate
 from shared.images.image_set import ImageSet
 from shared.metrics import format_metrics, plot_confusion
 from shared.settings import bounded, check_settings
-from shared.subspace import content_hash
 
 
 @dataclass(frozen=True)

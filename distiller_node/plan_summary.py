@@ -6,11 +6,11 @@ and a rough wall time. ``run_distillation`` prints it before its reservations; `
 from __future__ import annotations
 
 from distiller_node.sampling import SamplingPlan
+from shared.compute.signals import get_signal_kind
 from shared.evaluation import EvaluationConfig
-from shared.messages import OwnerInfo
 from shared.run_choices import KIP_SYNC
 from shared.signal_to_noise import LOW_SNR, class_snr, low_classes
-from shared.signals import get_signal_kind
+from shared.wire.messages import OwnerInfo
 
 # Rough seconds per image pass on the 2-core CPU the README was measured on (two threads): sampling,
 # per draw and image (its sample and the auxiliary images its basis is fitted to); optimisation, per

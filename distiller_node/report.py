@@ -7,7 +7,7 @@ from pathlib import Path
 
 from distiller_node.methods import distillation_method
 from distiller_node.sampling import SamplingPlan
-from shared.messages import BudgetReport, OwnerInfo
+from shared.wire.messages import BudgetReport, OwnerInfo
 
 NOISE_SAMPLER_WORDS = {
     "csprng": "Gaussian noise and Poisson sample from ChaCha20 keyed with 256 bits of OS entropy per request "

@@ -23,12 +23,12 @@ import torch
 from distiller_node.client import OwnerClient
 from distiller_node.signal_store import Signals, SignalStore, atomic_write
 from shared.accounting import epsilon, noise_for_budget
-from shared.messages import FeatureRequest, OwnerInfo, PlanRequest
-from shared.networks import NetworkSpec, depth_for_image_size
-from shared.privacy_event import SampledGaussianEvent
+from shared.compute.networks import NetworkSpec, depth_for_image_size
 from shared.progress import progress_bar
-from shared.protocol import encode
 from shared.settings import bounded, check_settings
+from shared.wire.messages import FeatureRequest, OwnerInfo, PlanRequest
+from shared.wire.privacy_event import SampledGaussianEvent
+from shared.wire.protocol import encode
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SamplingConfig:
     width: int = bounded(128, int, 1, 4096)
     depth: int | None = bounded(
         None, int, 1, 12, optional=True
-    )  # None: by image size (shared.networks.depth_for_image_size)
+    )  # None: by image size (shared.compute.networks.depth_for_image_size)
     augmentation: str = "color_crop_cutout_flip_scale_rotate"
     seed: int = bounded(0, int, 0, 2**63 - 1)
     signal: str = "features"  # or "gradients": per-example loss gradients of each draw's network

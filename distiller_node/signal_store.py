@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.messages import FeatureReply
-from shared.protocol import read_message
-from shared.subspace import FINGERPRINT_TOL, SubspaceMismatch, fingerprint_discrepancy
+from shared.compute.subspace import FINGERPRINT_TOL, SubspaceMismatch, fingerprint_discrepancy
+from shared.wire.messages import FeatureReply
+from shared.wire.protocol import read_message
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -43,7 +43,7 @@ class Signals:
     def check_basis(self, draw: int, own: torch.Tensor | None, tol: float = FINGERPRINT_TOL) -> None:
         """Refuse to use ``draw`` if an owner's basis for it is not the one this side built.
 
-        ``own`` is ``shared.subspace.basis_fingerprint`` of this side's basis (None: no projection).
+        ``own`` is ``shared.compute.subspace.basis_fingerprint`` of this side's basis (None: no projection).
         The sums of several owners are added, so every owner's fingerprint must agree.
         """
         mine = np.zeros(0, np.float32) if own is None else np.asarray(own, dtype=np.float32)

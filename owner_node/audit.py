@@ -25,17 +25,17 @@ from owner_node.data import PrivateData
 from owner_node.kip_mechanism import ADAM_BETAS, KipStepMechanism
 from owner_node.mechanism import FeatureMechanism
 from shared.accounting import epsilon
+from shared.compute.kip import DEFAULT_REG, centred_one_hot, iter_per_example_image_gradients
+from shared.compute.networks import NetworkSpec
+from shared.compute.scattering import scattering_features
+from shared.compute.signals import get_signal_kind
+from shared.compute.statistic import clip_rows, per_example_statistic
+from shared.compute.subspace import content_hash
 from shared.images.image_set import ImageSet
-from shared.kip import DEFAULT_REG, centred_one_hot, iter_per_example_image_gradients
-from shared.messages import FeatureRequest, KipStepRequest
-from shared.networks import NetworkSpec
-from shared.privacy_event import SampledGaussianEvent
 from shared.progress import progress_bar
 from shared.run_choices import KIP_SYNC, METHODS
-from shared.scattering import scattering_features
-from shared.signals import get_signal_kind
-from shared.statistic import clip_rows, per_example_statistic
-from shared.subspace import content_hash
+from shared.wire.messages import FeatureRequest, KipStepRequest
+from shared.wire.privacy_event import SampledGaussianEvent
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,9 @@ class CanaryGame(DistinguishingGame):
         )
         if get_signal_kind(config.signal).needs_labels and aux_labels is None:
             raise ValueError(f"auditing {config.signal!r} signals needs the auxiliary set's labels (for its subspace)")
-        if config.subspace_dim > len(aux_images) - 1:  # as the owner service refuses it (shared.subspace.fit_subspace)
+        if (
+            config.subspace_dim > len(aux_images) - 1
+        ):  # as the owner service refuses it (shared.compute.subspace.fit_subspace)
             raise ValueError(
                 f"subspace_dim {config.subspace_dim} needs at least {config.subspace_dim + 1} auxiliary images, "
                 f"there are {len(aux_images)} (n images centred on their mean span n - 1 directions)"

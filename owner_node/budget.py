@@ -23,7 +23,7 @@ from shared.accounting import (
     epsilon,
     epsilon_lower_bound,
 )
-from shared.messages import BudgetReport
+from shared.wire.messages import BudgetReport
 
 PUBLIC_FACTS = (
     "class names",

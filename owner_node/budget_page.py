@@ -18,7 +18,7 @@ from owner_node.budget import Budget
 from owner_node.config import OwnerConfig
 from owner_node.ledger import AuditRow, Ledger
 from shared.accounting import AccountingError
-from shared.privacy_event import SampledGaussianEvent
+from shared.wire.privacy_event import SampledGaussianEvent
 
 # A ledger written before the audit trail existed: the curve is rebuilt from its rows at most this often.
 MAX_REBUILT_POINTS = 60

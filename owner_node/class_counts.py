@@ -23,7 +23,7 @@ from owner_node.config import OwnerConfig
 from owner_node.ledger import Ledger
 from owner_node.randomness import SecureRandom, noisy
 from shared.accounting import noise_for_budget
-from shared.privacy_event import SampledGaussianEvent
+from shared.wire.privacy_event import SampledGaussianEvent
 
 # Not a valid distiller request id (those never hold '#'): no request can read or replace it.
 COUNTS_RELEASE_ID = "#class-counts"

@@ -11,14 +11,14 @@ from typing import Any
 from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
 from shared.accounting import ACCOUNTANTS, DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
-from shared.device import check_precision
+from shared.compute.device import check_precision
 from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
 from shared.images.source import ImageSource
-from shared.messages import PRIVACY_UNITS
-from shared.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
-from shared.rpc.address import is_loopback
-from shared.rpc.relay_config import toml_string
 from shared.settings import Bound, SettingError, bounded, check_number, check_settings
+from shared.wire.messages import PRIVACY_UNITS
+from shared.wire.protocol import MAX_HEADER_BYTES, MAX_MESSAGE_BYTES
+from shared.wire.rpc.address import is_loopback
+from shared.wire.rpc.relay_config import toml_string
 
 # The largest reply any transport carries: the decoder's and gRPC's cap, less the header's share.
 MAX_REPLY_BYTES = MAX_MESSAGE_BYTES - MAX_HEADER_BYTES
@@ -43,7 +43,7 @@ class Limits:
     max_basis_mb: int = bounded(1024, int, 1, 1 << 20)
     # Bounds the activations of one pass through a network: the owner works through each sample in
     # chunks this size allows (high-resolution images go a few at a time) and refuses a network whose
-    # single image would need more (shared.networks.NetworkSpec.activation_bytes).
+    # single image would need more (shared.compute.networks.NetworkSpec.activation_bytes).
     max_activation_mb: float = bounded(512.0, float, 0, 1 << 20, low_open=True)
     # Synchronised DP-KIP: steps per request (each is a release) and synthetic images per request;
     # a step costs the owner n_sample x m per-example image gradients (seconds to minutes on a CPU).
@@ -213,7 +213,7 @@ class OwnerConfig:
     )
     # patient mode: a patient's images-per-class vector, clipped
     class_counts_patient_clip: float = at("privacy", "class_counts_patient_clip", 10.0, Bound(float, 1, 1e6))
-    # Where releases are computed: "cpu", "auto", "cuda" or "cuda:N" (shared.device), and the
+    # Where releases are computed: "cpu", "auto", "cuda" or "cuda:N" (shared.compute.device), and the
     # precision of the network passes ("float32" or "bf16"); neither changes the sensitivity bound.
     device: str = at("compute", "device", "cpu")
     precision: str = at("compute", "precision", "float32")

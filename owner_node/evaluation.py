@@ -15,7 +15,7 @@ import torch
 
 from owner_node.config import OwnerConfig
 from owner_node.data import load_owner_images
-from shared.device import resolve_device
+from shared.compute.device import resolve_device
 from shared.evaluation import EvaluationConfig, evaluate
 from shared.images.classes import check_same_classes
 from shared.metrics import plot_confusion

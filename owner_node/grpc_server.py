@@ -1,4 +1,4 @@
-"""The owner service as a long-running gRPC process (API: shared/rpc/owner.proto).
+"""The owner service as a long-running gRPC process (API: shared/wire/rpc/owner.proto).
 
 It alone opens the private data and the ledger. Every RPC goes through ``OwnerService.answer``,
 the same path the in-process simulation uses; a refusal becomes a gRPC error whose details are the
@@ -22,8 +22,8 @@ from owner_node.config import OwnerConfig
 from owner_node.peers import allowed, certificate_names, peer_identity
 from owner_node.service import OwnerService
 from owner_node.validation import RequestRefused
-from shared.rpc.channel import MAX_MESSAGE_BYTES, RPC_METHODS, SERVICE, V1_SERVICE
-from shared.rpc.errors import ERROR_CODE_KEY, STATUS_FOR_CODE
+from shared.wire.rpc.channel import MAX_MESSAGE_BYTES, RPC_METHODS, SERVICE, V1_SERVICE
+from shared.wire.rpc.errors import ERROR_CODE_KEY, STATUS_FOR_CODE
 
 log = logging.getLogger("owner_node")
 

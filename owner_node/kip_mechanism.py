@@ -2,7 +2,7 @@
 
 Per step (one release): Poisson-sample every class with the owner's secret sampling stream,
 compute the scattering features of the sample, the exact per-example gradient of the KRR loss with
-respect to the synthetic images (``shared.kip``), clip each to C, sum, and add noise of std
+respect to the synthetic images (``shared.compute.kip``), clip each to C, sum, and add noise of std
 sigma * C drawn once per step from a second stream; both streams are ChaCha20 keyed with 256 bits
 of OS entropy per request (``owner_node.randomness``). The Adam update
 that follows uses only the noisy sum and the request, so the returned images and moments are
@@ -16,9 +16,9 @@ import torch
 
 from owner_node.data import PrivateData
 from owner_node.randomness import SecureRandom, check_sampler, noisy
-from shared.kip import centred_one_hot, clipped_gradient_sum
-from shared.messages import KipStepRequest
-from shared.scattering import scattering_features
+from shared.compute.kip import centred_one_hot, clipped_gradient_sum
+from shared.compute.scattering import scattering_features
+from shared.wire.messages import KipStepRequest
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8

@@ -25,8 +25,8 @@ import torch
 
 from owner_node.config import OwnerConfig
 from owner_node.data import PrivateData
-from shared.messages import OwnerInfo
 from shared.signal_to_noise import records_per_draw_bound
+from shared.wire.messages import OwnerInfo
 
 SUMMARY_FILE = "load_summary.json"
 # A class whose draws hold fewer records than this on average, at the owner's highest rate, is

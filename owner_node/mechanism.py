@@ -1,4 +1,4 @@
-"""The release mechanism (DESIGN section 3) for every signal kind (``shared.signals``).
+"""The release mechanism (DESIGN section 3) for every signal kind (``shared.compute.signals``).
 
 Per draw: rebuild the public network and its public subspace, Poisson-sample every class with the
 owner's own generator, push the sample through augment -> describe (embedding or per-example loss
@@ -17,12 +17,12 @@ import torch
 
 from owner_node.data import PrivateData
 from owner_node.randomness import SecureRandom, check_sampler, noisy
+from shared.compute.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, freeze, pass_chunk
+from shared.compute.signals import get_signal_kind
+from shared.compute.statistic import class_sums, per_example_statistic, public_subspace
+from shared.compute.subspace import Subspace, basis_fingerprint
 from shared.datasets import to_float
-from shared.messages import FeatureRequest
-from shared.networks import DEFAULT_ACTIVATION_BUDGET_MB, NetworkSpec, build_network, freeze, pass_chunk
-from shared.signals import get_signal_kind
-from shared.statistic import class_sums, per_example_statistic, public_subspace
-from shared.subspace import Subspace, basis_fingerprint
+from shared.wire.messages import FeatureRequest
 
 
 def clean_class_sums(
@@ -44,7 +44,7 @@ def clean_class_sums(
 
     ``images`` are normalised floats, or uint8 with their ``normalization``: then each chunk is
     converted on its own, so a large sample of large images never exists in float32 at once.
-    Chunks keep one pass's activations within ``budget_mb`` (``shared.networks.image_chunk``).
+    Chunks keep one pass's activations within ``budget_mb`` (``shared.compute.networks.image_chunk``).
     With ``patients`` (each row's patient), every patient's whole contribution is clipped to C as
     well (``patient_clipped_sums``), so one patient moves the sums by at most C.
     Each chunk goes to the network's device; the sums come back to the CPU in float64.
@@ -97,7 +97,9 @@ class Release:
     """What one request releases: the noisy sums, and public fingerprints of the bases they were projected on."""
 
     noisy_sums: np.ndarray  # float32 [draws, classes, statistic_dim]
-    basis_fingerprints: np.ndarray  # float32 [draws, k] (shared.subspace.basis_fingerprint); k = 0: no projection
+    basis_fingerprints: (
+        np.ndarray
+    )  # float32 [draws, k] (shared.compute.subspace.basis_fingerprint); k = 0: no projection
 
 
 class FeatureMechanism:

@@ -22,11 +22,12 @@ from owner_node.ledger import Ledger, LedgerBusy, LedgerConflict
 from owner_node.load_summary import write_load_summary
 from owner_node.mechanism import FeatureMechanism
 from owner_node.validation import REQUEST_ID, RequestRefused, RequestValidator
+from shared.compute.device import use_device
+from shared.compute.subspace import content_hash
 from shared.datasets import to_float
-from shared.device import use_device
 from shared.images.classes import check_same_classes
 from shared.images.image_set import ImageSet
-from shared.messages import (
+from shared.wire.messages import (
     BudgetReport,
     BudgetRequest,
     DescribeRequest,
@@ -39,13 +40,12 @@ from shared.messages import (
     PlanReply,
     PlanRequest,
 )
-from shared.privacy_event import SampledGaussianEvent
-from shared.protocol import ProtocolError, decode, encode
-from shared.rpc.errors import OwnerCallError
-from shared.subspace import content_hash
+from shared.wire.privacy_event import SampledGaussianEvent
+from shared.wire.protocol import ProtocolError, decode, encode
+from shared.wire.rpc.errors import OwnerCallError
 
 log = logging.getLogger("owner_node")
-# Which message kinds each RPC of shared/rpc/owner.proto accepts.
+# Which message kinds each RPC of shared/wire/rpc/owner.proto accepts.
 # Marks digests of owner.proto v2 encodings; the ledger's older rows hold bare sha256 digests of
 # version 1's bytes, which no v2 request can match.
 DIGEST_PREFIX = "v2:"

@@ -14,11 +14,11 @@ import numpy as np
 from owner_node.config import Limits
 from owner_node.data import PrivateData
 from owner_node.randomness import inclusion_threshold
-from shared.augmentation import parse_strategy
-from shared.kip_shapes import SCATTER_J, scatterable
-from shared.messages import FeatureRequest, KipStepRequest
-from shared.privacy_event import SampledGaussianEvent
-from shared.signals import get_signal_kind
+from shared.compute.augmentation import parse_strategy
+from shared.compute.kip_shapes import SCATTER_J, scatterable
+from shared.compute.signals import get_signal_kind
+from shared.wire.messages import FeatureRequest, KipStepRequest
+from shared.wire.privacy_event import SampledGaussianEvent
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # used with fullmatch: "$" would let a trailing newline in
 MAX_SEED = 2**63 - 1

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.privacy_event import SampledGaussianEvent
+from shared.wire.privacy_event import SampledGaussianEvent
 
 ACCOUNTANTS = ("prv", "rdp")  # the accountants ([privacy] accountant): PRV, RDP
 PRV_EPS_ERROR = 0.01

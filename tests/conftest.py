@@ -11,11 +11,11 @@ import torch
 
 from owner_node.config import Limits, OwnerConfig
 from owner_node.service import OwnerService
+from shared.compute.networks import NetworkSpec
+from shared.compute.subspace import content_hash
 from shared.images.image_set import ImageSet
 from shared.images.npz import save_npz
-from shared.messages import FeatureRequest, KipStepRequest
-from shared.networks import NetworkSpec
-from shared.subspace import content_hash
+from shared.wire.messages import FeatureRequest, KipStepRequest
 
 NUM_CLASSES = 4
 SPEC = NetworkSpec(width=8, depth=2, channels=1, image_size=16, num_classes=NUM_CLASSES)

@@ -22,10 +22,10 @@ import pytest
 
 from deploy.certs import make_certs
 from owner_node.config import OwnerConfig, ServiceConfig, write_config
-from shared.messages import BudgetRequest
-from shared.protocol import encode
-from shared.rpc.channel import OwnerChannel, OwnerEndpoint
-from shared.rpc.errors import OwnerCallError
+from shared.wire.messages import BudgetRequest
+from shared.wire.protocol import encode
+from shared.wire.rpc.channel import OwnerChannel, OwnerEndpoint
+from shared.wire.rpc.errors import OwnerCallError
 from tests.conftest import make_owner_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from shared.accounting import RDP_ORDERS
-from shared.privacy_event import SampledGaussianEvent
+from shared.wire.privacy_event import SampledGaussianEvent
 
 # PLD's pessimistic discretisation rounds privacy loss up in steps of this size, so its epsilon is
 # an upper bound itself and lies within about this tolerance of the exact value.

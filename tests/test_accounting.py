@@ -6,7 +6,7 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from shared.accounting import RDP_ORDERS, compose, epsilon, noise_for_budget
-from shared.privacy_event import SampledGaussianEvent
+from shared.wire.privacy_event import SampledGaussianEvent
 
 
 @pytest.mark.parametrize("sigma, q, steps", [(1.25, 50 / 6000, 1000), (0.9, 0.01, 200), (3.0, 0.05, 50)])

@@ -15,8 +15,8 @@ from owner_node.audit_verdict import clopper_pearson_upper, epsilon_from_rates, 
 from owner_node.data import PrivateData
 from owner_node.kip_mechanism import KipStepMechanism
 from owner_node.mechanism import FeatureMechanism
+from shared.compute.networks import NetworkSpec
 from shared.datasets import to_float
-from shared.networks import NetworkSpec
 from tests.conftest import random_image_set
 
 NORM = (0.5, 0.5)

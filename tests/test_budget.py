@@ -15,10 +15,10 @@ import pytest
 from owner_node.config import OwnerConfig, write_config
 from owner_node.ledger import Ledger
 from owner_node.service import OwnerService, request_digest
-from shared.messages import BudgetReport, BudgetRequest, ErrorReply, FeatureReply
-from shared.networks import NetworkSpec
-from shared.protocol import decode, encode
-from shared.signals import get_signal_kind
+from shared.compute.networks import NetworkSpec
+from shared.compute.signals import get_signal_kind
+from shared.wire.messages import BudgetReport, BudgetRequest, ErrorReply, FeatureReply
+from shared.wire.protocol import decode, encode
 from tests.conftest import feature_request, make_owner_config
 
 
@@ -112,8 +112,8 @@ OWNER_LOOP = """
 import sys, json
 from owner_node.config import OwnerConfig
 from owner_node.service import OwnerService
-from shared.messages import FeatureReply
-from shared.protocol import decode, encode
+from shared.wire.messages import FeatureReply
+from shared.wire.protocol import decode, encode
 from tests.conftest import feature_request
 service = OwnerService(OwnerConfig.load(sys.argv[1]))
 received = open(sys.argv[2], "a")

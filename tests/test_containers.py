@@ -22,9 +22,9 @@ import pytest
 from deploy.certs import make_certs
 from distiller_node.client import OwnerClient
 from owner_node.config import ServiceConfig, write_config
-from shared.messages import FeatureReply
-from shared.rpc.channel import OwnerChannel, OwnerEndpoint
-from shared.rpc.errors import OwnerCallError
+from shared.wire.messages import FeatureReply
+from shared.wire.rpc.channel import OwnerChannel, OwnerEndpoint
+from shared.wire.rpc.errors import OwnerCallError
 from tests.conftest import feature_request, make_owner_config
 from tests.owner_process import encode_budget, free_port
 
@@ -153,16 +153,16 @@ def test_each_image_runs_as_its_own_uid_and_keeps_no_download_cache(target: str)
     )
     assert leftovers == ""
     # Bytecode is there for the code the image runs.
-    module = "shared.rpc.channel"
+    module = "shared.wire.rpc.channel"
     probe = f"import importlib.util as u, os, {module} as m; print(os.path.exists(u.cache_from_source(m.__file__)))"
     assert in_image(target, f"python -c '{probe}'") == "True"
 
 
 def test_the_relay_image_has_the_rpc_package_and_no_torch() -> None:
-    # A plain package list once left shared.rpc out of the install: the relay failed with
+    # A plain package list once left shared.wire.rpc out of the install: the relay failed with
     # ModuleNotFoundError (Flower exit code 607).
     script = (
-        "import sys, shared.rpc.channel, deploy.flower_app.dpdistill_flower.client_app;"
+        "import sys, shared.wire.rpc.channel, deploy.flower_app.dpdistill_flower.client_app;"
         "assert 'torch' not in sys.modules; import importlib.util as u; print(u.find_spec('torch') is None)"
     )
     assert in_image("supernode", f'python -c "{script}"') == "True"

@@ -21,7 +21,7 @@ from deploy.public_sets import PublicSets
 from owner_node.ledger import Ledger
 from shared.images.errors import DataNotFound
 from shared.images.fashion_mnist import fashion_mnist_root
-from shared.protocol import decode
+from shared.wire.protocol import decode
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import shared.networks as networks
+import shared.compute.networks as networks
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
 from distiller_node.signal_store import Signals
 from owner_node.config import OwnerConfig, write_config
 from owner_node.mechanism import clean_class_sums
 from owner_node.service import OwnerService
-from shared.device import autocast, resolve_device, use_device
-from shared.networks import NetworkSpec, build_network, freeze, pass_chunk
-from shared.statistic import per_example_statistic, public_subspace
-from shared.subspace import basis_fingerprint, fingerprint_discrepancy
+from shared.compute.device import autocast, resolve_device, use_device
+from shared.compute.networks import NetworkSpec, build_network, freeze, pass_chunk
+from shared.compute.statistic import per_example_statistic, public_subspace
+from shared.compute.subspace import basis_fingerprint, fingerprint_discrepancy
 from tests.conftest import make_owner_config
 
 SPEC = NetworkSpec(width=16, depth=2, channels=1, image_size=16, num_classes=4)
@@ -52,7 +52,7 @@ def test_the_same_seed_gives_the_same_weights_and_bases_on_a_gpu() -> None:
     k = 20
     cpu_basis = public_subspace(cpu_net, aux, k)
     gpu_basis = public_subspace(gpu_net, aux.cuda(), k)
-    # The tolerance the owner and the distiller already hold each other to (shared.subspace).
+    # The tolerance the owner and the distiller already hold each other to (shared.compute.subspace).
     assert fingerprint_discrepancy(basis_fingerprint(cpu_basis), basis_fingerprint(gpu_basis)) <= 1e-3
 
 

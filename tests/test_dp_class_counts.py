@@ -12,8 +12,8 @@ import torch
 from owner_node.class_counts import COUNTS_RELEASE_ID, clipped_counts, counts_noise_multiplier
 from owner_node.service import OwnerService
 from shared.accounting import epsilon
-from shared.messages import FeatureReply
-from shared.protocol import decode, encode
+from shared.wire.messages import FeatureReply
+from shared.wire.protocol import decode, encode
 from tests.conftest import feature_request, make_owner_config
 
 

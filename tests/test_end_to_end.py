@@ -18,7 +18,7 @@ from distiller_node.pipeline import config_differences
 from owner_node.ledger import Ledger
 from shared.images.errors import DataNotFound
 from shared.images.fashion_mnist import fashion_mnist_root
-from shared.protocol import decode
+from shared.wire.protocol import decode
 from tests.second_accountant import check_reported
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from deploy.presets import PRESETS
 from distiller_node.client import OwnerClient, OwnerRefused, OwnerUnreachable
 from distiller_node.flower_transport import GridRouter
 from owner_node.service import OwnerService
-from shared.rpc.errors import OwnerCallError
-from shared.rpc.flower_records import pack_error, pack_reply, unpack_call
+from shared.wire.rpc.errors import OwnerCallError
+from shared.wire.rpc.flower_records import pack_error, pack_reply, unpack_call
 from tests.conftest import feature_request, make_owner_config
 
 

@@ -1,6 +1,6 @@
 """Fuzzing the owner's front door: whatever bytes arrive, the answer is a message or a clear refusal.
 
-``shared.protocol.decode`` must return a known message or raise ``ProtocolError``; the service must
+``shared.wire.protocol.decode`` must return a known message or raise ``ProtocolError``; the service must
 answer with a reply or a ``RequestRefused`` with a known code, never spend budget on a refusal,
 and answer the same bytes the same way twice (a retry never spends again). Inputs are arbitrary
 bytes and hand-written hostile encodings, arbitrary bodies inside a valid ``Message``, and mutations
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from owner_node.service import OwnerService
 from owner_node.validation import MAX_NOISE_MULTIPLIER, RequestRefused
-from shared.messages import (
+from shared.wire.messages import (
     MESSAGE_TYPES,
     BudgetReport,
     BudgetRequest,
@@ -41,10 +41,10 @@ from shared.messages import (
     PlanReply,
     PlanRequest,
 )
-from shared.privacy_event import SampledGaussianEvent
-from shared.protocol import ProtocolError, decode, encode
-from shared.rpc import owner_pb2 as pb
-from shared.rpc.errors import STATUS_FOR_CODE
+from shared.wire.privacy_event import SampledGaussianEvent
+from shared.wire.protocol import ProtocolError, decode, encode
+from shared.wire.rpc import owner_pb2 as pb
+from shared.wire.rpc.errors import STATUS_FOR_CODE
 from tests.conftest import feature_request, kip_request, make_owner_config
 from tests.wire import length_delimited
 

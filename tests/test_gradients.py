@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from shared import gradients
-from shared.gradients import gradients_in_chunks, num_parameters, per_example_gradients
-from shared.networks import NetworkSpec, build_network, freeze
+from shared.compute import gradients
+from shared.compute.gradients import gradients_in_chunks, num_parameters, per_example_gradients
+from shared.compute.networks import NetworkSpec, build_network, freeze
 
 SPEC = NetworkSpec(width=6, depth=2, channels=1, image_size=16, num_classes=4)
 

@@ -20,12 +20,12 @@ import pytest
 
 from owner_node.ledger import Ledger
 from shared.accounting import epsilon
-from shared.messages import BudgetReport, BudgetRequest, DescribeRequest, FeatureReply, FeatureRequest
-from shared.privacy_event import SampledGaussianEvent
-from shared.protocol import decode, encode
-from shared.rpc import owner_pb2 as pb
-from shared.rpc.channel import OwnerChannel
-from shared.rpc.errors import OwnerCallError
+from shared.wire.messages import BudgetReport, BudgetRequest, DescribeRequest, FeatureReply, FeatureRequest
+from shared.wire.privacy_event import SampledGaussianEvent
+from shared.wire.protocol import decode, encode
+from shared.wire.rpc import owner_pb2 as pb
+from shared.wire.rpc.channel import OwnerChannel
+from shared.wire.rpc.errors import OwnerCallError
 from tests.conftest import feature_request, kip_request
 from tests.owner_process import OwnerProcess, running_tls_owners
 from tests.wire import length_delimited, v1_envelope, v1_message, varint
@@ -232,7 +232,9 @@ HOSTILE: list[tuple[str, str, bytes | Callable[[], bytes], str, str]] = [
         "subspace_dim",
     ),
     # subspace_dim 0 is a valid request (no projection); see test_budget's reply-size limit.
-    ("signal-unknown", "Release", with_fields("k2", signal="pixels"), "bad_message", "signal"),
+    # A malformed name is the wire's to refuse; a well-formed unknown one the owner's (naming the known kinds).
+    ("signal-malformed", "Release", with_fields("k1m", signal="Pixels;DROP"), "bad_message", "signal"),
+    ("signal-unknown", "Release", with_fields("k2", signal="pixels"), "invalid_request", "unknown signal kind"),
     ("kip-unprojected", "Release", with_fields("k5", signal="kip", subspace_dim=0), "invalid_request", "projection"),
     # -- synchronised KIP steps
     ("kip-steps-10^6", "Release", encode(kip_request("ks1", num_steps=10**6)), "too_many_draws", "KIP steps"),
@@ -386,7 +388,7 @@ def test_a_version_1_client_is_refused_by_name(hostile_owner: OwnerProcess) -> N
 
 def test_a_client_generated_from_the_proto_alone_is_served(hostile_owner: OwnerProcess) -> None:
     """owner.proto is the whole API: protoc's stubs, with no dpdistill code, can describe and release."""
-    from shared.rpc import owner_pb2_grpc
+    from shared.wire.rpc import owner_pb2_grpc
 
     stub = owner_pb2_grpc.OwnerStub(hostile_owner.channel._channel)
     info = stub.Describe(pb.Message(describe_request=pb.DescribeRequest()), timeout=60).owner_info

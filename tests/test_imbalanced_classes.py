@@ -16,8 +16,8 @@ from owner_node.randomness import SecureRandom
 from owner_node.service import OwnerService
 from shared.images.image_set import ImageSet
 from shared.images.npz import save_npz
-from shared.messages import ErrorReply, FeatureReply, OwnerInfo
-from shared.protocol import decode, encode
+from shared.wire.messages import ErrorReply, FeatureReply, OwnerInfo
+from shared.wire.protocol import decode, encode
 from tests.conftest import feature_request, make_owner_config
 
 COUNTS = (400, 20, 100, 40)  # 20:1 between the largest and the smallest class

@@ -7,9 +7,9 @@ import pytest
 from owner_node.ledger import Ledger
 from owner_node.service import OwnerService
 from shared.accounting import epsilon, noise_for_budget
-from shared.messages import BudgetReport, BudgetRequest, ErrorReply
-from shared.privacy_event import SampledGaussianEvent
-from shared.protocol import decode, encode
+from shared.wire.messages import BudgetReport, BudgetRequest, ErrorReply
+from shared.wire.privacy_event import SampledGaussianEvent
+from shared.wire.protocol import decode, encode
 from tests.conftest import feature_request, make_owner_config
 from tests.second_accountant import PLD_TOLERANCE, check_reported, pld_epsilon
 

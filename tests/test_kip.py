@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from shared.kip import (
+from shared.compute.kip import (
     SyntheticSolve,
     centred_one_hot,
     clipped_feature_gradient_sum,
@@ -20,10 +20,10 @@ from shared.kip import (
     psd_part,
     synthetic_labels,
 )
-from shared.kip_shapes import feature_dim, moment_dim
-from shared.moments import KIP_TARGET_NORM, kip_projection, moment_k, pack_moments, unpack_moments
-from shared.scattering import scattering_features
-from shared.statistic import class_sums, per_example_statistic
+from shared.compute.kip_shapes import feature_dim, moment_dim
+from shared.compute.moments import KIP_TARGET_NORM, kip_projection, moment_k, pack_moments, unpack_moments
+from shared.compute.scattering import scattering_features
+from shared.compute.statistic import class_sums, per_example_statistic
 
 CLASSES = 3
 C = 1.0

@@ -14,13 +14,13 @@ from deploy.cli import main
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
 from distiller_node.optimisation import OptimisationConfig, initial_state
 from owner_node.ledger import Ledger
+from shared.compute.moments import kip_projection, pack_moments, unpack_moments
+from shared.compute.scattering import scattering_features
+from shared.compute.statistic import class_sums
 from shared.evaluation import krr_accuracy
 from shared.images.errors import DataNotFound
 from shared.images.fashion_mnist import fashion_mnist_root
-from shared.moments import kip_projection, pack_moments, unpack_moments
-from shared.protocol import decode
-from shared.scattering import scattering_features
-from shared.statistic import class_sums
+from shared.wire.protocol import decode
 from tests.second_accountant import check_reported
 
 CLASSES = 3

@@ -21,9 +21,9 @@ from owner_node.kip_mechanism import adam_update
 from owner_node.ledger import Ledger
 from shared.images.errors import DataNotFound
 from shared.images.fashion_mnist import fashion_mnist_root
-from shared.messages import ErrorReply, KipStepReply, KipStepRequest
-from shared.protocol import ProtocolError, decode, encode
 from shared.run_choices import KIP_SYNC
+from shared.wire.messages import ErrorReply, KipStepReply, KipStepRequest
+from shared.wire.protocol import ProtocolError, decode, encode
 from tests.conftest import NUM_CLASSES, kip_request
 from tests.second_accountant import check_reported
 

@@ -5,7 +5,9 @@ the three imports the launchers (``deploy``) or the benchmarks, and ``deploy`` d
 benchmarks (they run the system, so they sit above it: ``dpdistill-bench`` is their own entry point).
 Within a package no two modules import each other, directly or around a longer loop (issue 28.5:
 ``shared/datasets.py`` and ``shared/images/``, ``images/decode.py`` and ``images/dicom.py`` did).
-Every import counts, including those inside functions.
+Inside ``shared/`` the parts are layered: ``wire/`` (messages, protocol, gRPC) imports no other part,
+``compute/`` (networks, subspaces, the signal kinds and their statistic) only the wire's value types,
+``images/`` (readers and their types) neither. Every import counts, including those inside functions.
 """
 
 from __future__ import annotations
@@ -131,6 +133,28 @@ def test_the_images_layer_sits_below_datasets() -> None:
     assert not {"shared.images.decode"} & (graph["shared.images.dicom"] | graph["shared.images.nifti"])
 
 
+def shared_part(module: str) -> str:
+    """Which part of shared/ a module belongs to: wire, compute, images, or the top level (accounting, ...)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ("wire", "compute", "images") else "top"
+
+
+# What each part of shared/ may import from the others (issue 28.5): the wire at the bottom imports
+# none; the statistic's computation only the wire's value types; image loading neither.
+SHARED_PARTS_MAY_IMPORT = {"wire": set(), "compute": {"wire"}, "images": {"top"}}
+
+
+@pytest.mark.parametrize("part", sorted(SHARED_PARTS_MAY_IMPORT))
+def test_the_parts_of_shared_are_layered(part: str) -> None:
+    graph = module_graph(ROOT, "shared")
+    allowed = SHARED_PARTS_MAY_IMPORT[part] | {part}
+    members = [m for m in graph if shared_part(m) == part]
+    assert members, f"no modules in shared/{part}/"
+    broken = {m: sorted(t for t in graph[m] if shared_part(t) not in allowed) for m in members}
+    broken = {m: ts for m, ts in broken.items() if ts}
+    assert not broken, f"shared/{part}/ may import only {sorted(allowed)}: {broken}"
+
+
 def test_the_cycle_checker_finds_a_loop_through_a_function_and_a_relative_import(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
@@ -171,21 +195,21 @@ def test_the_wire_loads_neither_torch_nor_the_accountants() -> None:
     """Issue 28.4: decoding a message loaded torch, kymatio and the accountants through the signal maths;
     the wire (messages, protocol) and the signal registry it checks names with are plain values."""
     code = (
-        "import shared.messages, shared.protocol, shared.signals\n"
-        "from shared.protocol import decode, encode\nfrom shared.messages import FeatureRequest\n"
-        "from shared.network_spec import NetworkSpec\n"
+        "import shared.wire.messages, shared.wire.protocol, shared.compute.signals\n"
+        "from shared.wire.protocol import decode, encode\nfrom shared.wire.messages import FeatureRequest\n"
+        "from shared.wire.network_spec import NetworkSpec\n"
         "r = FeatureRequest('r', NetworkSpec(), (1,), (2,), 'none', 4, 'h', 5.0, 1.0, 'kip')\n"
         "assert decode(encode(r)) == r"
     )
-    watched = (*HEAVY, "scipy", "shared.accounting", "shared.statistic", "shared.networks")
+    watched = (*HEAVY, "scipy", "shared.accounting", "shared.compute.statistic", "shared.compute.networks")
     assert modules_loaded_by(code, watched) == []
 
 
 def test_a_signal_kind_is_one_registered_object() -> None:
     """Issue 28.2: each kind answers for itself; an unknown name is refused naming the known ones."""
-    from shared.network_spec import NetworkSpec
+    from shared.compute.signals import get_signal_kind, signal_names
     from shared.run_choices import SIGNALS
-    from shared.signals import get_signal_kind, signal_names
+    from shared.wire.network_spec import NetworkSpec
 
     assert SIGNALS == signal_names() == ("features", "gradients", "kip")
     spec = NetworkSpec(width=8, depth=2, image_size=16)

@@ -13,7 +13,7 @@ from deploy.cli import main
 from owner_node.config import write_config
 from owner_node.ledger import Ledger
 from owner_node.ledger_backup import backup_ledger
-from shared.privacy_event import SampledGaussianEvent
+from shared.wire.privacy_event import SampledGaussianEvent
 from tests.conftest import make_owner_config
 
 EVENT = SampledGaussianEvent(noise_multiplier=5.0, sample_rate=0.01, count=3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from owner_node.config import ServiceConfig
-from shared.rpc.address import is_loopback
-from shared.rpc.channel import OwnerEndpoint
+from shared.wire.rpc.address import is_loopback
+from shared.wire.rpc.channel import OwnerEndpoint
 
 NOT_LOOPBACK = [
     "127.evil.example:50051",

@@ -12,9 +12,9 @@ import torch
 from deploy.cli import main
 from distiller_node.sampling import SamplingConfig, check_compatible, make_plan
 from distiller_node.signal_store import SignalStore
-from shared.messages import FeatureReply, OwnerInfo
-from shared.privacy_event import SampledGaussianEvent
-from shared.protocol import decode, encode
+from shared.wire.messages import FeatureReply, OwnerInfo
+from shared.wire.privacy_event import SampledGaussianEvent
+from shared.wire.protocol import decode, encode
 
 INFO = dict(
     class_names=("a", "b"),

@@ -9,9 +9,9 @@ import torch
 
 from distiller_node.sampling import SamplingConfig, make_plan
 from owner_node.config import Limits
+from shared.compute.networks import NetworkSpec, build_network, depth_for_image_size
 from shared.evaluation import EvaluationConfig, evaluate
-from shared.messages import OwnerInfo
-from shared.networks import NetworkSpec, build_network, depth_for_image_size
+from shared.wire.messages import OwnerInfo
 
 
 @pytest.mark.parametrize("size, depth", [(28, 3), (32, 3), (64, 4), (128, 5), (224, 6), (256, 6), (512, 7)])
@@ -49,7 +49,7 @@ def test_evaluation_network_follows_the_image_size() -> None:
 @pytest.mark.parametrize("side", [28, 7, 5])
 def test_pooling_is_the_authors_average_pooling(dtype: torch.dtype, side: int) -> None:
     """The CPU's faster pooling (``AvgPool2x2``) gives nn.AvgPool2d(2, 2)'s values and gradients, odd sides included."""
-    from shared.networks import AvgPool2x2
+    from shared.compute.networks import AvgPool2x2
 
     g = torch.Generator().manual_seed(side)
     x = torch.randn(3, 4, side, side, generator=g).to(dtype)
@@ -91,7 +91,7 @@ def test_pooling_supports_gradients_of_gradients_and_vmap() -> None:
     """Gradient signals differentiate a per-example gradient (vmap over grad), through every pool."""
     from torch.func import grad, vmap
 
-    from shared.networks import AvgPool2x2
+    from shared.compute.networks import AvgPool2x2
 
     pool = AvgPool2x2()
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from owner_node.mechanism import clean_class_sums
-from shared.messages import ErrorReply, FeatureReply
-from shared.protocol import decode, encode
 from shared.run_choices import SIGNALS
+from shared.wire.messages import ErrorReply, FeatureReply
+from shared.wire.protocol import decode, encode
 from tests.conftest import feature_request
 
 

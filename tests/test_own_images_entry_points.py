@@ -27,7 +27,7 @@ from distiller_node.pipeline import run_distillation
 from owner_node.config import Limits, OwnerConfig, ServiceConfig, write_config
 from shared.images.npz import load_npz, save_npz
 from shared.images.source import ImageSource
-from shared.rpc.channel import OwnerChannel, OwnerEndpoint
+from shared.wire.rpc.channel import OwnerChannel, OwnerEndpoint
 from tests.owner_process import free_port, start_owner_service, stop_owner_service, wait_ready
 
 DIGITS = tuple("0123456789")

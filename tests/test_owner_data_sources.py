@@ -14,8 +14,8 @@ from owner_node.data import public_normalization
 from owner_node.service import OwnerService
 from shared.images.image_set import ImageSet
 from shared.images.npz import save_npz
-from shared.messages import FeatureReply
-from shared.protocol import decode, encode
+from shared.wire.messages import FeatureReply
+from shared.wire.protocol import decode, encode
 from tests.conftest import SPEC, feature_request, make_owner_config
 
 CLASSES = ("benign", "malignant", "normal", "other")

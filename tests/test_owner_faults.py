@@ -31,10 +31,10 @@ import pytest
 
 from owner_node.ledger import Ledger, LedgerRow
 from shared.accounting import epsilon
-from shared.messages import BudgetReport, BudgetRequest, FeatureReply
-from shared.protocol import decode, encode
-from shared.rpc.channel import OwnerChannel, OwnerEndpoint
-from shared.rpc.errors import OwnerCallError
+from shared.wire.messages import BudgetReport, BudgetRequest, FeatureReply
+from shared.wire.protocol import decode, encode
+from shared.wire.rpc.channel import OwnerChannel, OwnerEndpoint
+from shared.wire.rpc.errors import OwnerCallError
 from tests.conftest import feature_request
 from tests.owner_process import ForkedOwner, OwnerForkServer, TlsOwnerSetup, prepare_tls_owner, wait_ready
 

@@ -29,10 +29,10 @@ from shared.accounting import (
     epsilon,
     epsilon_lower_bound,
 )
-from shared.messages import BudgetReport, BudgetRequest, DescribeRequest, ErrorReply, PlanRequest
-from shared.protocol import decode, encode
-from shared.rpc.errors import OwnerCallError
 from shared.settings import SettingError
+from shared.wire.messages import BudgetReport, BudgetRequest, DescribeRequest, ErrorReply, PlanRequest
+from shared.wire.protocol import decode, encode
+from shared.wire.rpc.errors import OwnerCallError
 from tests.conftest import feature_request, make_owner_config
 from tests.owner_process import prepare_tls_owner, start_owner_service, stop_owner_service, wait_ready
 

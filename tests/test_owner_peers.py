@@ -20,11 +20,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from deploy.certs import _issue, make_certs
 from deploy.flower_app.dpdistill_flower.client_app import answer
 from owner_node.config import OwnerConfig, ServiceConfig, write_config
-from shared.messages import BudgetReport, BudgetRequest
-from shared.protocol import decode, encode
-from shared.rpc.channel import RPC_METHODS, V1_SERVICE, OwnerChannel, OwnerEndpoint
-from shared.rpc.errors import ERROR_CODE_KEY, OwnerCallError
-from shared.rpc.flower_records import pack_call, unpack_reply
+from shared.wire.messages import BudgetReport, BudgetRequest
+from shared.wire.protocol import decode, encode
+from shared.wire.rpc.channel import RPC_METHODS, V1_SERVICE, OwnerChannel, OwnerEndpoint
+from shared.wire.rpc.errors import ERROR_CODE_KEY, OwnerCallError
+from shared.wire.rpc.flower_records import pack_call, unpack_reply
 from tests.conftest import make_owner_config
 from tests.owner_process import free_port, start_owner_service, stop_owner_service, wait_ready
 

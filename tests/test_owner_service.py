@@ -11,10 +11,10 @@ import pytest
 from distiller_node.client import OwnerClient, OwnerRefused
 from owner_node.config import OwnerConfig, ServiceConfig
 from owner_node.ledger import Ledger
-from shared.messages import DescribeRequest, FeatureReply
-from shared.protocol import decode, encode
-from shared.rpc.channel import OwnerChannel, OwnerEndpoint
-from shared.rpc.errors import OwnerCallError
+from shared.wire.messages import DescribeRequest, FeatureReply
+from shared.wire.protocol import decode, encode
+from shared.wire.rpc.channel import OwnerChannel, OwnerEndpoint
+from shared.wire.rpc.errors import OwnerCallError
 from tests.conftest import feature_request
 from tests.owner_process import ROOT, encode_budget, tls_owner_fixture
 

@@ -18,12 +18,12 @@ from owner_node.data import PrivateData, holdout_split, load_owner_images, patie
 from owner_node.mechanism import clean_class_sums, patient_clipped_sums
 from owner_node.randomness import SecureRandom
 from owner_node.service import OwnerService
+from shared.compute.networks import NetworkSpec, build_network, freeze
+from shared.compute.statistic import public_subspace
 from shared.images.image_set import ImageSet
-from shared.messages import ErrorReply, FeatureReply
-from shared.networks import NetworkSpec, build_network, freeze
-from shared.protocol import decode, encode
 from shared.run_choices import SIGNALS
-from shared.statistic import public_subspace
+from shared.wire.messages import ErrorReply, FeatureReply
+from shared.wire.protocol import decode, encode
 from tests.conftest import feature_request, kip_request, make_owner_config
 
 C = 1.0

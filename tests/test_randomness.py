@@ -13,8 +13,8 @@ import owner_node.randomness as randomness
 from owner_node.data import PrivateData
 from owner_node.randomness import KEY_BITS, SecureRandom, inclusion_threshold
 from owner_node.service import OwnerService
-from shared.messages import ErrorReply, FeatureReply
-from shared.protocol import decode, encode
+from shared.wire.messages import ErrorReply, FeatureReply
+from shared.wire.protocol import decode, encode
 from tests.conftest import feature_request, kip_request, random_image_set
 
 

@@ -16,11 +16,11 @@ from flwr.common.config import parse_config_args
 
 from deploy.certs import make_certs
 from deploy.flower_app.dpdistill_flower.client_app import answer
-from shared.messages import BudgetRequest
-from shared.protocol import encode
-from shared.rpc.errors import OwnerCallError
-from shared.rpc.flower_records import pack_call, unpack_reply
-from shared.rpc.relay_config import endpoint_from_node_config, node_config_arg, toml_string
+from shared.wire.messages import BudgetRequest
+from shared.wire.protocol import encode
+from shared.wire.rpc.errors import OwnerCallError
+from shared.wire.rpc.flower_records import pack_call, unpack_reply
+from shared.wire.rpc.relay_config import endpoint_from_node_config, node_config_arg, toml_string
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSPITAL = 'St John\'s Hospital/cérts "x" \\ 100% = #1 ☃'

@@ -9,9 +9,9 @@ import pytest
 
 from owner_node.config import MAX_REPLY_BYTES, Limits, OwnerConfig, write_config
 from owner_node.service import OwnerService
-from shared.messages import ErrorReply, FeatureReply
-from shared.protocol import MAX_MESSAGE_BYTES, decode, encode
-from shared.rpc.channel import MAX_MESSAGE_BYTES as GRPC_MAX_BYTES
+from shared.wire.messages import ErrorReply, FeatureReply
+from shared.wire.protocol import MAX_MESSAGE_BYTES, decode, encode
+from shared.wire.rpc.channel import MAX_MESSAGE_BYTES as GRPC_MAX_BYTES
 from tests.conftest import feature_request, kip_request, make_owner_config
 
 

@@ -17,9 +17,9 @@ from owner_node.service import OwnerService
 from shared.accounting import epsilon
 from shared.evaluation import EvaluationConfig
 from shared.images.npz import load_npz
-from shared.messages import ErrorReply, OwnerInfo, PlanReply
-from shared.privacy_event import SampledGaussianEvent
-from shared.protocol import decode, encode
+from shared.wire.messages import ErrorReply, OwnerInfo, PlanReply
+from shared.wire.privacy_event import SampledGaussianEvent
+from shared.wire.protocol import decode, encode
 from tests.conftest import make_owner_config, random_image_set
 
 SAMPLING = SamplingConfig(
@@ -44,7 +44,7 @@ def test_describe_publishes_every_rule_a_plan_must_respect(tmp_path: Path) -> No
 
 
 def encode_describe() -> bytes:
-    from shared.messages import DescribeRequest
+    from shared.wire.messages import DescribeRequest
 
     return encode(DescribeRequest())
 

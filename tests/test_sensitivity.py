@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from owner_node.mechanism import clean_class_sums
-from shared.networks import NetworkSpec, build_network, freeze
+from shared.compute.networks import NetworkSpec, build_network, freeze
+from shared.compute.signals import get_signal_kind
+from shared.compute.statistic import clip_rows, public_subspace
+from shared.compute.subspace import Subspace
 from shared.run_choices import SIGNALS
-from shared.signals import get_signal_kind
-from shared.statistic import clip_rows, public_subspace
-from shared.subspace import Subspace
 
 C = 1.0
 SPEC = NetworkSpec(width=8, depth=2, channels=1, image_size=16, num_classes=4)

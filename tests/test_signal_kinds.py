@@ -9,12 +9,12 @@ import torch
 
 from distiller_node.methods import SignalMatching, distillation_method
 from owner_node.service import OwnerService
-from shared import signals
-from shared.messages import ErrorReply, FeatureReply
-from shared.network_spec import NetworkSpec
-from shared.protocol import decode, encode
-from shared.signals import SignalKind, get_signal_kind, register
-from shared.statistic import per_example_statistic, public_subspace
+from shared.compute import signals
+from shared.compute.signals import SignalKind, get_signal_kind, register
+from shared.compute.statistic import per_example_statistic, public_subspace
+from shared.wire.messages import ErrorReply, FeatureReply
+from shared.wire.network_spec import NetworkSpec
+from shared.wire.protocol import decode, encode
 from tests.conftest import SPEC, feature_request, make_owner_config
 
 
@@ -32,7 +32,7 @@ class PixelSignal(SignalKind):
         return images.flatten(1)
 
     def public_basis(self, net, aux_images: torch.Tensor, k: int, aux_labels):
-        from shared.subspace import fit_subspace
+        from shared.compute.subspace import fit_subspace
 
         return fit_subspace(aux_images.flatten(1), k)
 

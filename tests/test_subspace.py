@@ -7,11 +7,11 @@ import torch
 
 from distiller_node.network_cache import NetworkCache
 from owner_node.mechanism import FeatureMechanism
-from shared.augmentation import augment
-from shared.networks import NetworkSpec, build_network
-from shared.signals import get_signal_kind
-from shared.statistic import public_subspace
-from shared.subspace import canonical_signs, content_hash, fit_subspace
+from shared.compute.augmentation import augment
+from shared.compute.networks import NetworkSpec, build_network
+from shared.compute.signals import get_signal_kind
+from shared.compute.statistic import public_subspace
+from shared.compute.subspace import canonical_signs, content_hash, fit_subspace
 
 SPEC = NetworkSpec(width=16, depth=3, channels=1, image_size=28, num_classes=10)
 

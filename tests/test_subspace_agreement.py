@@ -20,12 +20,9 @@ from distiller_node.optimisation import Distiller, OptimisationConfig, initial_s
 from distiller_node.signal_store import SignalStore
 from owner_node.mechanism import FeatureMechanism
 from owner_node.validation import RequestRefused
-from shared.datasets import to_float
-from shared.messages import ErrorReply, FeatureReply
-from shared.networks import NetworkSpec
-from shared.protocol import decode, encode
-from shared.statistic import public_subspace
-from shared.subspace import (
+from shared.compute.networks import NetworkSpec
+from shared.compute.statistic import public_subspace
+from shared.compute.subspace import (
     FINGERPRINT_TOL,
     Subspace,
     SubspaceMismatch,
@@ -34,6 +31,9 @@ from shared.subspace import (
     fingerprints_agree,
     fit_subspace,
 )
+from shared.datasets import to_float
+from shared.wire.messages import ErrorReply, FeatureReply
+from shared.wire.protocol import decode, encode
 from tests.conftest import NUM_CLASSES, feature_request, random_image_set
 
 SPEC = NetworkSpec(width=16, depth=3, channels=1, image_size=28, num_classes=10)
@@ -83,7 +83,7 @@ def test_owner_with_one_thread_and_distiller_with_two_agree(signal: str) -> None
     # Entries are O(1) (probe . component has unit variance), whatever the signal's units.
     assert 0.1 < float(owner_print.square().mean().sqrt()) < 10
     gap = fingerprint_discrepancy(owner_print, distiller_print)
-    assert gap <= 1e-6 < FINGERPRINT_TOL, gap  # measured: 0 to 1e-8 (see shared.subspace.FINGERPRINT_TOL)
+    assert gap <= 1e-6 < FINGERPRINT_TOL, gap  # measured: 0 to 1e-8 (see shared.compute.subspace.FINGERPRINT_TOL)
     assert fingerprints_agree(owner_print, distiller_print)
 
 

@@ -1,6 +1,6 @@
 """A wheel built from the repository installs whole: every module, the generated protobuf files and the
 data files the package uses (issue 27). A plain package list once left out every subpackage
-(``shared.rpc``, ``shared.images``, ``deploy.flower_app``...), which only a real install shows: run
+(``shared.wire.rpc``, ``shared.images``, ``deploy.flower_app``...), which only a real install shows: run
 from a checkout, the source tree hides what the wheel lacks. So this builds the sdist and the wheel
 from it (as ``uv build`` does), installs the wheel with the locked dependencies into an empty virtual
 environment, and imports every module there with the checkout off the path.
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("owner_node", "distiller_node", "shared", "deploy", "benchmarks")
 # Non-Python files the installed package reads (see [tool.setuptools.package-data]).
 DATA_FILES = (
-    "shared/rpc/owner.proto",
+    "shared/wire/rpc/owner.proto",
     "deploy/owner.example.toml",
     "deploy/flower_app/pyproject.toml",
     *(f"deploy/roles/{p.name}" for p in sorted((ROOT / "deploy" / "roles").glob("*.sh"))),
@@ -58,7 +58,7 @@ def test_package_discovery_finds_every_module_and_data_file(tmp_path: Path) -> N
     expected_py = {str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
     assert sorted(expected_py - names) == []
     assert sorted(set(DATA_FILES) - names) == []
-    assert {"shared/rpc/owner_pb2.py", "shared/rpc/owner_pb2_grpc.py"} <= names
+    assert {"shared/wire/rpc/owner_pb2.py", "shared/wire/rpc/owner_pb2_grpc.py"} <= names
     # Repository tools and tests do not ship.
     assert not [n for n in names if n.startswith(("tests/", "deploy/containers/")) or n.endswith("setup_env.sh")]
 

@@ -22,11 +22,11 @@ if [ "$(id -u)" = 0 ]; then
         echo "supernode.sh: WARNING: running as root without setpriv (util-linux); run as an unprivileged user" >&2
     fi
 fi
-# The relay's settings as Flower's --node-config parser reads them back exactly (shared/rpc/relay_config.py
+# The relay's settings as Flower's --node-config parser reads them back exactly (shared/wire/rpc/relay_config.py
 # escapes every character that parser could cut at), after checking that this user, with the
 # capabilities the SuperNode will have, can read and use the TLS files.
 export OWNER_ADDRESS OWNER_CA RELAY_CERT RELAY_KEY
-node_config=$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${sandbox[@]}" python -m shared.rpc.relay_config) || exit 2
+node_config=$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${sandbox[@]}" python -m shared.wire.rpc.relay_config) || exit 2
 # After a crash the SuperLink refuses the same node until it has missed its heartbeats (about a
 # minute; "Failed to activate SuperNode", Flower exit code 305, process status 1), so a failed
 # start is retried every 5 s, up to RETRIES times (default 36: three minutes).

@@ -1,7 +1,7 @@
 """The relay Flower runs at the hospital: forwards each call to the owner service and nothing else.
 
 Where the owner service is and how to trust it come only from the SuperNode's node config, which
-the hospital sets through ``deploy/roles/supernode.sh`` (``shared.rpc.relay_config`` writes it so that
+the hospital sets through ``deploy/roles/supernode.sh`` (``shared.wire.rpc.relay_config`` writes it so that
 any path survives Flower's parser); a message cannot redirect the relay. It imports neither torch
 nor the data and needs no access to either: every privacy rule is enforced by the owner service,
 which Flower cannot replace.
@@ -20,10 +20,10 @@ import os
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from shared.rpc.channel import OwnerChannel, OwnerEndpoint
-from shared.rpc.errors import OwnerCallError
-from shared.rpc.flower_records import pack_error, pack_reply, unpack_call
-from shared.rpc.relay_config import endpoint_from_node_config
+from shared.wire.rpc.channel import OwnerChannel, OwnerEndpoint
+from shared.wire.rpc.errors import OwnerCallError
+from shared.wire.rpc.flower_records import pack_error, pack_reply, unpack_call
+from shared.wire.rpc.relay_config import endpoint_from_node_config
 
 app = ClientApp()
 

@@ -21,7 +21,7 @@ def probe(msg: Message, context: Context) -> Message:
             found[f"read{i}"] = f"{type(exc).__name__}: {exc}"
     try:
         from deploy.flower_app.dpdistill_flower.client_app import endpoint_from
-        from shared.rpc.channel import OwnerChannel
+        from shared.wire.rpc.channel import OwnerChannel
 
         channel = OwnerChannel(endpoint_from(context.node_config), timeout_s=60)
         found["service"] = f"answered {len(channel.call('Describe', bytes(msg.content['probe']['describe'])))} bytes"

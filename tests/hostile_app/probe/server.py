@@ -9,8 +9,8 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from shared.messages import DescribeRequest
-from shared.protocol import encode
+from shared.wire.messages import DescribeRequest
+from shared.wire.protocol import encode
 
 app = ServerApp()
 

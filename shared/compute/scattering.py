@@ -18,7 +18,7 @@ import functools
 import torch
 from kymatio.torch import Scattering2D
 
-from shared.kip_shapes import SCATTER_J, SCATTER_L, feature_dim
+from shared.compute.kip_shapes import SCATTER_J, SCATTER_L, feature_dim
 
 SCATTER_CHUNK = 256
 

@@ -1,8 +1,8 @@
 """The public description of a ConvNet (``NetworkSpec``) and the arithmetic of its shape.
 
-Plain values and integer arithmetic, no torch: the wire (``shared.messages``, ``shared.protocol``)
-carries a spec and the signal kinds (``shared.signals``) size their vectors from it without loading
-the maths. ``shared.networks`` builds the network a spec and a seed describe.
+Plain values and integer arithmetic, no torch: the wire (``shared.wire.messages``, ``shared.wire.protocol``)
+carries a spec and the signal kinds (``shared.compute.signals``) size their vectors from it without loading
+the maths. ``shared.compute.networks`` builds the network a spec and a seed describe.
 """
 
 from __future__ import annotations

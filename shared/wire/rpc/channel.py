@@ -13,9 +13,9 @@ from pathlib import Path
 
 import grpc
 
-from shared.rpc import owner_pb2
-from shared.rpc.address import is_loopback
-from shared.rpc.errors import OwnerCallError, error_from_rpc
+from shared.wire.rpc import owner_pb2
+from shared.wire.rpc.address import is_loopback
+from shared.wire.rpc.errors import OwnerCallError, error_from_rpc
 
 # The service and its RPCs as owner.proto defines them; every call carries one serialised Message.
 SERVICE = owner_pb2.DESCRIPTOR.services_by_name["Owner"].full_name
@@ -121,7 +121,7 @@ class OwnerChannel:
         """Send one serialised Message to the named RPC; raise ``OwnerCallError`` if no answer comes back.
 
         gRPC reports a TLS handshake the owner refused as it reports an owner that is down
-        (``UNAVAILABLE``); such a failure is looked into (``shared.rpc.tls_probe``) so that a
+        (``UNAVAILABLE``); such a failure is looked into (``shared.wire.rpc.tls_probe``) so that a
         certificate problem comes back as ``unauthenticated``, which is not retried.
         """
         rpc = self._rpc(method)
@@ -130,7 +130,7 @@ class OwnerChannel:
         except grpc.RpcError as exc:
             error = error_from_rpc(exc)
         if error.code == "owner_unavailable" and self.endpoint.root_cert is not None:
-            from shared.rpc import tls_probe  # only on this failure path
+            from shared.wire.rpc import tls_probe  # only on this failure path
 
             error = tls_probe.diagnose(self.endpoint, error)
         raise error

@@ -32,8 +32,8 @@ Decoupled DP-KIP (new; not in the paper). With a linear kernel,
 
 so the private data enter only through M = sum_i z_i z_i^T and the per-class sums of z_i (z = the
 public projection of phi; sum_i z_i y_i^T = class_sums^T Y_code for any label code). The owner
-releases them as the ``kip`` signal kind (``shared.statistic``): per-class sums of each example's
-packed moments ``(tri(z z^T), z)`` (``shared.moments``), clipped jointly to C after projection and
+releases them as the ``kip`` signal kind (``shared.compute.statistic``): per-class sums of each example's
+packed moments ``(tri(z z^T), z)`` (``shared.compute.moments``), clipped jointly to C after projection and
 noised once, through the same mechanism and accountant as feature signals.
 
 Sensitivity: the projection and its scale depend only on public auxiliary data, the packing is a
@@ -51,8 +51,8 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.scattering import scattering_features
-from shared.statistic import clip_rows
+from shared.compute.scattering import scattering_features
+from shared.compute.statistic import clip_rows
 
 DEFAULT_REG = 1e-6
 FEATURE_GRAD_CHUNK = 32  # private examples per closed-form chunk: 32 x m x d float64 (100 MB at m = 100)

@@ -23,11 +23,11 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
-from shared.rpc.address import split_address
-from shared.rpc.errors import OwnerCallError
+from shared.wire.rpc.address import split_address
+from shared.wire.rpc.errors import OwnerCallError
 
 if TYPE_CHECKING:
-    from shared.rpc.channel import OwnerEndpoint
+    from shared.wire.rpc.channel import OwnerEndpoint
 
 PROBE_TIMEOUT_S = 5.0
 

@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from shared.kip_shapes import moment_dim
-from shared.subspace import Subspace, fit_subspace
+from shared.compute.kip_shapes import moment_dim
+from shared.compute.subspace import Subspace, fit_subspace
 
 
 @functools.lru_cache(maxsize=8)

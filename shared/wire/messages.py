@@ -1,20 +1,21 @@
 """The messages between distiller and owner, as the Python dataclasses both nodes use.
 
-Their wire form is defined in ``shared/rpc/owner.proto`` (one protobuf message per dataclass) and
-``shared/protocol.py`` converts between the two, checking every field on the way in. Plain values
+Their wire form is defined in ``shared/wire/rpc/owner.proto`` (one protobuf message per dataclass) and
+``shared/wire/protocol.py`` converts between the two, checking every field on the way in. Plain values
 only: decoding a message loads neither torch nor the accountants (a request's released length is
-its signal kind's to say, ``shared.signals``).
+its signal kind's to say, ``shared.compute.signals``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
-from shared.network_spec import NetworkSpec
-from shared.privacy_event import SampledGaussianEvent
+from shared.wire.network_spec import NetworkSpec
+from shared.wire.privacy_event import SampledGaussianEvent
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class DescribeRequest:
 
 
 PRIVACY_UNITS = ("image", "patient")
+# The form of a signal kind's name; which kinds exist is the registry's to say (shared.compute.signals).
+SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class FeatureReply:
     noise_multiplier: float
     clip_norm: float
     events: tuple[SampledGaussianEvent, ...]
-    # [draws, f]: a public fingerprint of each draw's basis as the owner built it (shared.subspace),
+    # [draws, f]: a public fingerprint of each draw's basis as the owner built it (shared.compute.subspace),
     # so the distiller can refuse to match against a basis that differs from its own; f = 0 without one.
     basis_fingerprints: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 

@@ -3,7 +3,7 @@
 Computed with ``torch.func`` (``vmap`` over ``grad``), which gives each example its own gradient
 in one batched pass and stays differentiable in the images, so the distiller can optimise
 synthetic images through the very function the owner applies to private ones. The networks are
-the seeded ConvNets of ``shared.networks``: GroupNorm, no BatchNorm, so an example's gradient
+the seeded ConvNets of ``shared.compute.networks``: GroupNorm, no BatchNorm, so an example's gradient
 never depends on the other examples in its batch.
 """
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from shared.network_spec import NetworkSpec, num_parameters
+from shared.wire.network_spec import NetworkSpec, num_parameters
 
 # Per-example gradients held at once (vmap's transient per-layer gradients and activations are a
 # few times this): bounds the owner's working memory for wide networks without slowing small ones.

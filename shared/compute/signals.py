@@ -6,8 +6,8 @@ its public basis is fitted from the auxiliary set, and what the privacy report s
 The owner (validation, mechanism, audit), the distiller and the report ask the kind instead of
 comparing names, so a new kind is one subclass here and one ``register`` call.
 
-Importing this module loads no torch (the wire checks a request's signal against the registry):
-the arithmetic uses ``shared.network_spec`` and ``shared.kip_shapes``, and the methods that
+Importing this module loads no torch (the command line lists the kinds' names):
+the arithmetic uses ``shared.wire.network_spec`` and ``shared.compute.kip_shapes``, and the methods that
 compute import their maths when they run.
 """
 
@@ -15,18 +15,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from shared.kip_shapes import SCATTER_J, feature_dim, moment_dim, scatterable
-from shared.network_spec import NetworkSpec, num_parameters
+from shared.compute.kip_shapes import SCATTER_J, feature_dim, moment_dim, scatterable
+from shared.wire.messages import SIGNAL_NAME
+from shared.wire.network_spec import NetworkSpec, num_parameters
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from shared.subspace import Subspace
+    from shared.compute.subspace import Subspace
 
 
 class SignalKind:
-    """The per-example statistic a release sums: describe -> project (-> expand) -> clip (``shared.statistic``)."""
+    """The per-example statistic a release sums: describe -> project (-> expand) -> clip (``statistic``)."""
 
     name: ClassVar[str]
     # The per-example statistic as the privacy report states it (what is clipped to C).
@@ -38,7 +39,7 @@ class SignalKind:
     needs_labels: ClassVar[bool] = False
     needs_projection: ClassVar[bool] = False  # subspace_dim 0 (no projection) is refused
     augmentable: ClassVar[bool] = True  # False: matched on the images themselves (augmentation "none")
-    reduced_precision: ClassVar[bool] = False  # the network pass may autocast ("bf16", ``shared.device``)
+    reduced_precision: ClassVar[bool] = False  # the network pass may autocast ("bf16", ``shared.compute.device``)
 
     def signal_dim(self, spec: NetworkSpec) -> int:
         """Length of the unprojected per-example vector."""
@@ -85,8 +86,8 @@ class FeatureSignal(SignalKind):
     def public_basis(
         self, net: nn.Module | None, aux_images: torch.Tensor, k: int, aux_labels: torch.Tensor | None
     ) -> Subspace:
-        from shared.networks import embed_images
-        from shared.subspace import fit_subspace
+        from shared.compute.networks import embed_images
+        from shared.compute.subspace import fit_subspace
 
         return fit_subspace(embed_images(net, aux_images), k)
 
@@ -100,7 +101,7 @@ class GradientSignal(SignalKind):
         return num_parameters(spec)
 
     def describe(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        from shared.gradients import per_example_gradients
+        from shared.compute.gradients import per_example_gradients
 
         if labels is None:
             raise ValueError("gradient signals need labels")
@@ -109,8 +110,8 @@ class GradientSignal(SignalKind):
     def public_basis(
         self, net: nn.Module | None, aux_images: torch.Tensor, k: int, aux_labels: torch.Tensor | None
     ) -> Subspace:
-        from shared.gradients import gradients_in_chunks
-        from shared.subspace import fit_subspace
+        from shared.compute.gradients import gradients_in_chunks
+        from shared.compute.subspace import fit_subspace
 
         if aux_labels is None:
             raise ValueError("a gradient subspace needs the auxiliary set's labels")
@@ -145,20 +146,20 @@ class KipSignal(SignalKind):
         return refused
 
     def describe(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        from shared.scattering import scattering_features
+        from shared.compute.scattering import scattering_features
 
         return scattering_features(images)
 
     def public_basis(
         self, net: nn.Module | None, aux_images: torch.Tensor, k: int, aux_labels: torch.Tensor | None
     ) -> Subspace:
-        from shared.moments import kip_projection
-        from shared.scattering import scattering_features
+        from shared.compute.moments import kip_projection
+        from shared.compute.scattering import scattering_features
 
         return kip_projection(scattering_features(aux_images), k)
 
     def expand(self, projected: torch.Tensor) -> torch.Tensor:
-        from shared.moments import pack_moments
+        from shared.compute.moments import pack_moments
 
         return pack_moments(projected)
 
@@ -168,6 +169,8 @@ _KINDS: dict[str, SignalKind] = {}
 
 def register(kind: SignalKind) -> SignalKind:
     """Make ``kind`` known by its name to requests, the owner, the distiller and the wire."""
+    if not SIGNAL_NAME.fullmatch(kind.name):
+        raise ValueError(f"signal kind names must match {SIGNAL_NAME.pattern}, got {kind.name!r}")
     if kind.name in _KINDS:
         raise ValueError(f"signal kind {kind.name!r} is already registered")
     _KINDS[kind.name] = kind

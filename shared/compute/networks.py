@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.network_spec import ACTIVATION_MAPS, ARCHITECTURES, NetworkSpec, depth_for_image_size  # noqa: F401 (re-exported)
+from shared.wire.network_spec import ACTIVATION_MAPS, ARCHITECTURES, NetworkSpec, depth_for_image_size  # noqa: F401 (re-exported)
 
 # How much activation memory one chunk of images may take where the caller sets no budget.
 DEFAULT_ACTIVATION_BUDGET_MB = 256

@@ -1,7 +1,7 @@
 """The sizes of DP-KIP's statistics: scattering features and packed moments, as integer arithmetic.
 
-The signal kinds (``shared.signals``) and the wire size a KIP release from these without loading
-torch or kymatio; ``shared.scattering`` and ``shared.moments`` compute what they count.
+The signal kinds (``shared.compute.signals``) and the wire size a KIP release from these without loading
+torch or kymatio; ``shared.compute.scattering`` and ``shared.compute.moments`` compute what they count.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The messages' byte encoding: ``shared/messages.py``'s dataclasses to and from ``owner.proto``.
+"""The messages' byte encoding: ``shared/wire/messages.py``'s dataclasses to and from ``owner.proto``.
 
 Encoding is protobuf's, deterministic, so the same request always gives the same bytes (the owner's
 ledger hashes them). Decoding treats input as hostile: the size is capped before parsing, protobuf
@@ -19,12 +19,11 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from shared import messages
-from shared.messages import MESSAGE_TYPES, PRIVACY_UNITS
-from shared.network_spec import NetworkSpec
-from shared.privacy_event import SampledGaussianEvent
-from shared.rpc import owner_pb2 as pb
-from shared.signals import get_signal_kind
+from shared.wire import messages
+from shared.wire.messages import MESSAGE_TYPES, PRIVACY_UNITS, SIGNAL_NAME
+from shared.wire.network_spec import NetworkSpec
+from shared.wire.privacy_event import SampledGaussianEvent
+from shared.wire.rpc import owner_pb2 as pb
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # Room for everything in a message but its arrays (the owner's reply limit leaves this much spare).
@@ -165,10 +164,10 @@ def _check(msg: Any) -> Any:
     if isinstance(msg, messages.BudgetReport) and not 0 <= msg.epsilon_remaining <= msg.epsilon_budget:
         raise ProtocolError("epsilon_remaining must be in [0, epsilon_budget]")
     if isinstance(msg, messages.FeatureRequest):
-        try:
-            get_signal_kind(msg.signal)
-        except ValueError as exc:
-            raise ProtocolError(str(exc)) from None
+        # Only the name's form: whether a kind of that name exists is the owner's check (its validation
+        # asks the registry in shared.compute.signals), so the wire loads no maths.
+        if not SIGNAL_NAME.fullmatch(msg.signal):
+            raise ProtocolError(f"signal must be a short lower-case name, got {msg.signal[:32]!r}")
         if len(msg.network_seeds) != len(msg.augment_seeds):
             raise ProtocolError("network_seeds and augment_seeds must have the same length")
     if isinstance(msg, messages.FeatureReply):

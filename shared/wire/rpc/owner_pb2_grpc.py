@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from shared.rpc import owner_pb2 as shared_dot_rpc_dot_owner__pb2
+from shared.wire.rpc import owner_pb2 as shared_dot_wire_dot_rpc_dot_owner__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in shared/rpc/owner_pb2_grpc.py depends on'
+        + ' but the generated code in shared/wire/rpc/owner_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class OwnerStub:
         """
         self.Describe = channel.unary_unary(
                 '/dpdistill.owner.v2.Owner/Describe',
-                request_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
-                response_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
+                request_serializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.FromString,
                 _registered_method=True)
         self.Release = channel.unary_unary(
                 '/dpdistill.owner.v2.Owner/Release',
-                request_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
-                response_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
+                request_serializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.FromString,
                 _registered_method=True)
         self.Budget = channel.unary_unary(
                 '/dpdistill.owner.v2.Owner/Budget',
-                request_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
-                response_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
+                request_serializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+                response_deserializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.FromString,
                 _registered_method=True)
 
 
@@ -83,18 +83,18 @@ def add_OwnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
-                    request_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
-                    response_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+                    request_deserializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.FromString,
+                    response_serializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
-                    request_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
-                    response_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+                    request_deserializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.FromString,
+                    response_serializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.SerializeToString,
             ),
             'Budget': grpc.unary_unary_rpc_method_handler(
                     servicer.Budget,
-                    request_deserializer=shared_dot_rpc_dot_owner__pb2.Message.FromString,
-                    response_serializer=shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+                    request_deserializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.FromString,
+                    response_serializer=shared_dot_wire_dot_rpc_dot_owner__pb2.Message.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -122,8 +122,8 @@ class Owner:
             request,
             target,
             '/dpdistill.owner.v2.Owner/Describe',
-            shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
-            shared_dot_rpc_dot_owner__pb2.Message.FromString,
+            shared_dot_wire_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+            shared_dot_wire_dot_rpc_dot_owner__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,
@@ -149,8 +149,8 @@ class Owner:
             request,
             target,
             '/dpdistill.owner.v2.Owner/Release',
-            shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
-            shared_dot_rpc_dot_owner__pb2.Message.FromString,
+            shared_dot_wire_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+            shared_dot_wire_dot_rpc_dot_owner__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,
@@ -176,8 +176,8 @@ class Owner:
             request,
             target,
             '/dpdistill.owner.v2.Owner/Budget',
-            shared_dot_rpc_dot_owner__pb2.Message.SerializeToString,
-            shared_dot_rpc_dot_owner__pb2.Message.FromString,
+            shared_dot_wire_dot_rpc_dot_owner__pb2.Message.SerializeToString,
+            shared_dot_wire_dot_rpc_dot_owner__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,

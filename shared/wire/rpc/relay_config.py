@@ -9,7 +9,7 @@ value then holds no quote, blank or backslash that the regular expression could 
 turns the escapes back into the exact text. Any path that is valid text round-trips (spaces,
 apostrophes, double quotes, backslashes, newlines, non-ASCII).
 
-``python -m shared.rpc.relay_config`` is what ``deploy/roles/supernode.sh`` runs: it reads
+``python -m shared.wire.rpc.relay_config`` is what ``deploy/roles/supernode.sh`` runs: it reads
 OWNER_ADDRESS, OWNER_CA, RELAY_CERT and RELAY_KEY from the environment, makes the paths absolute,
 checks that this user can read and use the files, and prints the ``--node-config`` argument (or
 names what is wrong and exits with status 2). Imports only the standard library and grpc.
@@ -21,8 +21,8 @@ import os
 import sys
 from collections.abc import Mapping
 
-from shared.rpc.channel import OwnerEndpoint
-from shared.rpc.errors import OwnerCallError
+from shared.wire.rpc.channel import OwnerEndpoint
+from shared.wire.rpc.errors import OwnerCallError
 
 # node-config key -> (the OwnerEndpoint field it fills, the supernode.sh variable that sets it)
 SETTINGS: dict[str, tuple[str, str]] = {

@@ -1,11 +1,11 @@
 """The per-example statistic both parties compute: augment, describe, project, clip.
 
 The owner sums these over a Poisson sample and adds noise; the distiller pushes synthetic images
-through exactly the same function and compares. A signal kind (``shared.signals``) describes an
+through exactly the same function and compares. A signal kind (``shared.compute.signals``) describes an
 image: ``features`` (the network's embedding), ``gradients`` (the flattened per-example gradient of
-the network's classification loss, see ``shared.gradients``) or ``kip`` (decoupled DP-KIP: wavelet
+the network's classification loss, see ``shared.compute.gradients``) or ``kip`` (decoupled DP-KIP: wavelet
 scattering features, which need no network, projected and expanded into their first and second
-moments, see ``shared.moments``). Clipping is the last step, after projection (and expansion), so each
+moments, see ``shared.compute.moments``). Clipping is the last step, after projection (and expansion), so each
 example's contribution has L2 norm at most ``clip_norm`` whatever network, signal or basis.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shared.augmentation import augment
-from shared.device import autocast
-from shared.signals import get_signal_kind
-from shared.subspace import Subspace
+from shared.compute.augmentation import augment
+from shared.compute.device import autocast
+from shared.compute.signals import get_signal_kind
+from shared.compute.subspace import Subspace
 
 
 def public_subspace(
@@ -52,7 +52,7 @@ def per_example_statistic(
     """clip_C(P(describe(augment(x)))) for every row of ``images``; differentiable in ``images``.
 
     A kind may expand the projected vector before the clip (``kip``: its packed moments).
-    ``precision`` "bf16" autocasts the network pass of kinds that allow it (``shared.device``); the
+    ``precision`` "bf16" autocasts the network pass of kinds that allow it (``shared.compute.device``); the
     projection and the clip stay in float32 / float64, so the sensitivity bound is unchanged.
     """
     kind = get_signal_kind(signal)

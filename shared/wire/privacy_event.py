@@ -1,6 +1,6 @@
 """A release as the accountants see it: ``count`` compositions of the sampled Gaussian mechanism.
 
-A plain value, no maths library: messages carry events (``shared.messages``) and the wire decodes
+A plain value, no maths library: messages carry events (``shared.wire.messages``) and the wire decodes
 them without loading the accountants, which ``shared.accounting`` holds.
 """
 

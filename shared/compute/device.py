@@ -2,7 +2,7 @@
 
 Both nodes take a device name: ``auto`` (a CUDA GPU when there is one, else the CPU), ``cpu``,
 ``cuda`` or ``cuda:N``. Randomness never moves: networks are drawn by the CPU generator and then
-moved (``shared.networks.build_network``), augmentation parameters are drawn on the CPU, and the
+moved (``shared.compute.networks.build_network``), augmentation parameters are drawn on the CPU, and the
 owner's sample and noise come from its CPU CSPRNG. Released sums are returned to the CPU in
 float64 before noise is added.
 
