@@ -25,7 +25,8 @@ from deploy.simulation import owner_dirs, simulate
 from shared.accounting import MAX_EPSILON
 from shared.compute.networks import NetworkSpec, depth_for_image_size
 from shared.datasets import to_float
-from shared.evaluation import EvaluationConfig, accuracy, train_once
+from shared.evaluation import accuracy, train_once
+from shared.evaluation_config import EvaluationConfig
 from shared.images.npz import load_npz
 from shared.images.source import ImageSource
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from deploy.run_settings import RunSettings
+from distiller_node.config import DistillerConfig
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, initial_state, training_images
-from distiller_node.pipeline import DistillerConfig, peak_rss_mb
+from distiller_node.pipeline import peak_rss_mb
 from distiller_node.sampling import plan_seeds
 from distiller_node.signal_store import Signals
 from owner_node.data import PrivateData

@@ -18,8 +18,9 @@ import torch
 
 from benchmarks.baseline import StraightforwardDistillation
 from deploy.public_sets import PublicSets
+from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
+from distiller_node.optimisation import Distiller, initial_state
 from distiller_node.pipeline import peak_rss_mb
 from distiller_node.signal_store import Signals
 from owner_node.data import PrivateData, public_normalization

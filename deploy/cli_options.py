@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 from deploy.presets import PRESETS
 from deploy.run_settings import RunSettings
-from shared.images.policy import DEFAULT_MAX_SKIPPED
+from shared.compute.choices import PRECISIONS
+from shared.images.policy import DEFAULT_RESIZE, RESIZE_POLICIES, UNREADABLE_POLICIES, ReadPolicy
 
 if TYPE_CHECKING:
-    from distiller_node.pipeline import DistillerConfig
+    from distiller_node.config import DistillerConfig
 
 
 def distiller_config_from_args(a: argparse.Namespace) -> DistillerConfig:
@@ -31,14 +32,16 @@ def run_config_from_args(a: argparse.Namespace, out: Path, public) -> dict:
 
 def owner_settings_from_args(a: argparse.Namespace) -> dict:
     """The simulated owners' own choices (their owner.toml) that the command line sets."""
-    settings: dict = {
+    given = {
         "privacy_unit": a.unit,
         "patient_column": a.patient_column,
         "patient_from": a.patient_from,
-        "holdout": a.holdout or 0.0,
+        "holdout": a.holdout,
         "device": a.device,
         "precision": a.precision,
     }
+    # An option not given leaves the owner's own default (owner_node.config.OwnerConfig) in place.
+    settings: dict = {key: value for key, value in given.items() if value is not None}
     if a.class_counts_epsilon:
         settings |= {"class_counts": "dp", "class_counts_epsilon": a.class_counts_epsilon}
     return settings
@@ -99,17 +102,19 @@ def own_image_options(p: argparse.ArgumentParser, data_help: str, test: bool = T
         p.add_argument("--test", help="a public test set (same classes); with --aux and without it, no evaluation")
     p.add_argument("--image-size", type=int, help="image side in pixels (public; needed for folders and CSV)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="1 (gray) or 3 (RGB) (public; folders and CSV)")
-    p.add_argument("--resize", choices=("crop", "pad"), default="crop", help="shorter side + centre crop, or pad")
+    p.add_argument(
+        "--resize", choices=RESIZE_POLICIES, default=DEFAULT_RESIZE, help="shorter side + centre crop, or pad"
+    )
     p.add_argument(
         "--unreadable",
-        choices=("refuse", "skip"),
-        default="refuse",
+        choices=UNREADABLE_POLICIES,
+        default=ReadPolicy.unreadable,
         help="a file that cannot be decoded stops the run (refuse), or is left out and listed in the load report",
     )
     p.add_argument(
         "--max-skipped",
         type=float,
-        default=DEFAULT_MAX_SKIPPED,
+        default=ReadPolicy.max_skipped,
         help="with --unreadable skip: the largest share of files left out",
     )
     p.add_argument(
@@ -123,7 +128,7 @@ def own_image_options(p: argparse.ArgumentParser, data_help: str, test: bool = T
         "--slice-range",
         type=float,
         nargs=2,
-        default=(0.0, 1.0),
+        default=ReadPolicy.slice_range,
         metavar=("START", "STOP"),
         help="keep the slices of each volume within these fractions of its axis (default 0 1: all)",
     )
@@ -132,12 +137,12 @@ def own_image_options(p: argparse.ArgumentParser, data_help: str, test: bool = T
 def compute_options(p: argparse.ArgumentParser, who: str) -> None:
     p.add_argument(
         "--device",
-        default="auto",
+        default=RunSettings.device,
         help=f"where {who} compute: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N",
     )
     p.add_argument(
         "--precision",
-        choices=("float32", "bf16"),
-        default="float32",
+        choices=PRECISIONS,
+        default=RunSettings.precision,
         help="network passes in float32, or autocast to bfloat16 (AMX / AVX-512-BF16 CPUs, GPUs); see README",
     )

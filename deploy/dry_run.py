@@ -14,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from distiller_node.client import OwnerClient
-from distiller_node.pipeline import DistillerConfig, run_distillation
+from distiller_node.config import DistillerConfig
+from distiller_node.pipeline import run_distillation
 from owner_node.class_counts import COUNTS_RELEASE_ID
 from owner_node.config import OwnerConfig
 from owner_node.ledger import Ledger

@@ -8,10 +8,6 @@ GRADIENT_K = 64
 GRADIENT_LR = 0.3
 GRADIENT_STEPS_PER_DRAW = 10
 
-# Used when neither the command line nor the preset sets them.
-DEFAULT_GROUP_SIZE = 50.0
-DEFAULT_DRAWS_PER_REQUEST = 25
-
 # Synchronised DP-KIP settings: every step is a release costing the owner about 0.2 s per private
 # example at IPC 10 on this CPU (docs/dp-kip.md), hence a small private batch.
 KIP_SYNC_STEPS = 100

@@ -18,7 +18,9 @@ from deploy.cli_options import (
 )
 from deploy.presets import PRESETS
 from deploy.run_settings import RunSettings
+from shared.images.policy import PATIENT_SOURCES
 from shared.run_choices import INITS, METHODS
+from shared.wire.messages import PRIVACY_UNITS
 
 DRY_RUN_HELP = (
     "print the plan (epsilon, sigma, q, releases, group size, expected signal-to-noise per class, rough wall "
@@ -187,17 +189,16 @@ def owner_options(p: argparse.ArgumentParser) -> None:
     """The simulated owners' own choices (their owner.toml) that simulate and deploy-local take."""
     p.add_argument(
         "--unit",
-        choices=("image", "patient"),
-        default="image",
-        help="the owner's privacy unit: each image, or each patient (all its images; see --patient-from)",
+        choices=PRIVACY_UNITS,
+        help="the owner's privacy unit: each image (the owner's default), or each patient (all its images; see "
+        "--patient-from)",
     )
-    p.add_argument("--patient-column", default="patient_id", help="with --unit patient: the manifest's column")
+    p.add_argument("--patient-column", help="with --unit patient: the manifest's column (default: the owner's)")
     p.add_argument(
         "--patient-from",
-        choices=("column", "dicom", "file"),
-        default="column",
-        help="with --unit patient: each image's patient from the manifest's column, its DICOM PatientID, or its "
-        "file (a volume's slices are one patient)",
+        choices=PATIENT_SOURCES,
+        help="with --unit patient: each image's patient from the manifest's column (the owner's default), its "
+        "DICOM PatientID, or its file (a volume's slices are one patient)",
     )
     p.add_argument(
         "--holdout", type=float, help="the owner keeps this share of its data out of every release (owner-evaluate)"

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from deploy.presets import DEFAULT_DRAWS_PER_REQUEST, DEFAULT_GROUP_SIZE, PRESETS
+from deploy.presets import PRESETS
+from distiller_node.config import DistillerConfig, OptimisationConfig, SamplingConfig
 from shared.accounting import DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
-from shared.settings import bounded, check_settings
-
-if TYPE_CHECKING:
-    from distiller_node.pipeline import DistillerConfig
+from shared.compute.choices import DEFAULT_DEVICE, check_precision
+from shared.evaluation_config import EvaluationConfig
+from shared.settings import bounded, check_settings, same_as
 
 # Fields that override a preset's value when set (None: the preset's).
 PRESET_FIELDS = (
@@ -48,45 +48,43 @@ class RunSettings:
     preset: str = "default"
     epsilon: float = bounded(1.0, float, 0, MAX_EPSILON, low_open=True, key="epsilon")
     delta: float = bounded(DEFAULT_DELTA, float, MIN_DELTA, 1, high_open=True, key="delta")
-    ipc: int = bounded(10, int, 1, 100_000, key="ipc")
-    seed: int = bounded(0, int, 0, 2**63 - 1, key="seed")
-    pea: bool = False
-    eval_runs: int = bounded(3, int, 1, 1000, key="eval-runs")
-    precision: str = "float32"
-    device: str = "auto"
-    width: int | None = bounded(None, int, 1, 4096, optional=True, key="width")
-    draws: int | None = bounded(None, int, 1, 10**6, optional=True, key="draws")
-    subspace_dim: int | None = bounded(None, int, 0, 10**6, optional=True, key="subspace-dim")
-    iterations: int | None = bounded(None, int, 0, 10**9, optional=True, key="iterations")
-    lr: float | None = bounded(None, float, 0, 1e6, low_open=True, optional=True, key="lr")
-    eval_epochs: int | None = bounded(None, int, 1, 10**6, optional=True, key="eval-epochs")
-    eval_width: int | None = bounded(None, int, 1, 4096, optional=True, key="eval-width")
+    # Settings the built configs carry too: their defaults and ranges are those configs' (same_as).
+    ipc: int = same_as(OptimisationConfig, "ipc", key="ipc")
+    seed: int = same_as(SamplingConfig, "seed", key="seed")
+    pea: bool = same_as(OptimisationConfig, "pea")
+    eval_runs: int = same_as(EvaluationConfig, "runs", key="eval-runs")
+    precision: str = same_as(OptimisationConfig, "precision")
+    device: str = DEFAULT_DEVICE
+    width: int | None = same_as(SamplingConfig, "width", key="width", unset=True)
+    draws: int | None = same_as(SamplingConfig, "draws", key="draws", unset=True)
+    subspace_dim: int | None = same_as(SamplingConfig, "subspace_dim", key="subspace-dim", unset=True)
+    iterations: int | None = same_as(OptimisationConfig, "iterations", key="iterations", unset=True)
+    lr: float | None = same_as(OptimisationConfig, "lr", key="lr", unset=True)
+    eval_epochs: int | None = same_as(EvaluationConfig, "epochs", key="eval-epochs", unset=True)
+    eval_width: int | None = same_as(EvaluationConfig, "width", key="eval-width", unset=True)
     signal: str | None = None
-    steps_per_draw: int | None = bounded(None, int, 1, 10**6, optional=True, key="steps-per-draw")
+    steps_per_draw: int | None = same_as(OptimisationConfig, "steps_per_draw", key="steps-per-draw", unset=True)
     init: str | None = None
-    draws_per_request: int | None = bounded(None, int, 1, 100_000, optional=True, key="draws-per-request")
-    group_size: float | None = bounded(None, float, 0, 1e9, low_open=True, optional=True, key="group-size")
+    draws_per_request: int | None = same_as(SamplingConfig, "draws_per_request", key="draws-per-request", unset=True)
+    group_size: float | None = same_as(SamplingConfig, "group_size", key="group-size", unset=True)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if not isinstance(self.pea, bool):
             raise ValueError(f"pea must be true or false, got {self.pea!r}")
+        check_precision(self.precision)
         check_settings(self)
 
     def distiller_config(self) -> DistillerConfig:
         """The run these settings describe: the preset's values, each replaced by a field that is set."""
         from distiller_node.methods import distillation_method
-        from distiller_node.optimisation import OptimisationConfig
-        from distiller_node.pipeline import DistillerConfig
-        from distiller_node.sampling import SamplingConfig
-        from shared.evaluation import EvaluationConfig
 
         p = {k: v if getattr(self, k, None) is None else getattr(self, k) for k, v in PRESETS[self.preset].items()}
-        group_size = p.get("group_size", DEFAULT_GROUP_SIZE) if self.group_size is None else self.group_size
+        group_size = p.get("group_size", SamplingConfig.group_size) if self.group_size is None else self.group_size
         draws_per_request = self.draws_per_request
         if draws_per_request is None:
-            draws_per_request = p.get("draws_per_request", DEFAULT_DRAWS_PER_REQUEST)
+            draws_per_request = p.get("draws_per_request", SamplingConfig.draws_per_request)
         return DistillerConfig(
             epsilon=self.epsilon,
             delta=self.delta,

@@ -14,7 +14,8 @@ import torch
 
 from deploy.public_sets import PublicSets
 from distiller_node.client import OwnerClient
-from distiller_node.pipeline import DistillerConfig, run_distillation
+from distiller_node.config import DistillerConfig
+from distiller_node.pipeline import run_distillation
 from owner_node.config import Limits, OwnerConfig, ServiceConfig, write_config
 from owner_node.service import OwnerService
 from shared.images.fashion_mnist import FASHION_MNIST_NORMALIZATION, load_fashion_mnist
@@ -51,7 +52,7 @@ def prepare_owners(
     read whole by one owner.
     """
     owner_settings = owner_settings or {}
-    privacy_unit = owner_settings.get("privacy_unit", "image")
+    privacy_unit = owner_settings.get("privacy_unit", OwnerConfig.privacy_unit)
     dirs = owner_dirs(Path(out), num_owners)
     paths = [d / "owner.toml" for d in dirs]
     if all(p.exists() for p in paths):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from shared.images.policy import DEFAULT_RESIZE, RESIZE_POLICIES
+
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     import torch
 
     from shared.datasets import split_auxiliary
-    from shared.evaluation import EvaluationConfig, evaluate
+    from shared.evaluation import evaluate
+    from shared.evaluation_config import EvaluationConfig
     from shared.images.classes import check_same_classes
     from shared.images.fashion_mnist import load_fashion_mnist
     from shared.images.source import load_source, source_for_path
@@ -68,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--test", help="a labelled test set (folder, CSV manifest or npz); default: Fashion-MNIST's")
     e.add_argument("--image-size", type=int, help="with --test: image side (default: the synthetic images')")
     e.add_argument("--channels", type=int, choices=(1, 3), help="with --test: default: the synthetic images'")
-    e.add_argument("--resize", choices=("crop", "pad"), default="crop", help="with --test: resize policy")
+    e.add_argument("--resize", choices=RESIZE_POLICIES, default=DEFAULT_RESIZE, help="with --test: resize policy")
     e.add_argument("--json", help="also write accuracy and per-class metrics to this JSON file")
     e.add_argument("--data-root")
     e.add_argument("--download", action="store_true", help="let torchvision download Fashion-MNIST if not found")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from distiller_node.optimisation import OptimisationConfig, SyntheticState
+from distiller_node.config import OptimisationConfig
+from distiller_node.optimisation import SyntheticState
 from distiller_node.signal_store import Signals
 from shared.compute.kip import DEFAULT_REG, centred_one_hot, decoupled_krr_loss, psd_part
 from shared.compute.moments import moment_k, unpack_moments

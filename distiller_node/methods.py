@@ -16,10 +16,11 @@ from typing import ClassVar
 import torch
 
 from distiller_node.client import OwnerClient
+from distiller_node.config import OptimisationConfig
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
 from distiller_node.kip_sync import first_request, run_kip_sync
 from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, OptimisationConfig, SyntheticState
+from distiller_node.optimisation import Distiller, SyntheticState
 from distiller_node.sampling import SamplingPlan, run_sampling
 from distiller_node.signal_store import Signals, SignalStore
 from shared.compute.augmentation import parse_strategy

@@ -19,41 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
 from distiller_node.signal_store import Signals
-from shared.compute.networks import DEFAULT_ACTIVATION_BUDGET_MB, image_chunk, pass_chunk
+from shared.compute.networks import image_chunk, pass_chunk
 from shared.compute.statistic import class_sums, per_example_statistic
 from shared.compute.subspace import FINGERPRINT_TOL
 from shared.progress import progress_bar
 from shared.run_choices import INITS
-from shared.settings import bounded, check_settings
-
-
-@dataclass(frozen=True)
-class OptimisationConfig:
-    ipc: int = bounded(10, int, 1, 100_000)
-    iterations: int = bounded(2000, int, 0, 10**9)
-    lr: float = bounded(1.0, float, 0, 1e6, low_open=True)
-    momentum: float = bounded(0.5, float, 0, 1, high_open=True)
-    ema_decay: float = bounded(0.99, float, 0, 1, high_open=True)
-    pea: bool = False
-    seed: int = bounded(0, int, 0, 2**63 - 1)
-    cache_mb: int = bounded(512, int, 0, 1 << 24)
-    checkpoint_every: int = bounded(200, int, 1, 10**9)
-    # Consecutive iterations on one stored draw. 1 suits feature signals; gradient signals, whose
-    # bases are large and slow to rebuild, fit many more draws per second with a few steps per draw.
-    steps_per_draw: int = bounded(1, int, 1, 10**6)
-    # Where the synthetic images start: "noise" (N(0, 1)) or "aux" (the first ipc public auxiliary
-    # images of each class). Never from private images.
-    init: str = "noise"
-    # Activation memory of one pass: a synthetic set whose pass would need more is pushed through in
-    # chunks, with the exact gradient of the whole-set loss (two passes; see ``Distiller.step``).
-    activation_budget_mb: float = bounded(DEFAULT_ACTIVATION_BUDGET_MB, float, 0, 1 << 24, low_open=True)
-    # "bf16": autocast the network passes (shared.compute.device); the loss and the images stay float32/64.
-    precision: str = "float32"
-
-    def __post_init__(self) -> None:
-        check_settings(self, "optimisation")
 
 
 def decode_pea(images: torch.Tensor) -> torch.Tensor:

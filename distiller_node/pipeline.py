@@ -9,42 +9,23 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 from distiller_node.client import OwnerClient
+from distiller_node.config import DistillerConfig
 from distiller_node.export import export_synthetic, plot_loss
 from distiller_node.methods import Run, distillation_method
-from distiller_node.optimisation import OptimisationConfig, initial_state, training_images
+from distiller_node.optimisation import initial_state, training_images
 from distiller_node.plan_summary import format_plan, plan_summary
 from distiller_node.report import format_report, privacy_report, write_report
-from distiller_node.sampling import SamplingConfig, SamplingPlan, make_plan
+from distiller_node.sampling import SamplingPlan, make_plan
 from distiller_node.signal_store import atomic_write
-from shared.accounting import MAX_EPSILON, MIN_DELTA
 from shared.compute.device import use_device
 from shared.compute.subspace import content_hash
 from shared.datasets import to_float
-from shared.evaluation import EvaluationConfig, evaluate
+from shared.evaluation import evaluate
 from shared.images.image_set import ImageSet
 from shared.metrics import format_metrics, plot_confusion
-from shared.settings import bounded, check_settings
-
-
-@dataclass(frozen=True)
-class DistillerConfig:
-    # No defaults here: deploy.run_settings.RunSettings states the run's (the command line, Flower, benchmarks).
-    epsilon: float = bounded(MISSING, float, 0, MAX_EPSILON, low_open=True)
-    delta: float = bounded(MISSING, float, MIN_DELTA, 1, high_open=True)
-    accountant: str = "prv"
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    optimisation: OptimisationConfig = field(default_factory=OptimisationConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-
-    def __post_init__(self) -> None:
-        check_settings(self, "")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def peak_rss_mb() -> float:

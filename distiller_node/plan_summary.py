@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from distiller_node.sampling import SamplingPlan
 from shared.compute.signals import get_signal_kind
-from shared.evaluation import EvaluationConfig
+from shared.evaluation_config import EvaluationConfig
 from shared.run_choices import KIP_SYNC
 from shared.signal_to_noise import LOW_SNR, class_snr, low_classes
 from shared.wire.messages import OwnerInfo

@@ -21,35 +21,14 @@ from pathlib import Path
 import torch
 
 from distiller_node.client import OwnerClient
+from distiller_node.config import SamplingConfig
 from distiller_node.signal_store import Signals, SignalStore, atomic_write
 from shared.accounting import epsilon, noise_for_budget
 from shared.compute.networks import NetworkSpec, depth_for_image_size
 from shared.progress import progress_bar
-from shared.settings import bounded, check_settings
 from shared.wire.messages import FeatureRequest, OwnerInfo, PlanRequest
 from shared.wire.privacy_event import SampledGaussianEvent
 from shared.wire.protocol import encode
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    draws: int = bounded(200, int, 1, 10**6)
-    draws_per_request: int = bounded(25, int, 1, 100_000)
-    group_size: float = bounded(50.0, float, 0, 1e9, low_open=True)
-    subspace_dim: int = bounded(200, int, 0, 10**6)
-    width: int = bounded(128, int, 1, 4096)
-    depth: int | None = bounded(
-        None, int, 1, 12, optional=True
-    )  # None: by image size (shared.compute.networks.depth_for_image_size)
-    augmentation: str = "color_crop_cutout_flip_scale_rotate"
-    seed: int = bounded(0, int, 0, 2**63 - 1)
-    signal: str = "features"  # or "gradients": per-example loss gradients of each draw's network
-    # Requests each owner has in flight: the next one already waits at the owner while the current
-    # one is computed, hiding transport latency (seconds per message over Flower).
-    in_flight: int = bounded(2, int, 1, 64)
-
-    def __post_init__(self) -> None:
-        check_settings(self, "sampling")
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def cmd_ledger_backup(a: argparse.Namespace) -> int:
 def cmd_owner_evaluate(a: argparse.Namespace) -> int:
     from owner_node.config import OwnerConfig
     from owner_node.evaluation import NOTICE, owner_evaluate
-    from shared.evaluation import EvaluationConfig
+    from shared.evaluation_config import EvaluationConfig
     from shared.metrics import format_metrics
 
     cfg = EvaluationConfig(runs=a.eval_runs, epochs=a.eval_epochs, width=a.eval_width)

@@ -11,8 +11,8 @@ from typing import Any
 from owner_node.ledger import NETWORK_FS_POLICIES
 from owner_node.randomness import check_sampler
 from shared.accounting import ACCOUNTANTS, DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
-from shared.compute.device import check_precision
-from shared.images.policy import DEFAULT_MAX_SKIPPED, ReadPolicy
+from shared.compute.choices import DEFAULT_PRECISION, check_precision
+from shared.images.policy import DEFAULT_RESIZE, PATIENT_SOURCES, ReadPolicy
 from shared.images.source import ImageSource
 from shared.settings import Bound, SettingError, bounded, check_number, check_settings
 from shared.wire.messages import PRIVACY_UNITS
@@ -139,9 +139,6 @@ def check_delta_for_records(delta: float, records: int, unit: str = "image") -> 
         )
 
 
-# Where patient mode finds each image's patient: a CSV column, the DICOM PatientID tag, or the file
-# itself (each file, e.g. a volume whose slices are images, is one patient).
-PATIENT_SOURCES = ("column", "dicom", "file")
 # owner.toml tables that are OwnerConfig fields of their own (dataclasses), each named as its field.
 NESTED_TABLES = ("limits", "service")
 # Paths in owner.toml are relative to the file; these fields hold paths.
@@ -184,7 +181,7 @@ class OwnerConfig:
     # How the private images are read ([data]); image_size and channels are public (Describe).
     image_size: int | None = at("data", "image_size", None, Bound(int, 1, 8192, optional=True))
     channels: int | None = at("data", "channels", None, Bound(int, 1, 3, optional=True))
-    resize: str = at("data", "resize", "crop")  # shorter side to image_size then centre crop, or "pad" (letterbox)
+    resize: str = at("data", "resize", DEFAULT_RESIZE)  # one of shared.images.policy.RESIZE_POLICIES
     classes: tuple[str, ...] | None = at("data", "classes", None)  # explicit order; default: natural sort
     data_split: str = at("data", "split", "train")  # array kinds (medmnist, torchvision, fashion-mnist)
     dataset_name: str | None = at("data", "name", None)  # torchvision: MNIST, FashionMNIST, CIFAR10, ...
@@ -201,10 +198,10 @@ class OwnerConfig:
     patient_from: str = at("data", "patient_from", "column")  # one of PATIENT_SOURCES
     # Files that cannot be decoded ("refuse" or "skip", at most max_skipped of them) and volumes read
     # as 2D slices (volume_axis, slice_range): shared.images.policy.ReadPolicy.
-    unreadable: str = at("data", "unreadable", "refuse")
-    max_skipped: float = at("data", "max_skipped", DEFAULT_MAX_SKIPPED, Bound(float, 0, 1))
+    unreadable: str = at("data", "unreadable", ReadPolicy.unreadable)
+    max_skipped: float = at("data", "max_skipped", ReadPolicy.max_skipped, Bound(float, 0, 1))
     volume_axis: int | None = at("data", "volume_axis", None, Bound(int, 0, 2, optional=True))
-    slice_range: tuple[float, float] = at("data", "slice_range", (0.0, 1.0))
+    slice_range: tuple[float, float] = at("data", "slice_range", ReadPolicy.slice_range)
     # [privacy] class_counts: "public" (Describe gives the true counts) or "dp" (published once with
     # the Gaussian mechanism for class_counts_epsilon of the budget; see owner_node.class_counts).
     class_counts: str = at("privacy", "class_counts", "public")
@@ -216,7 +213,7 @@ class OwnerConfig:
     # Where releases are computed: "cpu", "auto", "cuda" or "cuda:N" (shared.compute.device), and the
     # precision of the network passes ("float32" or "bf16"); neither changes the sensitivity bound.
     device: str = at("compute", "device", "cpu")
-    precision: str = at("compute", "precision", "float32")
+    precision: str = at("compute", "precision", DEFAULT_PRECISION)
     # "refuse" (default) a ledger on NFS/SMB, or use SQLite's rollback journal there
     # ("rollback-journal": only safe when this one machine ever opens the ledger).
     ledger_on_network_filesystem: str = at("ledger", "on_network_filesystem", "refuse")

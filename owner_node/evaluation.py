@@ -16,7 +16,8 @@ import torch
 from owner_node.config import OwnerConfig
 from owner_node.data import load_owner_images
 from shared.compute.device import resolve_device
-from shared.evaluation import EvaluationConfig, evaluate
+from shared.evaluation import evaluate
+from shared.evaluation_config import EvaluationConfig
 from shared.images.classes import check_same_classes
 from shared.metrics import plot_confusion
 

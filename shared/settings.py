@@ -10,7 +10,7 @@ as are booleans and strings where numbers belong.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 
@@ -42,6 +42,19 @@ def bounded(default: Any, kind: type, low: float | None = None, high: float | No
     key = options.pop("key", None)
     bound = Bound(kind, low, high, **options)
     return field(default=default, metadata={"bound": bound, "key": key})
+
+
+def same_as(cls: type, name: str, key: str | None = None, unset: bool = False) -> Any:
+    """A dataclass field with the default and range of ``cls``'s field ``name``: a setting that two
+    configs carry (the run's table and the config it builds) is stated once, in ``cls``.
+    ``unset``: the default is None instead ("someone else's value", e.g. a preset's)."""
+    source = next(f for f in fields(cls) if f.name == name)
+    metadata = dict(source.metadata)
+    if key is not None:
+        metadata["key"] = key
+    if unset and "bound" in metadata:
+        metadata["bound"] = replace(metadata["bound"], optional=True)
+    return field(default=None if unset else source.default, metadata=metadata)
 
 
 def check_number(key: str, value: Any, bound: Bound) -> int | float | None:

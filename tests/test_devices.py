@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import shared.compute.networks as networks
+from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
+from distiller_node.optimisation import Distiller, initial_state
 from distiller_node.signal_store import Signals
 from owner_node.config import OwnerConfig, write_config
 from owner_node.mechanism import clean_class_sums

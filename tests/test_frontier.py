@@ -13,7 +13,8 @@ from benchmarks import frontier
 from benchmarks.reference_points import NoiseFreeMechanism
 from owner_node.data import PrivateData
 from owner_node.mechanism import FeatureMechanism, clean_class_sums
-from shared.evaluation import EvaluationConfig, evaluate
+from shared.evaluation import evaluate
+from shared.evaluation_config import EvaluationConfig
 from shared.images.npz import load_npz
 from tests.conftest import SPEC, feature_request, random_image_set
 from tests.test_datasets import _write_idx

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distiller_node.sampling import SamplingConfig, effective_group_size, make_plan
+from distiller_node.config import SamplingConfig
+from distiller_node.sampling import effective_group_size, make_plan
 from owner_node.data import PrivateData
 from owner_node.randomness import SecureRandom
 from owner_node.service import OwnerService

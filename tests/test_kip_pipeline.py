@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from deploy.cli import main
+from distiller_node.config import OptimisationConfig
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
-from distiller_node.optimisation import OptimisationConfig, initial_state
+from distiller_node.optimisation import initial_state
 from owner_node.ledger import Ledger
 from shared.compute.moments import kip_projection, pack_moments, unpack_moments
 from shared.compute.scattering import scattering_features

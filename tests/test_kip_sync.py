@@ -14,9 +14,10 @@ import torch
 
 from deploy.cli import main
 from distiller_node.client import OwnerClient
+from distiller_node.config import SamplingConfig
 from distiller_node.kip_sync import run_kip_sync
 from distiller_node.optimisation import initial_state
-from distiller_node.sampling import SamplingConfig, make_plan
+from distiller_node.sampling import make_plan
 from owner_node.kip_mechanism import adam_update
 from owner_node.ledger import Ledger
 from shared.images.errors import DataNotFound

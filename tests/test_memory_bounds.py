@@ -10,15 +10,17 @@ from dataclasses import replace
 import pytest
 import torch
 
+from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
+from distiller_node.optimisation import Distiller, initial_state
 from distiller_node.signal_store import Signals
 from owner_node.config import Limits
 from owner_node.mechanism import clean_class_sums
 from shared.compute.networks import NetworkSpec, build_network, freeze, image_chunk
 from shared.compute.statistic import public_subspace
 from shared.datasets import to_float
-from shared.evaluation import EvaluationConfig, train_once
+from shared.evaluation import train_once
+from shared.evaluation_config import EvaluationConfig
 
 SPEC = NetworkSpec(width=8, depth=2, channels=3, image_size=16, num_classes=4)
 NORM = (0.4, 0.25)

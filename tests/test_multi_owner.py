@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from deploy.cli import main
-from distiller_node.sampling import SamplingConfig, check_compatible, make_plan
+from distiller_node.config import SamplingConfig
+from distiller_node.sampling import check_compatible, make_plan
 from distiller_node.signal_store import SignalStore
 from shared.wire.messages import FeatureReply, OwnerInfo
 from shared.wire.privacy_event import SampledGaussianEvent

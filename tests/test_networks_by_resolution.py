@@ -7,10 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from distiller_node.sampling import SamplingConfig, make_plan
+from distiller_node.config import SamplingConfig
+from distiller_node.sampling import make_plan
 from owner_node.config import Limits
 from shared.compute.networks import NetworkSpec, build_network, depth_for_image_size
-from shared.evaluation import EvaluationConfig, evaluate
+from shared.evaluation import evaluate
+from shared.evaluation_config import EvaluationConfig
 from shared.wire.messages import OwnerInfo
 
 

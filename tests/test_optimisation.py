@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
+from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, OptimisationConfig, decode_pea, initial_state, training_images
+from distiller_node.optimisation import Distiller, decode_pea, initial_state, training_images
 from distiller_node.signal_store import Signals
 from tests.conftest import SPEC
 

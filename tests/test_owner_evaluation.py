@@ -83,7 +83,8 @@ def test_owner_evaluate_writes_metrics_beside_the_ledger_and_says_they_stay(tmp_
 
 
 def test_distiller_results_carry_the_same_metrics() -> None:
-    from shared.evaluation import EvaluationConfig, evaluate
+    from shared.evaluation import evaluate
+    from shared.evaluation_config import EvaluationConfig
 
     g = torch.Generator().manual_seed(0)
     test = random_image_set(40, seed=3)

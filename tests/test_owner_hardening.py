@@ -274,10 +274,8 @@ def test_unknown_keys_are_refused(tmp_path: Path) -> None:
 
 
 def test_distiller_settings_are_checked_too() -> None:
-    from distiller_node.optimisation import OptimisationConfig
-    from distiller_node.pipeline import DistillerConfig
-    from distiller_node.sampling import SamplingConfig
-    from shared.evaluation import EvaluationConfig
+    from distiller_node.config import DistillerConfig, OptimisationConfig, SamplingConfig
+    from shared.evaluation_config import EvaluationConfig
 
     for build, key in (
         (lambda: DistillerConfig(epsilon=float("inf"), delta=1e-5), "epsilon"),

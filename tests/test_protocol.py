@@ -133,7 +133,7 @@ def test_a_well_formed_hand_built_reply_decodes() -> None:
         (_reply_with(shape=[2**40, 2**40, 2]), "bytes"),
         (_wire("feature_request", lambda p: setattr(p, "signal", "features")), "missing field 'network'"),
         (_wire("plan_reply", lambda p: setattr(p, "plan_id", "x")), "missing field 'event'"),
-        # The wire checks a signal name's form; an unknown well-formed name is the owner's to refuse (test_signal_kinds).
+        # The wire checks a name's form; an unknown well-formed one is the owner's to refuse (test_signal_kinds).
         (_wire("feature_request", lambda p: p.network.SetInParent() or setattr(p, "signal", "Pixels;DROP")), "signal"),
         (
             _wire(
@@ -242,6 +242,7 @@ def test_committed_grpc_stubs_match_the_proto(tmp_path) -> None:
 
     root = Path(__file__).resolve().parents[1]
     args = ["protoc", f"-I{root}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}"]
-    assert protoc.main([*args, str(root / "shared" / "wire" / "rpc" / "owner.proto")]) == 0
+    rpc = Path("shared", "wire", "rpc")
+    assert protoc.main([*args, str(root / rpc / "owner.proto")]) == 0
     for name in ("owner_pb2.py", "owner_pb2_grpc.py"):
-        assert (tmp_path / "shared" / "wire" / "rpc" / name).read_text() == (root / "shared" / "wire" / "rpc" / name).read_text(), name
+        assert (tmp_path / rpc / name).read_text() == (root / rpc / name).read_text(), name

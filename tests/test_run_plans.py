@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from distiller_node.client import OwnerClient, OwnerRefused
-from distiller_node.optimisation import OptimisationConfig
-from distiller_node.pipeline import DistillerConfig, run_distillation
-from distiller_node.sampling import SamplingConfig, make_plan
+from distiller_node.config import DistillerConfig, OptimisationConfig, SamplingConfig
+from distiller_node.pipeline import run_distillation
+from distiller_node.sampling import make_plan
 from owner_node.ledger import Ledger
 from owner_node.service import OwnerService
 from shared.accounting import epsilon
-from shared.evaluation import EvaluationConfig
+from shared.evaluation_config import EvaluationConfig
 from shared.images.npz import load_npz
 from shared.wire.messages import ErrorReply, OwnerInfo, PlanReply
 from shared.wire.privacy_event import SampledGaussianEvent

@@ -58,3 +58,52 @@ def test_run_config_values_are_checked() -> None:
         RunSettings.from_run_config({"epsilon": float("inf")})
     with pytest.raises(ValueError, match="unknown preset"):
         RunSettings.from_run_config({"preset": "fastest"})
+
+
+# Each RunSettings field that the configs it builds also carry, and the config field it fills.
+SHARED_WITH_CONFIGS = {
+    "ipc": ("optimisation", "ipc"),
+    "seed": ("sampling", "seed"),
+    "pea": ("optimisation", "pea"),
+    "eval_runs": ("evaluation", "runs"),
+    "precision": ("optimisation", "precision"),
+    "width": ("sampling", "width"),
+    "draws": ("sampling", "draws"),
+    "subspace_dim": ("sampling", "subspace_dim"),
+    "iterations": ("optimisation", "iterations"),
+    "lr": ("optimisation", "lr"),
+    "eval_epochs": ("evaluation", "epochs"),
+    "eval_width": ("evaluation", "width"),
+    "steps_per_draw": ("optimisation", "steps_per_draw"),
+    "draws_per_request": ("sampling", "draws_per_request"),
+    "group_size": ("sampling", "group_size"),
+}
+
+
+def test_settings_the_run_shares_with_its_configs_are_stated_once() -> None:
+    """Issue 28.1: a default or range RunSettings shares with DistillerConfig's parts is the config's own
+    (``same_as``), not a copy that can drift; fields without a preset value take the config's default."""
+    from dataclasses import fields
+
+    from distiller_node.config import OptimisationConfig, SamplingConfig
+    from shared.evaluation_config import EvaluationConfig
+
+    configs = {"optimisation": OptimisationConfig, "sampling": SamplingConfig, "evaluation": EvaluationConfig}
+    run_fields = {f.name: f for f in fields(RunSettings)}
+    for name, (part, field_name) in SHARED_WITH_CONFIGS.items():
+        source = {f.name: f for f in fields(configs[part])}[field_name]
+        mine = run_fields[name]
+        if "bound" in source.metadata:
+            bound, theirs = mine.metadata["bound"], source.metadata["bound"]
+            assert (bound.kind, bound.low, bound.high, bound.low_open, bound.high_open) == (
+                theirs.kind,
+                theirs.low,
+                theirs.high,
+                theirs.low_open,
+                theirs.high_open,
+            ), name
+        assert mine.default in (None, source.default), name
+    built = RunSettings().distiller_config()
+    for name, (part, field_name) in SHARED_WITH_CONFIGS.items():
+        if getattr(RunSettings(), name) is not None:
+            assert getattr(getattr(built, part), field_name) == getattr(RunSettings(), name), name

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from distiller_node.config import OptimisationConfig
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
 from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, OptimisationConfig, initial_state
+from distiller_node.optimisation import Distiller, initial_state
 from distiller_node.signal_store import SignalStore
 from owner_node.mechanism import FeatureMechanism
 from owner_node.validation import RequestRefused

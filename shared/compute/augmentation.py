@@ -18,8 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
-DEFAULT_STRATEGY = "_".join(FAMILIES)
+from shared.compute.choices import DEFAULT_STRATEGY, FAMILIES
 
 SCALE_RATIO = 1.2
 ROTATE_DEGREES = 15.0

@@ -23,10 +23,10 @@ import contextlib
 
 import torch
 
-PRECISIONS = ("float32", "bf16")
+from shared.compute.choices import DEFAULT_DEVICE, DEFAULT_PRECISION, check_precision
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
     """The device for ``name``; a clear error when it is not there (nothing falls back silently)."""
     name = (name or "auto").strip().lower()
     if name == "auto":
@@ -47,12 +47,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-
-
-def use_device(name: str = "auto", precision: str = "float32") -> tuple[torch.device, dict]:
+def use_device(name: str = DEFAULT_DEVICE, precision: str = DEFAULT_PRECISION) -> tuple[torch.device, dict]:
     """Resolve ``name`` and fix its numerics; returns the device and a description to report."""
     check_precision(precision)
     device = resolve_device(name)

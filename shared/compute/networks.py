@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.wire.network_spec import ACTIVATION_MAPS, ARCHITECTURES, NetworkSpec, depth_for_image_size  # noqa: F401 (re-exported)
-
 # How much activation memory one chunk of images may take where the caller sets no budget.
-DEFAULT_ACTIVATION_BUDGET_MB = 256
+from shared.compute.choices import DEFAULT_ACTIVATION_BUDGET_MB
+from shared.wire.network_spec import ACTIVATION_MAPS, ARCHITECTURES, NetworkSpec, depth_for_image_size  # noqa: F401 (re-exported)
 
 
 def image_chunk(spec: NetworkSpec, budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB, most: int = 128) -> int:

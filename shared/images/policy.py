@@ -25,6 +25,12 @@ from dataclasses import dataclass
 from shared.settings import Bound, SettingError, bounded, check_number, check_settings
 
 UNREADABLE_POLICIES = ("refuse", "skip")
+# How an image of another size becomes the target size (shared.images.resize): shorter side then centre crop, or pad.
+RESIZE_POLICIES = ("crop", "pad")
+DEFAULT_RESIZE = "crop"
+# Where patient mode finds each image's patient: a CSV column, the DICOM PatientID tag, or the file
+# itself (each file, e.g. a volume whose slices are images, is one patient).
+PATIENT_SOURCES = ("column", "dicom", "file")
 DEFAULT_MAX_SKIPPED = 0.05
 _FRACTION = Bound(float, 0, 1)
 

@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image
 
 from shared.images.decode import convert_channels
+from shared.images.policy import DEFAULT_RESIZE, RESIZE_POLICIES
 from shared.progress import progress_bar
 
-RESIZE_POLICIES = ("crop", "pad")
 _FILTER = Image.Resampling.BILINEAR
 
 
@@ -30,7 +30,7 @@ def check_resize_policy(policy: str) -> None:
         raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
 
 
-def resize_image(image: Image.Image, image_size: int, policy: str = "crop") -> Image.Image:
+def resize_image(image: Image.Image, image_size: int, policy: str = DEFAULT_RESIZE) -> Image.Image:
     """A square ``image_size`` image following ``policy`` (``crop`` or ``pad``)."""
     check_resize_policy(policy)
     w, h = image.size
@@ -63,7 +63,7 @@ class TargetFormat:
 
     image_size: int
     channels: int
-    resize: str = "crop"
+    resize: str = DEFAULT_RESIZE
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or not 1 <= self.image_size <= 4096:
@@ -90,7 +90,7 @@ def convert_array_images(
     images: np.ndarray,
     image_size: int | None = None,
     channels: int | None = None,
-    resize: str = "crop",
+    resize: str = DEFAULT_RESIZE,
     *,
     progress: bool = False,
     desc: str = "resizing",

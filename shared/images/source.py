@@ -33,7 +33,7 @@ from shared.images.manifest import load_manifest
 from shared.images.medmnist import MEDMNIST_SPLITS, load_medmnist
 from shared.images.named import NAMED_DATASETS, load_named, splits_of
 from shared.images.npz import load_npz
-from shared.images.policy import ReadPolicy
+from shared.images.policy import DEFAULT_RESIZE, ReadPolicy
 from shared.images.report import LoadResult, report_for
 from shared.images.resize import TargetFormat, check_resize_policy, convert_array_images
 
@@ -47,7 +47,7 @@ class ImageSource:
     path: str | Path | None = None
     image_size: int | None = None  # None: native size (array kinds only)
     channels: int | None = None  # 1 or 3; None: native (array kinds only)
-    resize: str = "crop"  # crop | pad
+    resize: str = DEFAULT_RESIZE  # crop | pad (shared.images.policy)
     classes: tuple[str, ...] | None = None
     split: str = "train"  # train | val | test (| extra for SVHN)
     name: str | None = None  # torchvision dataset name

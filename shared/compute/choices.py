@@ -1,0 +1,26 @@
+"""The computation's names and defaults that settings refer to, in a module light enough for ``--help``.
+
+Configs (the distiller's, the evaluation's, owner.toml's ``[compute]``) and the command line read
+these; the modules that compute (``augmentation``, ``device``, ``networks``) use the same values.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+# Augmentation families (``shared.compute.augmentation``); a strategy joins some with "_".
+FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+DEFAULT_STRATEGY = "_".join(FAMILIES)
+
+# Where the distiller computes: "auto" is a CUDA GPU when there is one, else the CPU (``shared.compute.device``).
+DEFAULT_DEVICE = "auto"
+# Precision of the network passes: "bf16" autocasts them (``shared.compute.device``).
+PRECISIONS = ("float32", "bf16")
+DEFAULT_PRECISION = "float32"
+
+# Activation memory of one network pass; larger batches are pushed through in chunks (``shared.compute.networks``).
+DEFAULT_ACTIVATION_BUDGET_MB = 256
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
