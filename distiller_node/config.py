@@ -13,6 +13,7 @@ from shared.accounting import MAX_EPSILON, MIN_DELTA
 from shared.compute.choices import DEFAULT_ACTIVATION_BUDGET_MB, DEFAULT_PRECISION, DEFAULT_STRATEGY
 from shared.evaluation_config import EvaluationConfig
 from shared.settings import bounded, check_settings
+from shared.wire.messages import DEFAULT_SIGNAL
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class SamplingConfig:
     )  # None: by image size (shared.compute.networks.depth_for_image_size)
     augmentation: str = DEFAULT_STRATEGY
     seed: int = bounded(0, int, 0, 2**63 - 1)
-    signal: str = "features"  # or "gradients": per-example loss gradients of each draw's network
+    signal: str = DEFAULT_SIGNAL  # or "gradients": per-example loss gradients of each draw's network
     # Requests each owner has in flight: the next one already waits at the owner while the current
     # one is computed, hiding transport latency (seconds per message over Flower).
     in_flight: int = bounded(2, int, 1, 64)

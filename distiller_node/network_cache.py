@@ -14,6 +14,7 @@ from shared.compute.networks import ConvNet, NetworkSpec, build_network, freeze
 from shared.compute.signals import get_signal_kind
 from shared.compute.statistic import public_subspace
 from shared.compute.subspace import Subspace, basis_fingerprint
+from shared.wire.messages import DEFAULT_SIGNAL
 
 
 class NetworkCache:
@@ -23,7 +24,7 @@ class NetworkCache:
         aux_images: torch.Tensor,
         subspace_dim: int | None,
         max_bytes: int,
-        signal: str = "features",
+        signal: str = DEFAULT_SIGNAL,
         aux_labels: torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ):

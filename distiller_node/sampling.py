@@ -26,7 +26,7 @@ from distiller_node.signal_store import Signals, SignalStore, atomic_write
 from shared.accounting import epsilon, noise_for_budget
 from shared.compute.networks import NetworkSpec, depth_for_image_size
 from shared.progress import progress_bar
-from shared.wire.messages import FeatureRequest, OwnerInfo, PlanRequest
+from shared.wire.messages import DEFAULT_SIGNAL, FeatureRequest, OwnerInfo, PlanRequest
 from shared.wire.privacy_event import SampledGaussianEvent
 from shared.wire.protocol import encode
 
@@ -58,7 +58,7 @@ class SamplingPlan:
     delta: float
     accountant: str
     owners: list[OwnerPlan]
-    signal: str = "features"
+    signal: str = DEFAULT_SIGNAL
 
     @property
     def num_batches(self) -> int:

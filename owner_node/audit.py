@@ -34,7 +34,7 @@ from shared.compute.subspace import content_hash
 from shared.images.image_set import ImageSet
 from shared.progress import progress_bar
 from shared.run_choices import KIP_SYNC, METHODS
-from shared.wire.messages import FeatureRequest, KipStepRequest
+from shared.wire.messages import DEFAULT_SIGNAL, FeatureRequest, KipStepRequest
 from shared.wire.privacy_event import SampledGaussianEvent
 
 
@@ -49,7 +49,7 @@ class AuditConfig:
     network: NetworkSpec = field(default_factory=lambda: NetworkSpec(width=16, depth=3))
     subspace_dim: int = 32
     augmentation: str = "none"
-    signal: str = "features"  # one of METHODS: a feature request's signal kind, or a kip-sync step
+    signal: str = DEFAULT_SIGNAL  # one of METHODS: a feature request's signal kind, or a kip-sync step
     kip_ipc: int = 1  # kip-sync: synthetic images per class in the audited message
     delta: float = 1e-5
     confidence: float = 0.95
@@ -100,7 +100,7 @@ def _share_public_networks(*mechanisms: FeatureMechanism) -> None:
     built: dict[tuple, tuple] = {}
     original = mechanisms[0].network_and_subspace
 
-    def network_and_subspace(spec: NetworkSpec, seed: int, k: int, signal: str = "features"):
+    def network_and_subspace(spec: NetworkSpec, seed: int, k: int, signal: str = DEFAULT_SIGNAL):
         key = (spec, seed, k, signal)
         if key not in built:
             built[key] = original(spec, seed, k, signal)

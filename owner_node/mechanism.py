@@ -22,7 +22,7 @@ from shared.compute.signals import get_signal_kind
 from shared.compute.statistic import class_sums, per_example_statistic, public_subspace
 from shared.compute.subspace import Subspace, basis_fingerprint
 from shared.datasets import to_float
-from shared.wire.messages import FeatureRequest
+from shared.wire.messages import DEFAULT_SIGNAL, FeatureRequest
 
 
 def clean_class_sums(
@@ -34,7 +34,7 @@ def clean_class_sums(
     strategy: str,
     clip_norm: float,
     num_classes: int,
-    signal: str = "features",
+    signal: str = DEFAULT_SIGNAL,
     normalization: tuple[float, float] | None = None,
     budget_mb: float = DEFAULT_ACTIVATION_BUDGET_MB,
     patients: torch.Tensor | None = None,
@@ -130,7 +130,7 @@ class FeatureMechanism:
         self._shared_projections: dict[tuple[str, int], Subspace] = {}
 
     def network_and_subspace(
-        self, spec: NetworkSpec, seed: int, k: int, signal: str = "features"
+        self, spec: NetworkSpec, seed: int, k: int, signal: str = DEFAULT_SIGNAL
     ) -> tuple[torch.nn.Module, Subspace | None]:
         """The public network and its public basis (None when ``k`` is 0: no projection)."""
         if not get_signal_kind(signal).uses_network:  # one projection for every draw, fitted on the CPU

@@ -18,10 +18,15 @@ from shared.compute.augmentation import augment
 from shared.compute.device import autocast
 from shared.compute.signals import get_signal_kind
 from shared.compute.subspace import Subspace
+from shared.wire.messages import DEFAULT_SIGNAL
 
 
 def public_subspace(
-    net: nn.Module, aux_images: torch.Tensor, k: int, signal: str = "features", aux_labels: torch.Tensor | None = None
+    net: nn.Module,
+    aux_images: torch.Tensor,
+    k: int,
+    signal: str = DEFAULT_SIGNAL,
+    aux_labels: torch.Tensor | None = None,
 ) -> Subspace:
     """SER basis for one network and signal: top-k PCA of the auxiliary set's vectors (no augmentation)."""
     return get_signal_kind(signal).public_basis(net, aux_images, k, aux_labels)
@@ -46,7 +51,7 @@ def per_example_statistic(
     strategy: str,
     clip_norm: float,
     labels: torch.Tensor | None = None,
-    signal: str = "features",
+    signal: str = DEFAULT_SIGNAL,
     precision: str = "float32",
 ) -> torch.Tensor:
     """clip_C(P(describe(augment(x)))) for every row of ``images``; differentiable in ``images``.

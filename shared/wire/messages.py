@@ -26,6 +26,7 @@ class DescribeRequest:
 PRIVACY_UNITS = ("image", "patient")
 # The form of a signal kind's name; which kinds exist is the registry's to say (shared.compute.signals).
 SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+DEFAULT_SIGNAL = "features"  # what a FeatureRequest (and a run) asks for unless it names another kind
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class FeatureRequest:
     aux_hash: str
     expected_group_size: float
     noise_multiplier: float
-    signal: str = "features"
+    signal: str = DEFAULT_SIGNAL
 
     @property
     def num_draws(self) -> int:
