@@ -91,53 +91,6 @@ class FeatureSignal(SignalKind):
         return fit_subspace(embed_images(net, aux_images), k)
 
 
-class BlockFeatureSignal(SignalKind):
-    """Every block's output, not only the last: a multi-scale embedding (issue 29, measured at reduced scale).
-
-    Block b's feature map is average-pooled to the last block's side, so each block gives the same
-    number of entries (the last block's embedding is unchanged), and multiplied by the ratio of the
-    two sides (the square root of the pooled window's area): averaging over a larger window shrinks
-    the entries' spread, and without this the last block would fill the principal subspace alone.
-    """
-
-    name = "features-blocks"
-    words = (
-        "the outputs of every block of a seeded public network, each average-pooled to the last block's size "
-        "(scaled by the ratio of the sides), concatenated"
-    )
-    reduced_precision = True
-
-    def signal_dim(self, spec: NetworkSpec) -> int:
-        return spec.depth * spec.embedding_dim
-
-    def describe(self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        import torch
-        import torch.nn.functional as F
-
-        side = net.spec.image_size >> net.spec.depth
-        layers = list(net.features)
-        per_block = len(layers) // net.spec.depth  # conv, norm, ReLU, pool
-        x, parts = images, []
-        for lo in range(0, len(layers), per_block):
-            for layer in layers[lo : lo + per_block]:
-                x = layer(x)
-            parts.append(F.adaptive_avg_pool2d(x, side).flatten(1) * (x.shape[-1] / side))
-        return torch.cat(parts, dim=1)
-
-    def public_basis(
-        self, net: nn.Module | None, aux_images: torch.Tensor, k: int, aux_labels: torch.Tensor | None
-    ) -> Subspace:
-        import torch
-
-        from shared.networks import pass_chunk
-        from shared.subspace import fit_subspace
-
-        chunk = pass_chunk(net.spec, aux_images.device)
-        with torch.inference_mode():
-            vectors = [self.describe(net, aux_images[i : i + chunk], None) for i in range(0, len(aux_images), chunk)]
-        return fit_subspace(torch.cat(vectors), k)
-
-
 class GradientSignal(SignalKind):
     name = "gradients"
     words = "the flattened per-example gradient of a seeded public network's classification loss"
@@ -233,5 +186,5 @@ def get_signal_kind(name: str) -> SignalKind:
         raise ValueError(f"unknown signal kind {str(name)[:32]!r}; known: {', '.join(_KINDS)}") from None
 
 
-for _kind in (FeatureSignal(), BlockFeatureSignal(), GradientSignal(), KipSignal()):
+for _kind in (FeatureSignal(), GradientSignal(), KipSignal()):
     register(_kind)

@@ -75,25 +75,3 @@ def test_an_unknown_kind_is_refused_on_the_wire_and_by_the_owner(tmp_path: Path)
         service.close()
     with pytest.raises(ValueError, match="already registered"):
         register(get_signal_kind("features"))
-
-
-def test_block_features_give_every_block_the_last_blocks_size() -> None:
-    """features-blocks: one equal-length part per block, the last block's part is the plain embedding;
-    its sensitivity bound (huge, NaN and infinite records) is checked with every kind in test_sensitivity."""
-    from shared.networks import build_network, freeze
-    from shared.run_choices import SIGNALS
-
-    assert "features-blocks" in SIGNALS  # so test_sensitivity's worst-case records cover it
-    kind = get_signal_kind("features-blocks")
-    net = freeze(build_network(SPEC, 3))
-    images = torch.randn(5, SPEC.channels, SPEC.image_size, SPEC.image_size, generator=torch.Generator().manual_seed(0))
-    vectors = kind.describe(net, images, None)
-    assert vectors.shape == (5, kind.signal_dim(SPEC)) == (5, SPEC.depth * SPEC.embedding_dim)
-    assert torch.equal(vectors[:, -SPEC.embedding_dim :], net.embed(images))
-    spreads = vectors.view(5, SPEC.depth, -1).std(dim=(0, 2))
-    assert spreads.max() / spreads.min() < 3  # no block fills the principal subspace by its scale alone
-    basis = public_subspace(net, images, 3, "features-blocks")
-    stats = per_example_statistic(
-        net, basis, images * 1e6, 0, "color_crop_cutout_flip_scale_rotate", 1.0, signal="features-blocks"
-    )
-    assert stats.shape == (5, 3) and bool((torch.linalg.vector_norm(stats, dim=1) <= 1.0 + 1e-12).all())
