@@ -80,18 +80,20 @@ class RunSettings:
         """The run these settings describe: the preset's values, each replaced by a field that is set."""
         from distiller_node.methods import distillation_method
 
-        p = {k: v if getattr(self, k, None) is None else getattr(self, k) for k, v in PRESETS[self.preset].items()}
-        group_size = p.get("group_size", SamplingConfig.group_size) if self.group_size is None else self.group_size
-        draws_per_request = self.draws_per_request
-        if draws_per_request is None:
-            draws_per_request = p.get("draws_per_request", SamplingConfig.draws_per_request)
+        # The configs' own values where a preset states none, then the preset's, then the fields that are set.
+        base = {
+            "group_size": SamplingConfig.group_size,
+            "draws_per_request": SamplingConfig.draws_per_request,
+            "cache_mb": OptimisationConfig.cache_mb,
+        } | PRESETS[self.preset]
+        p = {k: v if getattr(self, k, None) is None else getattr(self, k) for k, v in base.items()}
         return DistillerConfig(
             epsilon=self.epsilon,
             delta=self.delta,
             sampling=SamplingConfig(
                 draws=p["draws"],
-                draws_per_request=draws_per_request,
-                group_size=group_size,
+                draws_per_request=p["draws_per_request"],
+                group_size=p["group_size"],
                 subspace_dim=p["subspace_dim"],
                 width=p["width"],
                 seed=self.seed,
@@ -108,7 +110,7 @@ class RunSettings:
                 steps_per_draw=p["steps_per_draw"],
                 init=p["init"],
                 precision=self.precision,
-                cache_mb=p.get("cache_mb", OptimisationConfig.cache_mb),
+                cache_mb=p["cache_mb"],
             ),
             evaluation=EvaluationConfig(
                 runs=self.eval_runs, epochs=p["eval_epochs"], width=p["eval_width"], precision=self.precision
