@@ -49,6 +49,7 @@ def cmd_bench_frontier(a: argparse.Namespace) -> int:
         a.max_points,
         a.data_root,
         Path(a.published) if a.published else None,
+        a.jobs,
     )
     for name, r in result["runs"].items():
         eps = "-" if r["epsilon_prv"] is None else f"{r['epsilon_prv']:.3f}"
@@ -243,6 +244,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads", type=int, help="threads of each point's process (default: this process's torch threads)"
     )
     bf.add_argument("--max-points", type=int, help="run at most this many new points, then stop (run again to go on)")
+    bf.add_argument(
+        "--jobs", type=int, default=1, help="points run at once, each its own process (e.g. 2 with --threads 1)"
+    )
     bf.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files (default: Debian package or cache)")
     bf.add_argument(
         "--published",

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +34,21 @@ from shared.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# method -> the preset it runs, and its candidate settings (preset overrides), the preset's own first.
+# method -> the preset it runs, and its candidate settings (preset overrides). Each candidate names every
+# setting it compares, so a point measured once keeps its meaning when the preset's defaults change.
+# DOS+SER's group candidates keep draws x group (the owner's per-example work) and lr x group^2 (the
+# loss compares class sums rescaled to the group, so its gradient grows as group^2) constant.
+_GROUP_50 = {"draws": 200, "group_size": 50, "lr": 0.3}
 METHOD_CANDIDATES: dict[str, tuple[str, dict[str, dict]]] = {
-    "dos-ser": ("default", {"init-noise": {"init": "noise"}, "init-aux": {"init": "aux"}}),
+    "dos-ser": (
+        "default",
+        {
+            "init-noise": {"init": "noise"} | _GROUP_50,
+            "init-aux": {"init": "aux"} | _GROUP_50,
+            "group-100": {"init": "aux", "draws": 100, "group_size": 100, "lr": 0.075},
+            "group-200": {"init": "aux", "draws": 50, "group_size": 200, "lr": 0.01875},
+        },
+    ),
     "dp-kip": ("kip-decoupled", {"lr-0.03": {"lr": 0.03}, "lr-0.1": {"lr": 0.1}}),
 }
 SELECT_AT = (1.0, 10)  # (epsilon, IPC) where candidates are compared on the validation split
@@ -205,25 +218,40 @@ def frontier(
     max_points: int | None = None,
     data_root: str | None = None,
     published: Path | None = None,
+    jobs: int = 1,
 ) -> dict:
-    """Run the points not yet measured (at most ``max_points`` of them), then write JSON and PNG.
+    """Run the points not yet measured (at most ``max_points`` of them, ``jobs`` at a time, each in its
+    own process with ``threads`` threads), then write JSON and PNG.
     With ``published`` (e.g. ``docs/bench/frontier``), points published there count as measured, and
     every new point is published there as soon as it is done."""
     out.mkdir(parents=True, exist_ok=True)
     public = prepare_public(out / "public", data_root)
     if published is not None:
         import_points(out, published)
-    done = 0
-    with progress_bar(desc="frontier", unit="point") as bar:
+    done = started = 0
+    running: dict[Future, Point] = {}
+    with progress_bar(desc="frontier", unit="point") as bar, ThreadPoolExecutor(max(1, jobs)) as pool:
         while True:
-            todo = [p for p in planned_points(out) if load_run(out, p) is None]
-            if not todo or (max_points is not None and done >= max_points):
+            # Points not measured and not running; a point that waits on a selection appears once it is made.
+            todo = [
+                p
+                for p in planned_points(out)
+                if load_run(out, p) is None and p.name not in {q.name for q in running.values()}
+            ]
+            while todo and len(running) < max(1, jobs) and (max_points is None or started < max_points):
+                point = todo.pop(0)
+                running[pool.submit(run_point, out, point, public, eval_runs, threads, data_root)] = point
+                started += 1
+            if not running:
                 break
-            bar.total = done + len(todo)
-            bar.set_postfix(point=todo[0].name)
-            run_point(out, todo[0], public, eval_runs, threads, data_root)
-            done += 1
-            bar.update(1)
+            bar.total = done + len(running) + len(todo)
+            bar.set_postfix(point=",".join(p.name for p in running.values()))
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                running.pop(future)
+                future.result()  # a failed point stops the benchmark (its log names why)
+                done += 1
+                bar.update(1)
             write_results(out, eval_runs, threads)
             if published is not None:
                 publish(out, published)

@@ -83,6 +83,7 @@ class RunSettings:
         # The configs' own values where a preset states none, then the preset's, then the fields that are set.
         base = {
             "group_size": SamplingConfig.group_size,
+            "scale_down_to": SamplingConfig.scale_down_to,
             "draws_per_request": SamplingConfig.draws_per_request,
             "cache_mb": OptimisationConfig.cache_mb,
         } | PRESETS[self.preset]
@@ -94,6 +95,7 @@ class RunSettings:
                 draws=p["draws"],
                 draws_per_request=p["draws_per_request"],
                 group_size=p["group_size"],
+                scale_down_to=p["scale_down_to"],
                 subspace_dim=p["subspace_dim"],
                 width=p["width"],
                 seed=self.seed,

@@ -21,6 +21,12 @@ class SamplingConfig:
     draws: int = bounded(200, int, 1, 10**6)
     draws_per_request: int = bounded(25, int, 1, 100_000)
     group_size: float = bounded(50.0, float, 0, 1e9, low_open=True)
+    # Where the owners' caps lower the group below ``group_size`` (a small class; see
+    # ``distiller_node.sampling.effective_group_size``), the run keeps what the settings were chosen
+    # for, counting the group as at least this size: draws x group (the records a class gives over the
+    # run) and lr x group^2 (the step: the loss compares class sums rescaled to the group, so its
+    # gradient grows as group^2). The draws grow by planned / group, the step by its square. 0: neither.
+    scale_down_to: float = bounded(0.0, float, 0, 1e9)
     subspace_dim: int = bounded(200, int, 0, 10**6)
     width: int = bounded(128, int, 1, 4096)
     depth: int | None = bounded(

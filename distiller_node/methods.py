@@ -9,7 +9,7 @@ chosen by the run's ``signal`` setting (``distillation_method``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -117,6 +117,11 @@ class DistillationMethod:
         raise NotImplementedError
 
 
+def step_for_plan(opt: OptimisationConfig, plan: SamplingPlan) -> OptimisationConfig:
+    """``opt`` with its lr scaled as the plan says (``sampling.group_scale``: the owners' caps lowered the group)."""
+    return opt if plan.step_scale == 1.0 else replace(opt, lr=opt.lr * plan.step_scale)
+
+
 class SignalMatching(DistillationMethod):
     """Match each draw's noisy class sums with the same clipped statistic of the synthetic set."""
 
@@ -138,7 +143,9 @@ class SignalMatching(DistillationMethod):
         )
 
     def optimise(self, run: Run, state: SyntheticState) -> SyntheticState:
-        plan, opt = run.plan, run.optimisation
+        plan, opt = run.plan, step_for_plan(run.optimisation, run.plan)
+        if opt.lr != run.optimisation.lr:
+            print(f"optimiser step: lr {run.optimisation.lr:g} x {plan.step_scale:.4g} = {opt.lr:.4g} (lowered group)")
         cache = NetworkCache(
             plan.network, run.aux[0], plan.subspace_dim, opt.cache_mb * 2**20, plan.signal, run.aux[1], run.device
         )

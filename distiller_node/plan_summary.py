@@ -73,6 +73,7 @@ def plan_summary(
         "releases": draws,
         "requests": plan.num_batches,
         "group_size": plan.group_size,
+        "step_scale": plan.step_scale,
         "signal": plan.signal,
         "network": plan.network.to_dict(),
         "depth_by_image_size": depth_chosen,

@@ -59,6 +59,8 @@ class SamplingPlan:
     accountant: str
     owners: list[OwnerPlan]
     signal: str = DEFAULT_SIGNAL
+    # The optimiser's lr is multiplied by this (``group_scale`` squared; 1 unless the group was lowered).
+    step_scale: float = 1.0
 
     @property
     def num_batches(self) -> int:
@@ -148,6 +150,14 @@ def effective_group_size(group_size: float, infos: list[OwnerInfo]) -> float:
     return g
 
 
+def group_scale(planned: float, group: float, down_to: float) -> float:
+    """How much a lowered group scales the draws (and the step, squared): planned / group, with the
+    group counted as at least ``down_to`` (``SamplingConfig.scale_down_to``); 1 when nothing changes."""
+    if down_to <= 0 or group >= planned:
+        return 1.0
+    return max(1.0, planned / max(group, down_to))
+
+
 def plan_seeds(seed: int, draws: int) -> torch.Tensor:
     """[2, draws]: each draw's public network seed and augmentation seed, from the run's public seed."""
     g = torch.Generator().manual_seed(seed)
@@ -168,14 +178,22 @@ def make_plan(
     ``delta`` and ``accountant`` are the distiller's own wishes, kept in the plan for its report.
     """
     check_compatible(infos)
-    seeds = plan_seeds(cfg.seed, cfg.draws)
     owners = []
     group_size = effective_group_size(cfg.group_size, infos)
+    scale = group_scale(cfg.group_size, group_size, cfg.scale_down_to)
+    draws = max(1, round(cfg.draws * scale))
     if group_size < cfg.group_size:
         log(
             f"group size lowered from {cfg.group_size:g} to {group_size:.4g} (expected records of the smallest "
             "class per draw): the owners' caps on the sampling rate and on records per draw allow no more"
         )
+    if scale > 1:
+        log(
+            f"draws raised from {cfg.draws} to {draws} and the optimiser's step multiplied by {scale**2:.4g}, so "
+            f"that draws x group and lr x group^2 stay as planned (counting the group as at least "
+            f"{cfg.scale_down_to:g})"
+        )
+    seeds = plan_seeds(cfg.seed, draws)
     for info, target in zip(infos, target_epsilons, strict=True):
         rate = min(1.0, group_size / min(info.class_counts))  # the owner's one rate for every class
         max_draws = int(info.limits.get("max_draws_per_request", cfg.draws_per_request))
@@ -183,7 +201,7 @@ def make_plan(
             raise ValueError(
                 f"--draws-per-request {cfg.draws_per_request} exceeds owner '{info.owner_id}''s cap {max_draws}"
             )
-        sigma = noise_for_budget(target, info.delta, rate, cfg.draws, info.accountant)
+        sigma = noise_for_budget(target, info.delta, rate, draws, info.accountant)
         floor = float(info.limits.get("min_noise_multiplier", 0.0))
         if sigma < floor:
             # The owner would refuse this sigma; its floor spends less than the target, never more.
@@ -210,6 +228,7 @@ def make_plan(
         accountant=accountant,
         owners=owners,
         signal=cfg.signal,
+        step_scale=scale**2,
     )
 
 

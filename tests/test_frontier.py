@@ -40,9 +40,11 @@ def _fake_run(out: Path, point: frontier.Point, validation: float, test: float) 
 
 def test_settings_are_chosen_by_validation_not_test_accuracy(tmp_path: Path) -> None:
     preset, candidates = frontier.METHOD_CANDIDATES["dos-ser"]
-    (a, a_over), (b, b_over) = candidates.items()
+    (a, a_over), (b, b_over), *others = candidates.items()
     eps, ipc = frontier.SELECT_AT
     _fake_run(tmp_path, frontier.Point("dos-ser", eps, ipc, a, a_over), validation=0.70, test=0.90)
+    for other, over in others:
+        _fake_run(tmp_path, frontier.Point("dos-ser", eps, ipc, other, over), validation=0.60, test=0.95)
     assert frontier.chosen(tmp_path, "dos-ser") is None  # not until every candidate has run
     names = [p.name for p in frontier.planned_points(tmp_path)]
     assert not any(n.startswith("dos-ser_eps0.5") for n in names)
@@ -90,3 +92,39 @@ def test_published_points_carry_over_to_a_fresh_run_folder(tmp_path: Path) -> No
     assert frontier.import_points(fresh, docs) == 1
     assert frontier.load_run(fresh, point) == frontier.load_run(first, point)
     assert frontier.import_points(fresh, docs) == 0  # what is there is kept
+
+
+def test_parallel_jobs_run_every_point_once_and_wait_for_the_selection(tmp_path: Path, monkeypatch) -> None:
+    """``--jobs 2``: two points at a time, each once; the points that follow a selection start only after it."""
+    import threading
+    import time
+
+    (tmp_path / "public").mkdir()
+    for name in ("aux", "validation", "test"):
+        (tmp_path / "public" / f"{name}.npz").write_bytes(b"")  # prepare_public keeps what is there
+    lock, running, seen = threading.Lock(), [0], {"most": 0, "order": []}
+
+    def fake_point(out: Path, point: frontier.Point, *args) -> dict:
+        with lock:
+            running[0] += 1
+            seen["most"] = max(seen["most"], running[0])
+            seen["order"].append(point.name)
+            # Every candidate at the selection point has finished before a chosen candidate's other point.
+            if point.epsilon not in (frontier.SELECT_AT[0], None) and point.method in frontier.METHOD_CANDIDATES:
+                assert frontier.chosen(out, point.method) is not None
+        time.sleep(0.05)
+        run = {
+            "test_accuracy_mean": 0.5, "test_accuracy_std": 0.0,
+            "validation_accuracy_mean": 0.5 + 0.01 * len(point.name), "validation_accuracy_std": 0.0, "epsilon_prv": point.epsilon, "epsilon_rdp": point.epsilon, "delta": 1e-5,
+            "wall_s": 1.0, "stage_s": {}, "peak_rss_mb": 1.0, "config": {},
+        }  # fmt: skip
+        (out / point.name).mkdir(parents=True, exist_ok=True)
+        (out / point.name / "run.json").write_text(json.dumps(run))
+        with lock:
+            running[0] -= 1
+        return run
+
+    monkeypatch.setattr(frontier, "run_point", fake_point)
+    result = frontier.frontier(tmp_path, threads=1, jobs=2)
+    assert not result["pending"] and len(seen["order"]) == len(set(seen["order"])) == len(result["runs"])
+    assert seen["most"] == 2
