@@ -115,7 +115,8 @@ def test_parallel_jobs_run_every_point_once_and_wait_for_the_selection(tmp_path:
         time.sleep(0.05)
         run = {
             "test_accuracy_mean": 0.5, "test_accuracy_std": 0.0,
-            "validation_accuracy_mean": 0.5 + 0.01 * len(point.name), "validation_accuracy_std": 0.0, "epsilon_prv": point.epsilon, "epsilon_rdp": point.epsilon, "delta": 1e-5,
+            "validation_accuracy_mean": 0.5 + 0.01 * len(point.name), "validation_accuracy_std": 0.0,
+            "epsilon_prv": point.epsilon, "epsilon_rdp": point.epsilon, "delta": 1e-5,
             "wall_s": 1.0, "stage_s": {}, "peak_rss_mb": 1.0, "config": {},
         }  # fmt: skip
         (out / point.name).mkdir(parents=True, exist_ok=True)
