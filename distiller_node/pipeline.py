@@ -219,6 +219,15 @@ def run_distillation(
         "test_metrics": result.metrics if result is not None else None,
         "validation_accuracy": result.other("validation") if result is not None and validation is not None else None,
         "krr_accuracy": krr,
+        # What was matched: the per-example statistic each release summed, and the plan that released it.
+        "statistic": {
+            "signal": plan.signal,
+            "sensitivity": report["sensitivity"],
+            "released_dim": summary.get("released_dim"),
+            "releases": len(plan.network_seeds),
+            "expected_group_size": plan.group_size,
+            "step_scale": plan.step_scale,
+        },
         "epsilon_prv": report["epsilon_prv"],
         "epsilon_rdp": report["epsilon_rdp"],
         "delta": report["delta"],

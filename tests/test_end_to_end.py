@@ -113,6 +113,9 @@ def test_small_gradient_signal_run_learns_far_above_chance(tmp_path: Path) -> No
     assert results["test_accuracy"]["mean"] > GRADIENT_SMALL_FLOOR, results["test_accuracy"]  # chance is 0.10
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["signal"] == "gradients" and report["plan"]["subspace_dim"] == 32
+    statistic = results["statistic"]  # the results name what was matched, as the privacy report does
+    assert statistic["signal"] == "gradients" and statistic["sensitivity"] == report["sensitivity"]
+    assert statistic["releases"] == 20 and statistic["released_dim"] == 32
     assert report["epsilon_prv"] <= 1.0 and report["releases"] == 20
     ledger = Ledger(tmp_path / "owner" / "ledger.sqlite")
     try:

@@ -110,29 +110,31 @@ def test_a_lowered_group_size_is_accepted_by_the_owner(tmp_path: Path) -> None:
 
 
 def test_a_lowered_group_keeps_the_planned_work_and_step_down_to_its_floor(tmp_path: Path) -> None:
-    """The default preset's group of 200 was chosen with draws x group and lr x group^2 held fixed; where a
-    smaller export's classes lower the group, the draws and the step follow it, down to scale_down_to."""
+    """The default preset's group was chosen with draws x group and lr x group^2 held fixed; where a smaller
+    export's classes lower the group, the draws and the step follow it, down to scale_down_to."""
     default = RunSettings().distiller_config()
+    opt = default.optimisation
     cfg = replace(default.sampling, draws_per_request=10, subspace_dim=4, width=8, depth=2)
-    assert (cfg.group_size, cfg.draws, cfg.scale_down_to) == (200.0, 50, 50.0)
+    planned, draws, floor = cfg.group_size, cfg.draws, cfg.scale_down_to
+    assert planned > floor > 0
     said: list[str] = []
-    # Smallest class 2,000: the owner's rate cap 0.05 allows a group of 100, so 100 draws at 4x the step.
-    plan = make_plan(cfg, [_info((6000, 2000, 3000))], [1.0], 1e-5, log=said.append)
-    assert plan.group_size == pytest.approx(100.0) and len(plan.network_seeds) == 100
-    assert plan.step_scale == pytest.approx(4.0) and any("draws raised from 50 to 100" in s for s in said)
+    # The owner's rate cap (0.05) on a smallest class of 20 x the floor allows a group of the floor.
+    plan = make_plan(cfg, [_info((6000, round(20 * floor), 6000))], [1.0], 1e-5, log=said.append)
+    group = plan.group_size
+    assert group == pytest.approx(floor) and any(f"draws raised from {draws} to" in s for s in said)
+    assert len(plan.network_seeds) * group == pytest.approx(draws * planned, rel=0.01)
+    assert step_for_plan(opt, plan).lr * group**2 == pytest.approx(opt.lr * planned**2)
     assert plan.planned_epsilon(0) == pytest.approx(1.0, abs=0.01)  # the noise is for the draws made
-    lr = step_for_plan(default.optimisation, plan).lr
-    assert lr * 100**2 == pytest.approx(default.optimisation.lr * 200**2)
-    # Below the floor the run is the one a group of 50 gives: 200 draws and lr 0.3 (the earlier default).
+    # At the floor, and below it, the run is the earlier default's: 200 draws, lr 0.3.
     small = make_plan(cfg, [_info((6000, 129, 3000))], [1.0], 1e-5, log=said.append)
-    assert len(small.network_seeds) == 200 and small.step_scale == pytest.approx(16.0)
-    assert step_for_plan(default.optimisation, small).lr == pytest.approx(0.3)
+    for p in (plan, small):
+        assert len(p.network_seeds) == 200 and step_for_plan(opt, p).lr == pytest.approx(0.3)
     # Within the caps, or with no floor, nothing changes.
     for kept in (
         make_plan(cfg, [_info((6000, 6000, 6000))], [1.0], 1e-5, log=said.append),
-        make_plan(replace(cfg, scale_down_to=0.0), [_info((6000, 2000, 3000))], [1.0], 1e-5, log=said.append),
+        make_plan(replace(cfg, scale_down_to=0.0), [_info((6000, 129, 3000))], [1.0], 1e-5, log=said.append),
     ):
-        assert len(kept.network_seeds) == 50 and kept.step_scale == 1.0
-        assert step_for_plan(default.optimisation, kept) == default.optimisation
+        assert len(kept.network_seeds) == draws and kept.step_scale == 1.0
+        assert step_for_plan(opt, kept) == opt
     plan.save(tmp_path / "plan.json")  # a resumed run takes the same step
     assert SamplingPlan.load(tmp_path / "plan.json").step_scale == plan.step_scale
