@@ -101,8 +101,13 @@ def prepare_public(folder: Path, data_root: str | None) -> Path:
 
 
 def load_run(out: Path, point: Point) -> dict | None:
+    """The point's results; None until its ``run.json`` is there and whole (a parallel job may be
+    writing it, or a killed one left it cut short: the point then runs, and resumes, again)."""
     path = out / point.name / "run.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def chosen(out: Path, method: str) -> tuple[str, dict] | None:

@@ -112,7 +112,7 @@ def test_parallel_jobs_run_every_point_once_and_wait_for_the_selection(tmp_path:
             # Every candidate at the selection point has finished before a chosen candidate's other point.
             if point.epsilon not in (frontier.SELECT_AT[0], None) and point.method in frontier.METHOD_CANDIDATES:
                 assert frontier.chosen(out, point.method) is not None
-        time.sleep(0.05)
+        time.sleep(0.2)  # long enough that the other job is running too
         run = {
             "test_accuracy_mean": 0.5, "test_accuracy_std": 0.0,
             "validation_accuracy_mean": 0.5 + 0.01 * len(point.name), "validation_accuracy_std": 0.0,
