@@ -238,11 +238,8 @@ def frontier(
     with progress_bar(desc="frontier", unit="point") as bar, ThreadPoolExecutor(max(1, jobs)) as pool:
         while True:
             # Points not measured and not running; a point that waits on a selection appears once it is made.
-            todo = [
-                p
-                for p in planned_points(out)
-                if load_run(out, p) is None and p.name not in {q.name for q in running.values()}
-            ]
+            busy = {q.name for q in running.values()}
+            todo = [p for p in planned_points(out) if p.name not in busy and load_run(out, p) is None]
             while todo and len(running) < max(1, jobs) and (max_points is None or started < max_points):
                 point = todo.pop(0)
                 running[pool.submit(run_point, out, point, public, eval_runs, threads, data_root)] = point

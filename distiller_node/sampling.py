@@ -153,9 +153,7 @@ def effective_group_size(group_size: float, infos: list[OwnerInfo]) -> float:
 def group_scale(planned: float, group: float, down_to: float) -> float:
     """How much a lowered group scales the draws (and the step, squared): planned / group, with the
     group counted as at least ``down_to`` (``SamplingConfig.scale_down_to``); 1 when nothing changes."""
-    if down_to <= 0 or group >= planned:
-        return 1.0
-    return max(1.0, planned / max(group, down_to))
+    return 1.0 if down_to <= 0 else max(1.0, planned / max(group, down_to))
 
 
 def plan_seeds(seed: int, draws: int) -> torch.Tensor:
