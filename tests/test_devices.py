@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import shared.compute.device as device_module
 import shared.compute.networks as networks
 from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
@@ -20,7 +21,6 @@ from distiller_node.signal_store import Signals
 from owner_node.config import OwnerConfig, write_config
 from owner_node.mechanism import clean_class_sums
 from owner_node.service import OwnerService
-import shared.compute.device as device_module
 from shared.compute.choices import DEFAULT_PRECISION
 from shared.compute.device import autocast, resolve_device, resolve_precision, use_device
 from shared.compute.networks import NetworkSpec, build_network, freeze, pass_chunk
@@ -113,7 +113,7 @@ def test_bf16_statistics_stay_clipped_and_close_to_float32() -> None:
     ("amx", "avx512_bf16", "expected"),
     [(False, False, "float32"), (False, True, "bf16"), (True, False, "bf16"), (True, True, "bf16")],
 )
-def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, amx, avx512_bf16, expected) -> None:
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, amx, avx512_bf16, expected):
     """The default: bf16 on AVX512-BF16 or AMX CPUs (accuracy shown equal, README), float32 where bf16
     would be emulated; the choice and its reason are reported, and autocast follows it."""
     assert DEFAULT_PRECISION == "auto"

@@ -15,7 +15,8 @@ DEFAULT_STRATEGY = "_".join(FAMILIES)
 DEFAULT_DEVICE = "auto"
 # Precision of the network passes: "bf16" autocasts them, "auto" is bf16 where the hardware computes it
 # natively (AVX512-BF16 or AMX CPUs, GPUs with bf16 tensor cores) and float32 elsewhere, where bf16 would be
-# emulated slowly (``shared.compute.device.resolve_precision``). Accuracy is the same (README, "bf16 keeps the accuracy").
+# emulated slowly (``shared.compute.device.resolve_precision``). Accuracy is the same (README, "bf16 keeps
+# the accuracy").
 PRECISIONS = ("auto", "float32", "bf16")
 DEFAULT_PRECISION = "auto"
 

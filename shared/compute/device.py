@@ -49,7 +49,7 @@ def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
     return torch.device("cuda", index)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def native_bf16(device_type: str, index: int | None = None) -> tuple[bool, str]:
     """Whether ``device_type`` computes bf16 natively, and why: on a CPU the AVX512-BF16 or AMX
     instructions (as torch detects them), on a GPU bf16 support without emulation."""
