@@ -131,7 +131,8 @@ def speed(
             "draws": draws,
             "iterations": iterations,
         },
-        # This project at float32 (the default), as before; every precision measured under "ours".
+        # This project at the first precision measured (float32 unless --precisions says otherwise), as
+        # before; every precision measured under "ours".
         **ours[precisions[0]],
         "ours": ours,
         "compute": compute,

@@ -13,12 +13,21 @@ from deploy import run_commands as running
 from distiller_node import commands as distiller
 from owner_node import commands as owner
 
+# The measuring commands, which are ``dpdistill-bench``'s (``benchmarks.commands``; deploy never imports it,
+# so tests/test_cli.py checks that the two agree): ``dpdistill speed`` points there.
+MEASURING = ("speed", "audit", "membership")
+BENCHMARK_PREFIX = "bench-"
+
+
+def is_measuring(command: str) -> bool:
+    return command in MEASURING or command.startswith(BENCHMARK_PREFIX)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dpdistill",
         description="Two-party differentially private dataset distillation.",
-        epilog="Measuring it (speed, bench-*, audit, membership): dpdistill-bench --help",
+        epilog=f"Measuring it ({', '.join(MEASURING)}, {BENCHMARK_PREFIX}*): dpdistill-bench --help",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +47,10 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and is_measuring(argv[0]):
+        print(f"dpdistill: error: {argv[0]} measures the system; run: dpdistill-bench {argv[0]} ...", file=sys.stderr)
+        return 2
     return run(build_parser(), argv)
 
 

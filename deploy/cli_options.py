@@ -144,5 +144,6 @@ def compute_options(p: argparse.ArgumentParser, who: str) -> None:
         "--precision",
         choices=PRECISIONS,
         default=RunSettings.precision,
-        help="network passes in float32, or autocast to bfloat16 (AMX / AVX-512-BF16 CPUs, GPUs); see README",
+        help="network passes autocast to bfloat16 (bf16), in float32, or auto: bf16 where the hardware computes it "
+        "natively (AMX / AVX512-BF16 CPUs, GPUs), else float32; see README",
     )

@@ -63,7 +63,8 @@ class OptimisationConfig:
     # Activation memory of one pass: a synthetic set whose pass would need more is pushed through in
     # chunks, with the exact gradient of the whole-set loss (two passes; see ``Distiller.step``).
     activation_budget_mb: float = bounded(DEFAULT_ACTIVATION_BUDGET_MB, float, 0, 1 << 24, low_open=True)
-    # "bf16": autocast the network passes (shared.compute.device); the loss and the images stay float32/64.
+    # "bf16" ("auto": where native) autocasts the network passes (shared.compute.device); the loss and the
+    # images stay float32/64.
     precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:

@@ -211,7 +211,7 @@ class OwnerConfig:
     # patient mode: a patient's images-per-class vector, clipped
     class_counts_patient_clip: float = at("privacy", "class_counts_patient_clip", 10.0, Bound(float, 1, 1e6))
     # Where releases are computed: "cpu", "auto", "cuda" or "cuda:N" (shared.compute.device), and the
-    # precision of the network passes ("float32" or "bf16"); neither changes the sensitivity bound.
+    # precision of the network passes ("auto", "float32" or "bf16"); neither changes the sensitivity bound.
     device: str = at("compute", "device", "cpu")
     precision: str = at("compute", "precision", DEFAULT_PRECISION)
     # "refuse" (default) a ledger on NFS/SMB, or use SQLite's rollback journal there

@@ -28,7 +28,7 @@ class EvaluationConfig:
     # Activation memory of one pass: larger batches are split into micro-batches whose gradients add
     # up to the batch's (exact: the network has no batch statistics).
     activation_budget_mb: float = bounded(DEFAULT_ACTIVATION_BUDGET_MB, float, 0, 1 << 24, low_open=True)
-    precision: str = DEFAULT_PRECISION  # "bf16": autocast the training and test passes (shared.compute.device)
+    precision: str = DEFAULT_PRECISION  # "bf16" ("auto": where native) autocasts training and test passes
 
     def __post_init__(self) -> None:
         check_settings(self, "evaluation")

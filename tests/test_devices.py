@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import shared.compute.device as device_module
 import shared.compute.networks as networks
 from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
@@ -20,7 +21,8 @@ from distiller_node.signal_store import Signals
 from owner_node.config import OwnerConfig, write_config
 from owner_node.mechanism import clean_class_sums
 from owner_node.service import OwnerService
-from shared.compute.device import autocast, resolve_device, use_device
+from shared.compute.choices import DEFAULT_PRECISION
+from shared.compute.device import autocast, resolve_device, resolve_precision, use_device
 from shared.compute.networks import NetworkSpec, build_network, freeze, pass_chunk
 from shared.compute.statistic import per_example_statistic, public_subspace
 from shared.compute.subspace import basis_fingerprint, fingerprint_discrepancy
@@ -67,6 +69,8 @@ def test_device_names_are_checked() -> None:
             resolve_device("cuda:0")
     with pytest.raises(ValueError, match="precision"):
         use_device("cpu", "fp8")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision(torch.device("cpu"), "Auto ")
     _, described = use_device("cpu", "bf16")
     assert described["device"] == "cpu" and described["precision"] == "bf16"
 
@@ -76,6 +80,7 @@ def test_owner_compute_settings_round_trip_and_bad_ones_are_refused(tmp_path: Pa
     write_config(tmp_path / "owner.toml", config)
     loaded = OwnerConfig.load(tmp_path / "owner.toml")
     assert (loaded.device, loaded.precision) == ("cpu", "bf16")
+    assert make_owner_config(tmp_path / "p").precision == "auto"  # the default, read from shared.compute.choices
     with pytest.raises(ValueError, match="precision"):
         replace(config, precision="half")
     if not torch.cuda.is_available():
@@ -102,6 +107,36 @@ def test_bf16_statistics_stay_clipped_and_close_to_float32() -> None:
         net, subspace, extreme, torch.zeros(41, dtype=torch.long), 5, "crop_flip", 1.0, 4, precision="bf16"
     )
     assert (more - base).norm() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"),
+    [(False, False, "float32"), (False, True, "bf16"), (True, False, "bf16"), (True, True, "bf16")],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, amx, avx512_bf16, expected):
+    """The default: bf16 on AVX512-BF16 or AMX CPUs (accuracy shown equal, README), float32 where bf16
+    would be emulated; the choice and its reason are reported, and autocast follows it."""
+    assert DEFAULT_PRECISION == "auto"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    device_module.native_bf16.cache_clear()
+    try:
+        cpu = torch.device("cpu")
+        resolved, why = resolve_precision(cpu, "auto")
+        assert resolved == expected and why.startswith("auto: ")
+        if expected == "bf16":
+            assert ("AMX" in why, "AVX512-BF16" in why) == (amx, avx512_bf16)
+        else:
+            assert "neither AVX512-BF16 nor AMX" in why
+        _, described = use_device("cpu", "auto")
+        assert described["precision"] == expected and described["precision_because"] == why
+        with autocast(cpu, "auto"):
+            assert torch.is_autocast_enabled("cpu") == (expected == "bf16")
+        # An explicit choice is kept whatever the CPU has.
+        assert resolve_precision(cpu, "float32") == ("float32", "asked for")
+        assert resolve_precision(cpu, "bf16") == ("bf16", "asked for")
+    finally:
+        device_module.native_bf16.cache_clear()
 
 
 def test_autocast_is_a_no_op_in_float32() -> None:

@@ -191,6 +191,24 @@ def test_the_command_lines_answer_help_without_torch_or_opacus(cli: str) -> None
     assert modules_loaded_by(f"from {cli} import build_parser; build_parser()", HEAVY) == []
 
 
+def test_a_measuring_command_asked_of_dpdistill_points_to_dpdistill_bench(capsys) -> None:
+    """``dpdistill speed`` answered "invalid choice" after the measuring commands moved; it now names
+    where they are. deploy cannot import benchmarks, so its list is checked against the real parser."""
+    import argparse
+
+    from benchmarks.cli import build_parser as bench_parser
+    from deploy.cli import build_parser, is_measuring, main
+
+    def commands(parser: argparse.ArgumentParser) -> list[str]:
+        return list(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+    assert commands(bench_parser()) and all(is_measuring(name) for name in commands(bench_parser()))
+    assert not any(is_measuring(name) for name in commands(build_parser()))
+    for name in ("speed", "bench-frontier", "audit"):
+        assert main([name, "--out", "x"]) == 2
+        assert f"run: dpdistill-bench {name}" in capsys.readouterr().err
+
+
 def test_the_wire_loads_neither_torch_nor_the_accountants() -> None:
     """Issue 28.4: decoding a message loaded torch, kymatio and the accountants through the signal maths;
     the wire (messages, protocol) and the signal registry it checks names with are plain values."""

@@ -13,9 +13,12 @@ DEFAULT_STRATEGY = "_".join(FAMILIES)
 
 # Where the distiller computes: "auto" is a CUDA GPU when there is one, else the CPU (``shared.compute.device``).
 DEFAULT_DEVICE = "auto"
-# Precision of the network passes: "bf16" autocasts them (``shared.compute.device``).
-PRECISIONS = ("float32", "bf16")
-DEFAULT_PRECISION = "float32"
+# Precision of the network passes: "bf16" autocasts them, "auto" is bf16 where the hardware computes it
+# natively (AVX512-BF16 or AMX CPUs, GPUs with bf16 tensor cores) and float32 elsewhere, where bf16 would be
+# emulated slowly (``shared.compute.device.resolve_precision``). Accuracy is the same (README, "bf16 keeps
+# the accuracy").
+PRECISIONS = ("auto", "float32", "bf16")
+DEFAULT_PRECISION = "auto"
 
 # Activation memory of one network pass; larger batches are pushed through in chunks (``shared.compute.networks``).
 DEFAULT_ACTIVATION_BUDGET_MB = 256

@@ -11,8 +11,9 @@ matrix products (10-bit mantissa) and cuDNN's autotuner (which picks kernels by 
 can differ run to run). ``use_device`` turns both off and says so in the description it returns,
 which the owner logs and the distiller writes into ``results.json``.
 
-``precision`` is ``float32`` or ``bf16``: bf16 autocasts the network passes (convolutions on
-oneDNN, which uses AMX or AVX-512-BF16 where the CPU has them; tensor cores on a GPU). Subspaces
+``precision`` is ``float32``, ``bf16`` or ``auto``: bf16 autocasts the network passes (convolutions on
+oneDNN, which uses AMX or AVX-512-BF16 where the CPU has them; tensor cores on a GPU); ``auto`` is bf16
+only where the hardware computes it natively, since elsewhere it is emulated and slower. Subspaces
 are always fitted from float32 passes, so both parties' bases stay within the fingerprint
 tolerance whatever precision either side uses for its statistics, and clipping is in float64.
 """
@@ -20,6 +21,7 @@ tolerance whatever precision either side uses for its statistics, and clipping i
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -47,11 +49,39 @@ def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
     return torch.device("cuda", index)
 
 
+@functools.cache
+def native_bf16(device_type: str, index: int | None = None) -> tuple[bool, str]:
+    """Whether ``device_type`` computes bf16 natively, and why: on a CPU the AVX512-BF16 or AMX
+    instructions (as torch detects them), on a GPU bf16 support without emulation."""
+    if device_type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return True, f"{torch.cuda.get_device_name(index)} computes bf16 natively"
+        return False, f"{torch.cuda.get_device_name(index)} has no native bf16"
+    found = [
+        name
+        for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+        if getattr(torch.cpu, check, lambda: False)()
+    ]
+    if found:
+        return True, f"this CPU has {' and '.join(found)}"
+    return False, "this CPU has neither AVX512-BF16 nor AMX (bf16 would be emulated, slower than float32)"
+
+
+def resolve_precision(device: torch.device, precision: str) -> tuple[str, str]:
+    """The precision ``precision`` means on ``device`` ("float32" or "bf16") and why."""
+    check_precision(precision)
+    if precision != "auto":
+        return precision, "asked for"
+    native, why = native_bf16(device.type, device.index)
+    return ("bf16" if native else "float32"), f"auto: {why}"
+
+
 def use_device(name: str = DEFAULT_DEVICE, precision: str = DEFAULT_PRECISION) -> tuple[torch.device, dict]:
     """Resolve ``name`` and fix its numerics; returns the device and a description to report."""
     check_precision(precision)
     device = resolve_device(name)
-    described = {"device": str(device), "precision": precision}
+    precision, why = resolve_precision(device, precision)
+    described = {"device": str(device), "precision": precision, "precision_because": why}
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -67,7 +97,7 @@ def use_device(name: str = DEFAULT_DEVICE, precision: str = DEFAULT_PRECISION) -
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` for ``precision`` "bf16"; otherwise nothing changes."""
-    if precision == "bf16":
+    """bf16 autocast on ``device`` where ``precision`` resolves to "bf16"; otherwise nothing changes."""
+    if resolve_precision(device, precision)[0] == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
