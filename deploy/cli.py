@@ -14,7 +14,7 @@ from distiller_node import commands as distiller
 from owner_node import commands as owner
 
 # The measuring commands, which are ``dpdistill-bench``'s (``benchmarks.commands``; deploy never imports it,
-# so tests/test_cli.py checks that the two agree): ``dpdistill speed`` points there.
+# so tests/test_layout.py checks that the two agree): ``dpdistill speed`` points there.
 MEASURING = ("speed", "audit", "membership")
 BENCHMARK_PREFIX = "bench-"
 
