@@ -9,6 +9,7 @@ from pathlib import Path
 from deploy.cli_options import own_image_options, user_sets
 from deploy.presets import PRESETS
 from deploy.run_settings import RunSettings
+from shared.compute.choices import MEASURED_PRECISIONS
 from shared.run_choices import INITS, KIP_SYNC, METHODS
 
 
@@ -228,7 +229,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--iterations", type=int, default=50)
     sp.add_argument("--repeats", type=int, default=3, help="each measurement in turn this many times; the fastest kept")
     sp.add_argument("--data-root")
-    sp.add_argument("--precisions", nargs="+", choices=("float32", "bf16"), default=["float32", "bf16"])
+    sp.add_argument("--precisions", nargs="+", choices=MEASURED_PRECISIONS, default=list(MEASURED_PRECISIONS))
     sp.add_argument("--no-baseline", action="store_true", help="skip the straightforward implementation")
     sp.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
     own_image_options(sp, "time on these images instead of Fashion-MNIST's", test=False)

@@ -26,6 +26,7 @@ from distiller_node.signal_store import Signals
 from owner_node.data import PrivateData, public_normalization
 from owner_node.mechanism import FeatureMechanism
 from shared.compute.augmentation import DEFAULT_STRATEGY
+from shared.compute.choices import MEASURED_PRECISIONS
 from shared.compute.device import use_device
 from shared.compute.networks import NetworkSpec, depth_for_image_size
 from shared.datasets import to_float
@@ -47,7 +48,7 @@ def speed(
     data_root: str | None = None,
     public: PublicSets | None = None,
     private: ImageSource | None = None,
-    precisions: tuple[str, ...] = ("float32", "bf16"),
+    precisions: tuple[str, ...] = MEASURED_PRECISIONS,
     baseline: bool = True,
     device: str = "cpu",
     repeats: int = 3,

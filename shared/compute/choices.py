@@ -17,7 +17,8 @@ DEFAULT_DEVICE = "auto"
 # natively (AVX512-BF16 or AMX CPUs, GPUs with bf16 tensor cores) and float32 elsewhere, where bf16 would be
 # emulated slowly (``shared.compute.device.resolve_precision``). Accuracy is the same (README, "bf16 keeps
 # the accuracy").
-PRECISIONS = ("auto", "float32", "bf16")
+MEASURED_PRECISIONS = ("float32", "bf16")  # what "auto" resolves to; the speed benchmark times each
+PRECISIONS = ("auto", *MEASURED_PRECISIONS)
 DEFAULT_PRECISION = "auto"
 
 # Activation memory of one network pass; larger batches are pushed through in chunks (``shared.compute.networks``).
