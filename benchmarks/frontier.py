@@ -303,7 +303,7 @@ def plot(path: Path, result: dict) -> None:
     import matplotlib.pyplot as plt
 
     runs = list(result["runs"].values())
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10.5, 5.5))
     styles = {"dos-ser": ("tab:blue", "DOS+SER"), "dp-kip": ("tab:green", "DP-KIP decoupled (ConvNet)")}
     for method, (colour, label) in styles.items():
         for ipc, marker, ls in ((10, "o", "-"), (1, "v", ":"), (50, "^", "--")):
@@ -340,7 +340,7 @@ def plot(path: Path, result: dict) -> None:
     ax.set_xlabel("epsilon (PRV accountant, delta 1e-5)")
     ax.set_ylabel(f"test accuracy (%), ConvNet trained on the synthetic set, {result['eval_runs']} trainings")
     ax.set_title("Fashion-MNIST: privacy-utility frontier")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: it hides no point
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
