@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from shared.compute.choices import DEFAULT_DEVICE, DEFAULT_PRECISION, PRECISIONS
+from shared.evaluation_config import EvaluationConfig
 from shared.images.policy import DEFAULT_RESIZE, RESIZE_POLICIES
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     import torch
 
+    from shared.compute.device import use_device
     from shared.datasets import split_auxiliary
     from shared.evaluation import evaluate
-    from shared.evaluation_config import EvaluationConfig
     from shared.images.classes import check_same_classes
     from shared.images.fashion_mnist import load_fashion_mnist
     from shared.images.source import load_source, source_for_path
@@ -33,7 +35,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             "give --image-size and --channels matching the synthetic set"
         )
     check_same_classes(tuple(blob["class_names"]), held_out, names=("synthetic set", "test set"))
-    cfg = EvaluationConfig(runs=a.eval_runs, epochs=a.eval_epochs, width=a.eval_width)
+    cfg = EvaluationConfig(runs=a.eval_runs, epochs=a.eval_epochs, width=a.eval_width, precision=a.precision)
+    device, compute = use_device(a.device, a.precision)
+    print(f"evaluating on {compute}")
     result = evaluate(
         images,
         blob["labels"],
@@ -43,6 +47,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         cfg,
         normalization=tuple(blob["normalization"]),
         class_names=tuple(blob["class_names"]),
+        device=device,
     )
     print(f"test accuracy: {100 * result.mean:.2f}% +- {100 * result.std:.2f} over {len(result.accuracies)} trainings")
     print(format_metrics(result.metrics))
@@ -58,6 +63,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                 "test_accuracy": result.to_dict(),
                 "test_metrics": result.metrics,
                 "evaluation": {"runs": cfg.runs, "epochs": cfg.epochs, "width": cfg.width},
+                "compute": compute,
                 "cpu": cpu_model(),
             },
         )
@@ -78,7 +84,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--aux-per-class", type=int, default=100, help="test images per class excluded (the auxiliary slice)"
     )
-    e.add_argument("--eval-runs", type=int, default=3)
-    e.add_argument("--eval-epochs", type=int, default=300)
-    e.add_argument("--eval-width", type=int, default=128)
+    e.add_argument("--eval-runs", type=int, default=EvaluationConfig.runs)
+    e.add_argument("--eval-epochs", type=int, default=EvaluationConfig.epochs)
+    e.add_argument("--eval-width", type=int, default=EvaluationConfig.width)
+    e.add_argument("--device", default=DEFAULT_DEVICE, help="where the trainings run: auto, cpu, cuda or cuda:N")
+    e.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="auto (bf16 where the hardware computes it natively, else float32), float32 or bf16",
+    )
     e.set_defaults(func=cmd_evaluate)

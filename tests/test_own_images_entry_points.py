@@ -107,7 +107,10 @@ def test_grpc_owner_service_on_a_64px_rgb_folder_with_the_distillers_own_public_
     assert blob["images"].shape == (20, 3, 64, 64) and tuple(blob["class_names"]) == DIGITS
     # evaluate: the exported set against the distiller's own test folder (its size and channels by default)
     assert main(["evaluate", str(tmp_path / "distiller" / "synthetic.pt"), "--test", str(digits64 / "test"),
-                 "--eval-runs", "1", "--eval-epochs", "5", "--eval-width", "16"]) == 0  # fmt: skip
+                 "--eval-runs", "1", "--eval-epochs", "5", "--eval-width", "16", "--precision", "float32",
+                 "--json", str(tmp_path / "evaluate.json")]) == 0  # fmt: skip
+    evaluated = json.loads((tmp_path / "evaluate.json").read_text())
+    assert evaluated["compute"]["precision"] == "float32" and 0 <= evaluated["test_accuracy"]["mean"] <= 1
 
 
 def test_evaluate_refuses_a_test_set_of_other_classes_or_shape(
