@@ -190,6 +190,7 @@ def summary(point: Point, run: dict, threads: int) -> dict:
         "config": run["config"],
         "cpu": run.get("cpu"),
         "threads": run.get("threads", threads),
+        "compute": run.get("compute"),  # None for points measured before it was recorded (float32)
     }
 
 

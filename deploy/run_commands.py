@@ -82,6 +82,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
             "private": a.data or "fashion-mnist",
             "cpu": cpu_model(),
             "threads": torch.get_num_threads(),
+            "compute": results["compute"],  # device and the precision "auto" chose, with its reason
         }
         write_json(a.benchmark_json, bench)
     return 0

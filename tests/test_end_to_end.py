@@ -55,10 +55,15 @@ def fashion_mnist() -> None:
 
 
 def test_small_run_learns_far_above_chance_and_writes_every_artefact(tmp_path: Path) -> None:
-    assert main(["simulate", "--out", str(tmp_path), *SMALL]) == 0
+    bench_json = tmp_path / "bench.json"
+    assert main(["simulate", "--out", str(tmp_path), *SMALL, "--benchmark-json", str(bench_json)]) == 0
     out = tmp_path / "distiller"
     results = json.loads((out / "results.json").read_text())
     assert results["test_accuracy"]["mean"] > 0.45, results["test_accuracy"]  # chance is 0.10
+    # The precision "auto" resolved to on this machine, with its reason, in results.json and the benchmark JSON.
+    bench = json.loads(bench_json.read_text())
+    assert bench["compute"] == results["compute"] and results["compute"]["precision"] in ("float32", "bf16")
+    assert results["compute"]["precision_because"].startswith("auto: ")
     assert len(results["test_accuracy"]["runs"]) == 3
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["epsilon_prv"] <= 1.0 and report["releases"] == 20 and report["clip_norm"] == 1.0
