@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from deploy.presets import PRESETS
 from deploy.run_settings import RunSettings
-from shared.compute.choices import PRECISIONS
+from shared.compute.choices import PRECISION_HELP, PRECISIONS
 from shared.images.policy import DEFAULT_RESIZE, RESIZE_POLICIES, UNREADABLE_POLICIES, ReadPolicy
 
 if TYPE_CHECKING:
@@ -144,6 +144,5 @@ def compute_options(p: argparse.ArgumentParser, who: str) -> None:
         "--precision",
         choices=PRECISIONS,
         default=RunSettings.precision,
-        help="network passes autocast to bfloat16 (bf16), in float32, or auto: bf16 where the hardware computes it "
-        "natively (AMX / AVX512-BF16 CPUs, GPUs), else float32; see README",
+        help=f"precision of the network passes: {PRECISION_HELP}",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.compute.choices import DEFAULT_DEVICE, DEFAULT_PRECISION, PRECISIONS
+from shared.compute.choices import DEFAULT_DEVICE, DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
 from shared.evaluation_config import EvaluationConfig
 from shared.images.policy import DEFAULT_RESIZE, RESIZE_POLICIES
 
@@ -92,6 +92,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         choices=PRECISIONS,
         default=DEFAULT_PRECISION,
-        help="auto (bf16 where the hardware computes it natively, else float32), float32 or bf16",
+        help=f"precision of the trainings' network passes: {PRECISION_HELP}",
     )
     e.set_defaults(func=cmd_evaluate)

@@ -20,6 +20,10 @@ DEFAULT_DEVICE = "auto"
 MEASURED_PRECISIONS = ("float32", "bf16")  # what "auto" resolves to; the speed benchmark times each
 PRECISIONS = ("auto", *MEASURED_PRECISIONS)
 DEFAULT_PRECISION = "auto"
+PRECISION_HELP = (
+    "auto (default): bf16 autocast where the hardware computes it natively (AMX / AVX512-BF16 CPUs, GPUs), "
+    "else float32; or force float32 or bf16; see README"
+)
 
 # Activation memory of one network pass; larger batches are pushed through in chunks (``shared.compute.networks``).
 DEFAULT_ACTIVATION_BUDGET_MB = 256
