@@ -1,9 +1,10 @@
 """Benchmark (issue 16): the privacy-utility frontier on Fashion-MNIST, accuracy against epsilon.
 
 Every point is a whole run in its own process: ``dpdistill simulate`` for the private methods,
-``python -m benchmarks.reference_points`` for the two references (sigma 0, and the public auxiliary
-images alone). A point whose ``run.json`` exists is kept, so the command resumes and can be run in
-parts (``--max-points``); ``frontier.json`` and ``frontier.png`` are rewritten after every point.
+``python -m benchmarks.reference_points`` for the references (sigma 0; plain distribution matching
+without privacy at the same budget; the public auxiliary images alone). A point whose ``run.json``
+exists is kept, so the command resumes and can be run in parts (``--max-points``); ``frontier.json``
+and ``frontier.png`` are rewritten after every point.
 
 Public data, fixed before anything is measured: Fashion-MNIST's test split gives the auxiliary set
 (the first 50 images of each class, as in every other benchmark), a validation split (100 random
@@ -54,6 +55,7 @@ METHOD_CANDIDATES: dict[str, tuple[str, dict[str, dict]]] = {
 SELECT_AT = (1.0, 10)  # (epsilon, IPC) where candidates are compared on the validation split
 EPSILONS = (0.5, 1.0, 2.0, 5.0, 10.0)
 IPC_POINTS = ((1, 1.0), (1, 10.0), (50, 1.0), (50, 10.0))  # (IPC, epsilon), DOS+SER
+NO_PRIVACY = ("no-noise", "dm")  # references computed from the private data without any noise
 AUX_PER_CLASS = 50
 VALIDATION_PER_CLASS = 100
 
@@ -68,7 +70,7 @@ PUBLISHED = (
 
 @dataclass(frozen=True)
 class Point:
-    method: str  # a METHOD_CANDIDATES key, or "no-noise" / "aux-only"
+    method: str  # a METHOD_CANDIDATES key, or a reference: "no-noise" / "dm" / "aux-only"
     epsilon: float | None  # None: the references (no accountable release)
     ipc: int
     candidate: str
@@ -76,7 +78,7 @@ class Point:
 
     @property
     def name(self) -> str:
-        eps = "inf" if self.method == "no-noise" else "0" if self.epsilon is None else f"{self.epsilon:g}"
+        eps = "inf" if self.method in NO_PRIVACY else "0" if self.epsilon is None else f"{self.epsilon:g}"
         return f"{self.method}_eps{eps}_ipc{self.ipc}_{self.candidate}"
 
 
@@ -134,7 +136,7 @@ def planned_points(out: Path) -> list[Point]:
         cand, overrides = pick
         points += [Point(method, e, SELECT_AT[1], cand, overrides) for e in EPSILONS if e != SELECT_AT[0]]
         if method == "dos-ser":
-            points.append(Point("no-noise", None, SELECT_AT[1], cand, overrides))
+            points += [Point(ref, None, SELECT_AT[1], cand, overrides) for ref in NO_PRIVACY]
     pick = chosen(out, "dos-ser")
     if pick is not None:
         points += [Point("dos-ser", e, ipc, pick[0], pick[1]) for ipc, e in IPC_POINTS]
@@ -327,10 +329,14 @@ def plot(path: Path, result: dict) -> None:
                     capsize=3,
                     label=f"{label}, IPC {ipc} (measured)",
                 )
+    references = {
+        "dm": ("distribution matching (DM), no privacy, same budget", "-."),
+        "no-noise": ("DOS+SER with no noise (sigma 0)", "--"),
+        "aux-only": ("public auxiliary images alone", ":"),
+    }
     for r in runs:
-        if r["method"] in ("no-noise", "aux-only"):
-            text = "no noise (sigma 0), upper bound" if r["method"] == "no-noise" else "public auxiliary images alone"
-            ls = "--" if r["method"] == "no-noise" else ":"
+        if r["method"] in references:
+            text, ls = references[r["method"]]
             ax.axhline(100 * r["test_accuracy_mean"], color="grey", ls=ls, lw=1.2, label=f"{text}, IPC {r['ipc']}")
     published = [(p["label"], p["epsilon"], p["accuracy"]) for p in result["published_not_measured_here"]]
     for i, ((label, eps, acc), marker) in enumerate(zip(published, "*PDX", strict=False)):

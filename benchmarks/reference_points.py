@@ -1,8 +1,11 @@
-"""The frontier's two reference points, computed in the benchmark harness itself, not through an owner.
+"""The frontier's reference points, computed in the benchmark harness itself, not through an owner.
 
 - ``no-noise``: the DOS+SER pipeline with sigma 0, an upper bound on what the noise costs. An owner
   never releases without noise, so this drives the mechanism directly (like ``dpdistill-bench speed``),
   with the same sampling, networks, subspaces, optimisation and evaluation as a real run.
+- ``dm``: plain distribution matching (DM, Zhao & Bilen, WACV 2023), the non-private method DOS+SER
+  is derived from, at the same budget (iterations, network width, images per class per step): what
+  the private statistic and its decoupling cost, apart from the noise.
 - ``aux-only``: the public auxiliary images themselves as the synthetic set (the unoptimised start).
 
 Run as ``python -m benchmarks.reference_points KIND --out DIR --settings JSON`` so that each point is
@@ -22,13 +25,15 @@ import torch
 from deploy.run_settings import RunSettings
 from distiller_node.config import DistillerConfig
 from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, initial_state, training_images
+from distiller_node.optimisation import Distiller, SyntheticState, initial_state, training_images
 from distiller_node.pipeline import peak_rss_mb
 from distiller_node.sampling import plan_seeds
 from distiller_node.signal_store import Signals
 from owner_node.data import PrivateData
 from owner_node.mechanism import FeatureMechanism
-from shared.compute.networks import NetworkSpec, depth_for_image_size
+from shared.compute.augmentation import augment
+from shared.compute.device import autocast
+from shared.compute.networks import NetworkSpec, build_network, depth_for_image_size, freeze
 from shared.compute.subspace import content_hash
 from shared.datasets import to_float
 from shared.evaluation import evaluate
@@ -39,7 +44,8 @@ from shared.measurement import cpu_model, write_json
 from shared.progress import progress_bar
 from shared.wire.messages import FeatureRequest
 
-KINDS = ("no-noise", "aux-only")
+KINDS = ("no-noise", "dm", "aux-only")
+DM_LR, DM_MOMENTUM = 1.0, 0.5  # DM's published optimiser for the synthetic images
 
 
 class NoiseFreeMechanism(FeatureMechanism):
@@ -98,6 +104,62 @@ def no_noise_state(cfg: DistillerConfig, aux: ImageSet, data_root: str | None, s
     return state, timings
 
 
+def distribution_matching_state(
+    cfg: DistillerConfig, aux: ImageSet, train: ImageSet, show_progress: bool
+) -> tuple[SyntheticState, dict]:
+    """(synthetic state, stage timings) of plain DM on the private ``train`` set, without privacy.
+
+    Every iteration: a fresh network (the run's width and depth) and augmentation seed, a fresh batch
+    of ``group_size`` private images per class (without replacement), and the squared distance between
+    the real and synthetic class means of the raw embedding (no projection, clip or noise), stepped by
+    DM's optimiser. Same start (``init``), iterations, augmentation, precision and seed as the run.
+    """
+    s, opt_cfg = cfg.sampling, cfg.optimisation
+    norm = FASHION_MNIST_NORMALIZATION
+    data = to_float(train.images, norm)
+    num_classes, batch = train.num_classes, max(1, round(s.group_size))
+    by_class = [data[train.labels == c] for c in range(num_classes)]
+    size = data.shape[2]
+    spec = NetworkSpec(
+        width=s.width,
+        depth=s.depth or depth_for_image_size(size),
+        channels=data.shape[1],
+        image_size=size,
+        num_classes=num_classes,
+    )
+    aux_f = to_float(aux.images, norm)
+    first = initial_state(
+        num_classes, opt_cfg.ipc, tuple(data.shape[1:]), opt_cfg.seed, opt_cfg.init, (aux_f, aux.labels)
+    )
+    images = first.images.clone().requires_grad_(True)
+    labels = first.labels
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)[:, None]
+    opt = torch.optim.SGD([images], lr=DM_LR, momentum=DM_MOMENTUM)
+    g = torch.Generator().manual_seed(opt_cfg.seed)
+    device = torch.device("cpu")
+    losses = []
+    t0 = time.perf_counter()
+    with progress_bar(total=opt_cfg.iterations, desc="DM (no privacy)", unit="it", disable=not show_progress) as bar:
+        for _ in range(opt_cfg.iterations):
+            net_seed, aug_seed = (int(v) for v in torch.randint(2**62, (2,), generator=g))
+            net = freeze(build_network(spec, net_seed))
+            real = [c[torch.randperm(len(c), generator=g)[: min(batch, len(c))]] for c in by_class]
+            with torch.no_grad(), autocast(device, opt_cfg.precision):
+                target = torch.stack([net.embed(augment(x, aug_seed, s.augmentation)).float().mean(0) for x in real])
+            with autocast(device, opt_cfg.precision):
+                emb = net.embed(augment(images, aug_seed, s.augmentation)).float()
+            mine = torch.zeros_like(target).index_add(0, labels, emb) / counts
+            loss = (mine - target).square().sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            bar.update(1)
+    final = images.detach()
+    state = SyntheticState(final, final.clone(), labels, opt_cfg.iterations, losses)
+    return state, {"sampling_s": 0.0, "optimisation_s": time.perf_counter() - t0}
+
+
 def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root: str | None, progress: bool) -> dict:
     """One reference point; writes ``out/run.json`` in the shape ``dpdistill simulate --benchmark-json`` uses."""
     if kind not in KINDS:
@@ -111,6 +173,10 @@ def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root:
     if kind == "no-noise":
         state, timings = no_noise_state(cfg, aux, data_root, progress)
         images, labels = training_images(state.ema, state.labels, cfg.optimisation.pea)
+    elif kind == "dm":
+        train = load_fashion_mnist(train=True, root=data_root)
+        state, timings = distribution_matching_state(cfg, aux, train, progress)
+        images, labels = state.images, state.labels
     else:
         timings = {"sampling_s": 0.0, "optimisation_s": 0.0}
         aux_f = to_float(aux.images, norm)
@@ -144,9 +210,9 @@ def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root:
         "validation_accuracy_mean": result.other("validation")["mean"],
         "validation_accuracy_std": result.other("validation")["std"],
         "krr_accuracy": None,
-        # sigma 0 has no finite epsilon (null); the auxiliary images alone release nothing (0).
-        "epsilon_prv": None if kind == "no-noise" else 0.0,
-        "epsilon_rdp": None if kind == "no-noise" else 0.0,
+        # no noise has no finite epsilon (null); the auxiliary images alone release nothing (0).
+        "epsilon_prv": 0.0 if kind == "aux-only" else None,
+        "epsilon_rdp": 0.0 if kind == "aux-only" else None,
         "delta": cfg.delta,
         "stage_s": timings,
         "peak_rss_mb": peak_rss_mb(),

@@ -10,11 +10,16 @@ from pathlib import Path
 import torch
 
 from benchmarks import frontier
-from benchmarks.reference_points import NoiseFreeMechanism
+from benchmarks.reference_points import NoiseFreeMechanism, distribution_matching_state
+from deploy.run_settings import RunSettings
+from distiller_node.optimisation import initial_state
 from owner_node.data import PrivateData
 from owner_node.mechanism import FeatureMechanism, clean_class_sums
+from shared.compute.networks import NetworkSpec, build_network, freeze
+from shared.datasets import to_float
 from shared.evaluation import evaluate
 from shared.evaluation_config import EvaluationConfig
+from shared.images.fashion_mnist import FASHION_MNIST_NORMALIZATION
 from shared.images.npz import load_npz
 from tests.conftest import SPEC, feature_request, random_image_set
 from tests.test_datasets import _write_idx
@@ -54,6 +59,7 @@ def test_settings_are_chosen_by_validation_not_test_accuracy(tmp_path: Path) -> 
     later = [p for p in points if p.method == "dos-ser" and p.epsilon != eps]
     assert {p.epsilon for p in later} >= {0.5, 2.0, 5.0, 10.0} and all(p.candidate == b for p in later)
     assert any(p.method == "no-noise" and p.candidate == b for p in points)
+    assert any(p.method == "dm" and p.candidate == b and p.name.startswith("dm_epsinf") for p in points)
     # finished points are kept: only the others remain to run
     todo = [p for p in points if frontier.load_run(tmp_path, p) is None]
     assert all(p.name not in (f"dos-ser_eps1_ipc10_{a}", f"dos-ser_eps1_ipc10_{b}") for p in todo)
@@ -70,6 +76,42 @@ def test_the_no_noise_reference_releases_the_clean_sums_and_the_owner_never_does
     assert torch.allclose(torch.from_numpy(released).double(), clean, atol=1e-5)
     noisy = FeatureMechanism(data, aux, 1.0).release(request).noisy_sums[0]
     assert (torch.from_numpy(noisy).double() - clean).abs().max() > 0.1  # sigma C = 2 in every coordinate
+
+
+def _dm_distance(images: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, real_labels: torch.Tensor) -> float:
+    """DM's loss over whole classes on ten networks the optimisation never drew (no augmentation)."""
+    spec = NetworkSpec(width=8, depth=2, channels=1, image_size=16, num_classes=4)
+    total = 0.0
+    for seed in range(10**6, 10**6 + 10):
+        net = freeze(build_network(spec, seed))
+        with torch.no_grad():
+            a, b = net.embed(images), net.embed(real)
+        total += sum(float((a[labels == c].mean(0) - b[real_labels == c].mean(0)).square().sum()) for c in range(4))
+    return total
+
+
+def test_the_dm_reference_matches_the_private_class_means_reproducibly() -> None:
+    """The non-private DM reference: it moves the synthetic class means towards the private ones (on
+    networks it never drew), the same seed gives the same set, and the global RNG is left alone."""
+    train = random_image_set(400, 1)
+    train.labels[:] = torch.arange(400) % 4
+    train.images[train.labels == 1] //= 2  # classes that differ, so there is something to match
+    train.images[train.labels == 2] = 255 - train.images[train.labels == 2] // 3
+    aux = random_image_set(40, 2, num_classes=4)
+    cfg = RunSettings(
+        preset="default", ipc=2, width=8, iterations=40, group_size=20, precision="float32", init="aux"
+    ).distiller_config()
+    rng = torch.get_rng_state()
+    state, timings = distribution_matching_state(cfg, aux, train, False)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(distribution_matching_state(cfg, aux, train, False)[0].images, state.images)
+    norm = FASHION_MNIST_NORMALIZATION
+    real = to_float(train.images, norm)
+    start = initial_state(4, 2, (1, 16, 16), 0, "aux", (to_float(aux.images, norm), aux.labels))
+    before = _dm_distance(start.images, start.labels, real, train.labels)
+    after = _dm_distance(state.images, state.labels, real, train.labels)
+    assert after < 0.5 * before, (before, after)
+    assert timings["sampling_s"] == 0.0 and len(state.losses) == 40
 
 
 def test_one_evaluation_scores_validation_and_test_with_the_same_trainings() -> None:
