@@ -32,7 +32,7 @@ from distiller_node.signal_store import Signals
 from owner_node.data import PrivateData
 from owner_node.mechanism import FeatureMechanism
 from shared.compute.augmentation import augment
-from shared.compute.device import autocast
+from shared.compute.device import autocast, use_device
 from shared.compute.networks import NetworkSpec, build_network, depth_for_image_size, freeze
 from shared.compute.subspace import content_hash
 from shared.datasets import to_float
@@ -219,6 +219,7 @@ def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root:
         "config": json.loads(json.dumps(cfg.to_dict())),
         "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
+        "compute": use_device("cpu", cfg.optimisation.precision)[1],  # what "auto" chose here, and why
     }
     write_json(out / "run.json", run)
     return run
