@@ -34,6 +34,7 @@ from owner_node.mechanism import FeatureMechanism
 from shared.compute.augmentation import augment
 from shared.compute.device import autocast, use_device
 from shared.compute.networks import NetworkSpec, build_network, depth_for_image_size, freeze
+from shared.compute.statistic import class_sums
 from shared.compute.subspace import content_hash
 from shared.datasets import to_float
 from shared.evaluation import evaluate
@@ -55,6 +56,14 @@ class NoiseFreeMechanism(FeatureMechanism):
         return 0.0
 
 
+def embedding_spec(cfg: DistillerConfig, image_shape: tuple[int, ...], num_classes: int) -> NetworkSpec:
+    """The run's embedding network for images of ``image_shape`` (C, H, W): width and depth from its sampling."""
+    s = cfg.sampling
+    size = image_shape[1]
+    depth = s.depth or depth_for_image_size(size)
+    return NetworkSpec(width=s.width, depth=depth, channels=image_shape[0], image_size=size, num_classes=num_classes)
+
+
 def no_noise_state(cfg: DistillerConfig, aux: ImageSet, data_root: str | None, show_progress: bool) -> tuple:
     """(synthetic state, stage timings): sampling at sigma 0, then the usual optimisation."""
     train = load_fashion_mnist(train=True, root=data_root)
@@ -63,14 +72,7 @@ def no_noise_state(cfg: DistillerConfig, aux: ImageSet, data_root: str | None, s
     aux_f = to_float(aux.images, norm)
     mechanism = NoiseFreeMechanism(data, aux_f, clip_norm=1.0, aux_labels=aux.labels)
     s = cfg.sampling
-    channels, size = data.image_shape[0], data.image_shape[1]
-    spec = NetworkSpec(
-        width=s.width,
-        depth=s.depth or depth_for_image_size(size),
-        channels=channels,
-        image_size=size,
-        num_classes=train.num_classes,
-    )
+    spec = embedding_spec(cfg, data.image_shape, train.num_classes)
     seeds = plan_seeds(s.seed, s.draws).tolist()
     timings = {}
     t0 = time.perf_counter()
@@ -119,21 +121,14 @@ def distribution_matching_state(
     data = to_float(train.images, norm)
     num_classes, batch = train.num_classes, max(1, round(s.group_size))
     by_class = [data[train.labels == c] for c in range(num_classes)]
-    size = data.shape[2]
-    spec = NetworkSpec(
-        width=s.width,
-        depth=s.depth or depth_for_image_size(size),
-        channels=data.shape[1],
-        image_size=size,
-        num_classes=num_classes,
-    )
+    spec = embedding_spec(cfg, tuple(data.shape[1:]), num_classes)
     aux_f = to_float(aux.images, norm)
     first = initial_state(
         num_classes, opt_cfg.ipc, tuple(data.shape[1:]), opt_cfg.seed, opt_cfg.init, (aux_f, aux.labels)
     )
     images = first.images.clone().requires_grad_(True)
     labels = first.labels
-    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)[:, None]
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)[:, None]  # synthetic images per class
     opt = torch.optim.SGD([images], lr=DM_LR, momentum=DM_MOMENTUM)
     g = torch.Generator().manual_seed(opt_cfg.seed)
     device = torch.device("cpu")
@@ -148,7 +143,7 @@ def distribution_matching_state(
                 target = torch.stack([net.embed(augment(x, aug_seed, s.augmentation)).float().mean(0) for x in real])
             with autocast(device, opt_cfg.precision):
                 emb = net.embed(augment(images, aug_seed, s.augmentation)).float()
-            mine = torch.zeros_like(target).index_add(0, labels, emb) / counts
+            mine = class_sums(emb, labels, num_classes) / counts
             loss = (mine - target).square().sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
