@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from deploy.run_settings import RunSettings
+from distiller_node.aux_prior import AuxPrior
 from distiller_node.config import DistillerConfig
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, SyntheticState, initial_state, training_images
@@ -101,7 +102,8 @@ def no_noise_state(cfg: DistillerConfig, aux: ImageSet, data_root: str | None, s
     cache = NetworkCache(spec, aux_f, s.subspace_dim, cfg.optimisation.cache_mb * 2**20, s.signal, aux.labels)
     opt = cfg.optimisation
     state = initial_state(train.num_classes, opt.ipc, data.image_shape, opt.seed, opt.init, (aux_f, aux.labels))
-    state = Distiller(signals, cache, s.augmentation, 1.0, opt).run(state, show_progress=show_progress)
+    prior = AuxPrior.for_run(opt, s.subspace_dim, cache, aux.labels, train.num_classes)
+    state = Distiller(signals, cache, s.augmentation, 1.0, opt, prior=prior).run(state, show_progress=show_progress)
     timings["optimisation_s"] = time.perf_counter() - t0
     return state, timings
 

@@ -45,6 +45,10 @@ PRESETS = {
         # Chosen on public validation data by the frontier benchmark (issue 16): 79.73% from public
         # auxiliary images against 78.20% from noise at epsilon 1; `--init noise` keeps the other.
         init="aux",
+        # Chosen on public validation data by the frontier benchmark (issue 29): the auxiliary prior at
+        # weight 1 (candidate prior-1) 81.50% against 80.30% without (group-100); weights 0.6 and 2 gave
+        # 81.50% and 81.47% (docs/bench/issue29_levers.md). `--aux-prior 0` turns it off.
+        aux_prior=1.0,
     ),
     "reference": dict(
         width=128,

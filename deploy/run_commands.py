@@ -179,6 +179,12 @@ def method_options(p: argparse.ArgumentParser) -> None:
     """The method's settings (RunSettings fields) that simulate and deploy-local both take."""
     p.add_argument("--subspace-dim", type=int, help="SER subspace dimension k (0: no projection)")
     p.add_argument("--steps-per-draw", type=int, help="optimisation steps on one stored draw before the next")
+    p.add_argument(
+        "--aux-prior",
+        type=float,
+        help="weight of the auxiliary prior: the directions each projection leaves out are fitted to the public "
+        "auxiliary set's class means (0: off)",
+    )
     p.add_argument("--init", choices=INITS, help="synthetic images start from noise or public auxiliary images")
     p.add_argument("--width", type=int, help="width of the embedding ConvNets")
     p.add_argument("--lr", type=float, help="learning rate for the synthetic images (SGD, momentum 0.5)")

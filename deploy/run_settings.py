@@ -38,9 +38,10 @@ PRESET_FIELDS = (
     "init",
     "draws_per_request",
     "group_size",
+    "aux_prior",
 )
-# How a run config says "unset" for a field whose value would otherwise be None.
-UNSET_IN_RUN_CONFIG = {"subspace_dim": -1}
+# How a run config says "unset" for a field whose value would otherwise be None (where 0 means something).
+UNSET_IN_RUN_CONFIG = {"subspace_dim": -1, "aux_prior": -1.0}
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class RunSettings:
     init: str | None = None
     draws_per_request: int | None = same_as(SamplingConfig, "draws_per_request", key="draws-per-request", unset=True)
     group_size: float | None = same_as(SamplingConfig, "group_size", key="group-size", unset=True)
+    aux_prior: float | None = same_as(OptimisationConfig, "aux_prior", key="aux-prior", unset=True)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -86,8 +88,12 @@ class RunSettings:
             "scale_down_to": SamplingConfig.scale_down_to,
             "draws_per_request": SamplingConfig.draws_per_request,
             "cache_mb": OptimisationConfig.cache_mb,
+            "aux_prior": OptimisationConfig.aux_prior,
         } | PRESETS[self.preset]
         p = {k: v if getattr(self, k, None) is None else getattr(self, k) for k, v in base.items()}
+        method = distillation_method(p["signal"])
+        if self.aux_prior is None and not method.takes_aux_prior:
+            p["aux_prior"] = 0.0  # the preset's prior is for the methods that fit one; asked for, KIP refuses it
         return DistillerConfig(
             epsilon=self.epsilon,
             delta=self.delta,
@@ -101,7 +107,7 @@ class RunSettings:
                 seed=self.seed,
                 signal=p["signal"],
                 # KIP matches moments of the images themselves (DSA belongs to the ConvNet-matching methods).
-                augmentation=SamplingConfig.augmentation if distillation_method(p["signal"]).augmentable else "none",
+                augmentation=SamplingConfig.augmentation if method.augmentable else "none",
             ),
             optimisation=OptimisationConfig(
                 ipc=self.ipc,
@@ -113,6 +119,7 @@ class RunSettings:
                 init=p["init"],
                 precision=self.precision,
                 cache_mb=p["cache_mb"],
+                aux_prior=p["aux_prior"],
             ),
             evaluation=EvaluationConfig(
                 runs=self.eval_runs, epochs=p["eval_epochs"], width=p["eval_width"], precision=self.precision
@@ -148,7 +155,7 @@ class RunSettings:
             value = rc[key]
             if value == UNSET_IN_RUN_CONFIG.get(f.name, _unset(f.type)) and f.name in PRESET_FIELDS:
                 continue
-            if f.name in UNSET_IN_RUN_CONFIG and isinstance(value, int) and value < UNSET_IN_RUN_CONFIG[f.name]:
+            if f.name == "subspace_dim" and isinstance(value, int) and value < UNSET_IN_RUN_CONFIG[f.name]:
                 raise ValueError(
                     f"{key} must be {UNSET_IN_RUN_CONFIG[f.name]} (the preset's), 0 (no projection) or k >= 1, "
                     f"not {value}"

@@ -66,6 +66,10 @@ class OptimisationConfig:
     # "bf16" ("auto": where native) autocasts the network passes (shared.compute.device); the loss and the
     # images stay float32/64.
     precision: str = DEFAULT_PRECISION
+    # Weight of the auxiliary prior (``distiller_node.aux_prior``): in the directions each draw's
+    # projection leaves out, the synthetic class means are held to the public auxiliary set's. Public
+    # data only, so no privacy cost. 0: off (and nothing is left out without a projection).
+    aux_prior: float = bounded(0.0, float, 0, 1e6)
 
     def __post_init__(self) -> None:
         check_settings(self, "optimisation")

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from distiller_node.aux_prior import AuxPrior, prior_applies
 from distiller_node.client import OwnerClient
 from distiller_node.config import OptimisationConfig
 from distiller_node.kip_optimisation import KipDistiller, MomentEstimate
@@ -55,6 +56,7 @@ class DistillationMethod:
     single_owner: ClassVar[bool] = False
     loss_label: ClassVar[str] = "squared distance to noisy class sums"
     scattering_krr: ClassVar[bool] = False  # also score the set by KRR on scattering features (the KIP protocol)
+    takes_aux_prior: ClassVar[bool] = False  # fits the auxiliary prior (``distiller_node.aux_prior``)
 
     def __init__(self) -> None:
         self.cache_stats: dict = {}
@@ -69,12 +71,20 @@ class DistillationMethod:
         """Why one record moves a release by at most C, as the privacy report states it."""
         raise NotImplementedError
 
-    def check(self, augmentation: str, num_owners: int) -> None:
+    def check(self, augmentation: str, num_owners: int, aux_prior: float = 0.0) -> None:
         """Refuse, before anything is asked of an owner, settings this method cannot run with."""
+        if aux_prior > 0 and not self.takes_aux_prior:
+            raise ValueError(
+                f"{self.name} has no auxiliary prior (it fits moments, not a projected statistic): set aux_prior to 0"
+            )
         if not self.augmentable and parse_strategy(augmentation):
             raise ValueError(f"{self.name} is matched without augmentation: set the sampling augmentation to 'none'")
         if self.single_owner and num_owners != 1:
             raise ValueError(f"{self.name} runs against exactly one owner")
+
+    def uses_aux_prior(self, opt: OptimisationConfig, plan: SamplingPlan) -> bool:
+        """Whether this run fits the auxiliary prior: asked for, and a projection that leaves something out."""
+        return self.takes_aux_prior and prior_applies(opt.aux_prior, plan.subspace_dim)
 
     def own_scores(
         self,
@@ -125,6 +135,8 @@ def step_for_plan(opt: OptimisationConfig, plan: SamplingPlan) -> OptimisationCo
 class SignalMatching(DistillationMethod):
     """Match each draw's noisy class sums with the same clipped statistic of the synthetic set."""
 
+    takes_aux_prior = True
+
     def __init__(self, kind: SignalKind) -> None:
         super().__init__()
         self.kind = kind
@@ -149,7 +161,8 @@ class SignalMatching(DistillationMethod):
         cache = NetworkCache(
             plan.network, run.aux[0], plan.subspace_dim, opt.cache_mb * 2**20, plan.signal, run.aux[1], run.device
         )
-        distiller = Distiller(self.signals, cache, plan.augmentation, run.clip_norm, opt)
+        prior = AuxPrior.for_run(opt, plan.subspace_dim, cache, run.aux[1], self.signals.noisy_sums.shape[1])
+        distiller = Distiller(self.signals, cache, plan.augmentation, run.clip_norm, opt, prior=prior)
         state = distiller.run(state, checkpoint=run.out / "checkpoint.pt", show_progress=run.show_progress)
         self.cache_stats = {"hits": cache.hits, "misses": cache.misses, "bytes": cache.nbytes}
         return state  # the cached networks and bases (~110 MB by default) go with the method's frame
@@ -157,6 +170,8 @@ class SignalMatching(DistillationMethod):
 
 class DecoupledKip(SignalMatching):
     """Decoupled DP-KIP: one public projection for every draw; the releases are summed once into moments."""
+
+    takes_aux_prior = False
 
     name = "kip"
     loss_label = "KRR loss from the noisy moments"

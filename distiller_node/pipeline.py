@@ -11,6 +11,7 @@ import resource
 import time
 from pathlib import Path
 
+from distiller_node.aux_prior import prior_words
 from distiller_node.client import OwnerClient
 from distiller_node.config import DistillerConfig
 from distiller_node.export import export_synthetic, plot_loss
@@ -98,7 +99,7 @@ def run_distillation(
     torch_device, compute = use_device(device, cfg.optimisation.precision)
     clients = [clients] if isinstance(clients, OwnerClient) else list(clients)
     method = distillation_method(cfg.sampling.signal)
-    method.check(cfg.sampling.augmentation, len(clients))
+    method.check(cfg.sampling.augmentation, len(clients), cfg.optimisation.aux_prior)
     out = Path(out)
     if not dry_run:
         out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +138,11 @@ def run_distillation(
     summary = plan_summary(plan, infos, len(aux), synthetic, opt_cfg.iterations, cfg.evaluation, depth_by_size)
     for line in format_plan(summary, cfg.delta):
         print(line)
+    if method.uses_aux_prior(opt_cfg, plan):
+        print(
+            f"auxiliary prior (weight {opt_cfg.aux_prior:g}): the directions each projection leaves out are fitted "
+            "to the public auxiliary set's class means"
+        )
     if dry_run:
         print("dry run: no owner was asked to hold budget, nothing was released and nothing written")
         return {"dry_run": True, "plan": summary}
@@ -191,7 +197,8 @@ def run_distillation(
     rss["after_evaluation"] = peak_rss_mb()
 
     budgets = [c.budget() for c in clients]
-    report = privacy_report(plan, budgets, infos)
+    public_fit = prior_words(opt_cfg.aux_prior) if method.uses_aux_prior(opt_cfg, plan) else None
+    report = privacy_report(plan, budgets, infos, public_fit)
     write_report(out, report)
     artefacts = export_synthetic(
         out,
@@ -227,6 +234,7 @@ def run_distillation(
             "releases": len(plan.network_seeds),
             "expected_group_size": plan.group_size,
             "step_scale": plan.step_scale,
+            "public_fit": public_fit,
         },
         "epsilon_prv": report["epsilon_prv"],
         "epsilon_rdp": report["epsilon_rdp"],

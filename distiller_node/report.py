@@ -50,8 +50,13 @@ PRIVACY_UNIT_WORDS = {
 }
 
 
-def privacy_report(plan: SamplingPlan, budgets: list[BudgetReport], infos: list[OwnerInfo]) -> dict:
-    """Top-level figures are those of the owner with the largest epsilon; ``owners`` has each one."""
+def privacy_report(
+    plan: SamplingPlan, budgets: list[BudgetReport], infos: list[OwnerInfo], public_fit: str | None = None
+) -> dict:
+    """Top-level figures are those of the owner with the largest epsilon; ``owners`` has each one.
+
+    ``public_fit`` says what public data the synthetic set was fitted to besides the releases (None: nothing).
+    """
     owners = [_owner_section(plan, o, b, i) for o, (b, i) in enumerate(zip(budgets, infos, strict=True))]
     worst = max(owners, key=lambda s: s["epsilon_prv"])
     each = "; ".join(
@@ -68,6 +73,7 @@ def privacy_report(plan: SamplingPlan, budgets: list[BudgetReport], infos: list[
         "combined_expected_group_size": plan.group_size * len(owners),
         "signal": plan.signal,
         "sensitivity": distillation_method(plan.signal).sensitivity,
+        "public_fit": public_fit,
         "mechanism": "Poisson-subsampled Gaussian mechanism, noise std sigma*C drawn once per release by each owner",
         "noise_sampler": worst["noise_sampler"],
         "noise_sampler_description": worst["noise_sampler_description"],
@@ -117,6 +123,7 @@ def format_report(r: dict) -> str:
         ]
     lines += [
         f"sensitivity: {r['sensitivity']}",
+        *([f"also fitted to public data: {r['public_fit']}"] if r.get("public_fit") else []),
         "",
         "Treated as public (not protected by the guarantee):",
         *[f"  - {p}" for p in r["treated_as_public"]],

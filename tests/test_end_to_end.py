@@ -56,10 +56,14 @@ def fashion_mnist() -> None:
 
 def test_small_run_learns_far_above_chance_and_writes_every_artefact(tmp_path: Path) -> None:
     bench_json = tmp_path / "bench.json"
-    assert main(["simulate", "--out", str(tmp_path), *SMALL, "--benchmark-json", str(bench_json)]) == 0
+    run = ["simulate", "--out", str(tmp_path), *SMALL, "--aux-prior", "1", "--benchmark-json", str(bench_json)]
+    assert main(run) == 0
     out = tmp_path / "distiller"
     results = json.loads((out / "results.json").read_text())
     assert results["test_accuracy"]["mean"] > 0.45, results["test_accuracy"]  # chance is 0.10
+    # The auxiliary prior: named in the results and the privacy report as public data the set was fitted to.
+    assert "weight 1)" in results["statistic"]["public_fit"] and results["config"]["optimisation"]["aux_prior"] == 1
+    assert "also fitted to public data: " in (out / "privacy_report.txt").read_text()
     # The precision "auto" resolved to on this machine, with its reason, in results.json and the benchmark JSON.
     bench = json.loads(bench_json.read_text())
     assert bench["compute"] == results["compute"] and results["compute"]["precision"] in ("float32", "bf16")
@@ -121,6 +125,7 @@ def test_small_gradient_signal_run_learns_far_above_chance(tmp_path: Path) -> No
     statistic = results["statistic"]  # the results name what was matched, as the privacy report does
     assert statistic["signal"] == "gradients" and statistic["sensitivity"] == report["sensitivity"]
     assert statistic["releases"] == 20 and statistic["released_dim"] == 32
+    assert statistic["public_fit"] is None and report["public_fit"] is None  # the gradients preset has no prior
     assert report["epsilon_prv"] <= 1.0 and report["releases"] == 20
     ledger = Ledger(tmp_path / "owner" / "ledger.sqlite")
     try:

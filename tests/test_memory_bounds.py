@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from distiller_node.aux_prior import AuxPrior
 from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
 from distiller_node.optimisation import Distiller, initial_state
@@ -52,8 +53,8 @@ def test_owner_class_sums_do_not_depend_on_the_chunk_or_on_when_pixels_become_fl
         clean_class_sums(net, subspace, pixels, labels, *args)
 
 
-@pytest.mark.parametrize("pea", [False, True])
-def test_distiller_gradient_in_chunks_equals_one_pass(pea: bool) -> None:
+@pytest.mark.parametrize("pea,prior", [(False, 0.0), (True, 0.0), (False, 1.5), (True, 1.5)])
+def test_distiller_gradient_in_chunks_equals_one_pass(pea: bool, prior: float) -> None:
     g = torch.Generator().manual_seed(1)
     signals = Signals(
         noisy_sums=torch.randn(2, 4, 5, generator=g) * 3,
@@ -65,7 +66,8 @@ def test_distiller_gradient_in_chunks_equals_one_pass(pea: bool) -> None:
 
     def gradient(budget_mb: float) -> tuple[float, torch.Tensor]:
         cfg = OptimisationConfig(ipc=3, pea=pea, activation_budget_mb=budget_mb, precision="float32")
-        distiller = Distiller(signals, NetworkCache(SPEC, aux, 5, 1 << 28), "crop_flip", 1.0, cfg)
+        aux_prior = AuxPrior(aux, torch.arange(30) % 4, 4, prior, 1 << 28, budget_mb) if prior else None
+        distiller = Distiller(signals, NetworkCache(SPEC, aux, 5, 1 << 28), "crop_flip", 1.0, cfg, prior=aux_prior)
         images = initial_state(4, 3, (3, 16, 16), 0).images.requires_grad_(True)
         loss = distiller.step(images, torch.arange(4).repeat_interleave(3), 1)
         return loss, images.grad

@@ -22,6 +22,9 @@ OPTION_SETS = [
     ["--preset", "quick", "--ipc", "3", "--width", "16", "--draws", "12", "--subspace-dim", "0", "--lr", "0.1"],
     ["--preset", "gradients", "--group-size", "7.5", "--draws-per-request", "5", "--seed", "4", "--init", "noise"],
     ["--eval-runs", "1", "--eval-epochs", "20", "--eval-width", "32", "--iterations", "7", "--precision", "bf16"],
+    ["--aux-prior", "0"],
+    ["--preset", "quick", "--aux-prior", "2.5"],
+    ["--preset", "kip-decoupled"],
 ]
 
 
@@ -77,6 +80,7 @@ SHARED_WITH_CONFIGS = {
     "steps_per_draw": ("optimisation", "steps_per_draw"),
     "draws_per_request": ("sampling", "draws_per_request"),
     "group_size": ("sampling", "group_size"),
+    "aux_prior": ("optimisation", "aux_prior"),
 }
 
 

@@ -32,15 +32,45 @@ def public_subspace(
     return get_signal_kind(signal).public_basis(net, aux_images, k, aux_labels)
 
 
+def clip_factors(z: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """Per-row float64 factors [n, 1] that bring each row to L2 norm at most ``clip_norm``.
+
+    A row with a non-finite entry gets 0 (it contributes nothing).
+    """
+    z = z.to(torch.float64)
+    finite = torch.isfinite(z).all(dim=1, keepdim=True)
+    norms = torch.linalg.vector_norm(torch.where(finite, z, torch.zeros_like(z)), dim=1, keepdim=True)
+    scale = clip_norm / torch.clamp(norms, min=clip_norm)
+    return torch.where(finite & torch.isfinite(norms), scale, torch.zeros_like(scale))
+
+
 def clip_rows(z: torch.Tensor, clip_norm: float) -> torch.Tensor:
     """Scale each row to L2 norm at most ``clip_norm``, in float64; a non-finite row becomes zero."""
     z = z.to(torch.float64)
     finite = torch.isfinite(z).all(dim=1, keepdim=True)
-    z = torch.where(finite, z, torch.zeros_like(z))
-    norms = torch.linalg.vector_norm(z, dim=1, keepdim=True)
-    scale = clip_norm / torch.clamp(norms, min=clip_norm)
-    scale = torch.where(torch.isfinite(norms), scale, torch.zeros_like(scale))
-    return z * scale
+    return torch.where(finite, z, torch.zeros_like(z)) * clip_factors(z, clip_norm)
+
+
+def describe_augmented(
+    net: nn.Module | None,
+    images: torch.Tensor,
+    augment_seed: int,
+    strategy: str,
+    labels: torch.Tensor | None = None,
+    signal: str = DEFAULT_SIGNAL,
+    precision: str = "float32",
+) -> torch.Tensor:
+    """describe(augment(x)) for every row: the unprojected vectors, float32, differentiable in ``images``.
+
+    ``precision`` "bf16" autocasts the network pass of kinds that allow it (``shared.compute.device``).
+    """
+    kind = get_signal_kind(signal)
+    augmented = augment(images, augment_seed, strategy)
+    if kind.reduced_precision and precision != "float32":
+        with autocast(images.device, precision):
+            vectors = kind.describe(net, augmented, labels)
+        return vectors.float()
+    return kind.describe(net, augmented, labels)
 
 
 def per_example_statistic(
@@ -61,18 +91,11 @@ def per_example_statistic(
     projection and the clip stay in float32 / float64, so the sensitivity bound is unchanged.
     """
     kind = get_signal_kind(signal)
-    augmented = augment(images, augment_seed, strategy)
-    if kind.reduced_precision and precision != "float32":
-        with autocast(images.device, precision):
-            vectors = kind.describe(net, augmented, labels)
-        vectors = vectors.float()
-    else:
-        vectors = kind.describe(net, augmented, labels)
-    projected = subspace.project(vectors) if subspace is not None else vectors
+    vectors = describe_augmented(net, images, augment_seed, strategy, labels, signal, precision)
     if kind.needs_projection and subspace is None:
         raise ValueError(f"{kind.name} signals need a projection (subspace_dim >= 1)")
-    projected = kind.expand(projected)
-    return clip_rows(projected, clip_norm)
+    projected = subspace.project(vectors) if subspace is not None else vectors
+    return clip_rows(kind.expand(projected), clip_norm)
 
 
 def class_sums(stats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -40,6 +40,12 @@ class Subspace:
         z = (v - self.mean) @ self.basis
         return z if self.scale == 1.0 else z / self.scale
 
+    def residual(self, v: torch.Tensor) -> torch.Tensor:
+        """What ``project`` leaves out, in original coordinates: ``(c - c @ basis @ basis.T) / scale``, c = v - mean."""
+        c = v - self.mean
+        r = c - (c @ self.basis) @ self.basis.T
+        return r if self.scale == 1.0 else r / self.scale
+
     def nbytes(self) -> int:
         return self.mean.numel() * self.mean.element_size() + self.basis.numel() * self.basis.element_size()
 
