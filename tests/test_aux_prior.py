@@ -126,3 +126,21 @@ def test_the_preset_states_the_prior_and_kip_runs_without_it() -> None:
     assert RunSettings(preset="kip-decoupled").distiller_config().optimisation.aux_prior == 0.0
     assert RunSettings.from_run_config({"aux-prior": -1.0}).aux_prior is None  # the preset's
     assert RunSettings.from_run_config({"aux-prior": 0.0}).distiller_config().optimisation.aux_prior == 0.0
+
+
+def test_gradient_signals_take_the_prior_too() -> None:
+    aux, aux_labels = _aux()
+    cfg = OptimisationConfig(ipc=2, precision="float32")
+    images = initial_state(NUM_CLASSES, 2, (1, 16, 16), 0).images
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(2)
+
+    def gradient(weight: float) -> torch.Tensor:
+        cache = NetworkCache(SPEC, aux, K, 1 << 28, "gradients", aux_labels)
+        prior = AuxPrior(aux, aux_labels, NUM_CLASSES, weight, 1 << 28, 64.0) if weight else None
+        d = Distiller(_signals(), cache, "crop_flip", 1.0, cfg, prior=prior)
+        x = images.clone().requires_grad_(True)
+        d.step(x, labels, 0)
+        return x.grad
+
+    plain, held = gradient(0.0), gradient(1.0)
+    assert torch.isfinite(held).all() and not torch.allclose(plain, held)
