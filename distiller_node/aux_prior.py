@@ -23,7 +23,7 @@ from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
 from shared.compute.networks import pass_chunk
 from shared.compute.signals import SignalKind, get_signal_kind
-from shared.compute.statistic import class_sums, clip_factors, clip_rows, describe_augmented
+from shared.compute.statistic import class_sums, clip_factors, describe_augmented, scale_rows
 from shared.compute.subspace import Subspace
 
 
@@ -62,15 +62,8 @@ def split_statistic(
     vectors = describe_augmented(net, images, augment_seed, strategy, labels, signal, precision)
     projected = subspace.project(vectors)
     factors = clip_factors(projected, clip_norm)  # 0 for a row with a non-finite entry
-    residual = subspace.residual(vectors).to(torch.float64)
-    residual = torch.where(factors > 0, residual * factors, torch.zeros_like(residual))
-    return clip_rows(projected, clip_norm), residual
-
-
-def class_means(vectors: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-class means [num_classes, d]; a class without rows gets zeros."""
-    counts = torch.bincount(labels.long(), minlength=num_classes).clamp_min(1).to(vectors.dtype).view(-1, 1)
-    return class_sums(vectors, labels, num_classes) / counts.to(vectors.device)
+    # The first is clip_rows(projected), computed once: the same factors scale both parts.
+    return scale_rows(projected, factors), scale_rows(subspace.residual(vectors), factors)
 
 
 class AuxPrior:

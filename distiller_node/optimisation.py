@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distiller_node.aux_prior import AuxPrior, class_means, split_statistic
+from distiller_node.aux_prior import AuxPrior, split_statistic
 from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
 from distiller_node.signal_store import Signals
@@ -141,8 +141,9 @@ class Distiller:
         residual = (residuals[0] if len(residuals) == 1 else torch.cat(residuals)) if prior else None
         return (stats[0] if len(stats) == 1 else torch.cat(stats)), residual, train_y
 
-    def _prior_target(self, net, subspace, draw: int) -> torch.Tensor:
-        return self.prior.target(
+    def _prior_gap(self, residual_sums: torch.Tensor, rescale: torch.Tensor, net, subspace, draw: int) -> torch.Tensor:
+        """g_c (mean_c(residual) - target_c); the prior adds weight x its squared norm (rescale = g_c / count_c)."""
+        target = self.prior.target(
             draw,
             net,
             subspace,
@@ -152,6 +153,7 @@ class Distiller:
             self.signal,
             self.cfg.precision,
         )
+        return residual_sums * rescale - target * self.group_sizes
 
     def _rescale(self, labels: torch.Tensor) -> torch.Tensor:
         """g_c / (synthetic examples of class c): what turns a synthetic class sum into a group's."""
@@ -162,13 +164,12 @@ class Distiller:
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, draw: int) -> torch.Tensor:
         net, subspace = self._draw(draw)
-        num_classes = self.targets.shape[1]
+        num_classes, rescale = self.targets.shape[1], self._rescale(labels)
         stats, residual, train_y = self._statistics(net, subspace, images, labels, draw)
-        rescaled = class_sums(stats, train_y, num_classes) * self._rescale(labels)
-        loss = (rescaled - self.targets[draw]).square().sum()
+        loss = (class_sums(stats, train_y, num_classes) * rescale - self.targets[draw]).square().sum()
         if residual is not None:
-            gap = class_means(residual, train_y, num_classes) - self._prior_target(net, subspace, draw)
-            loss = loss + self.prior.weight * (gap * self.group_sizes).square().sum()
+            gap = self._prior_gap(class_sums(residual, train_y, num_classes), rescale, net, subspace, draw)
+            loss = loss + self.prior.weight * gap.square().sum()
         return loss
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, draw: int) -> float:
@@ -203,8 +204,7 @@ class Distiller:
         weights = 2 * gap * rescale  # dL/d(class sums)
         loss = float(gap.square().sum())
         if residual is not None:
-            # g_c (mean_c(residual) - target_c), the mean being the sum over the count: rescale = g_c / count_c.
-            prior_gap = residual_sums * rescale - self._prior_target(net, subspace, draw) * self.group_sizes
+            prior_gap = self._prior_gap(residual_sums, rescale, net, subspace, draw)
             prior_weights = 2 * self.prior.weight * prior_gap * rescale  # dL/d(residual class sums)
             loss += self.prior.weight * float(prior_gap.square().sum())
         for p in parts:

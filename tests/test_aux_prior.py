@@ -7,7 +7,7 @@ import torch
 
 from deploy.presets import PRESETS
 from deploy.run_settings import RunSettings
-from distiller_node.aux_prior import AuxPrior, class_means, split_statistic
+from distiller_node.aux_prior import AuxPrior, split_statistic
 from distiller_node.config import OptimisationConfig
 from distiller_node.methods import distillation_method
 from distiller_node.network_cache import NetworkCache
@@ -15,7 +15,7 @@ from distiller_node.optimisation import Distiller, initial_state
 from distiller_node.signal_store import Signals
 from shared.compute.augmentation import augment
 from shared.compute.networks import build_network, freeze
-from shared.compute.statistic import per_example_statistic, public_subspace
+from shared.compute.statistic import class_sums, per_example_statistic, public_subspace
 from tests.conftest import NUM_CLASSES, SPEC
 
 K = 5
@@ -70,7 +70,8 @@ def _residual_gap(prior: AuxPrior, images: torch.Tensor, labels: torch.Tensor, a
         a = (images, signals.augment_seeds[draw], "crop_flip", 1.0, None, "features", "float32")
         _, residual = split_statistic(net, subspace, *a)
         target = prior.target(draw, net, subspace, signals.augment_seeds[draw], "crop_flip", 1.0, "features", "float32")
-        total += float((class_means(residual, labels, NUM_CLASSES) - target).square().sum())
+        means = class_sums(residual, labels, NUM_CLASSES) / torch.bincount(labels, minlength=NUM_CLASSES)[:, None]
+        total += float((means - target).square().sum())
     return total / len(signals.network_seeds)
 
 

@@ -44,11 +44,15 @@ def clip_factors(z: torch.Tensor, clip_norm: float) -> torch.Tensor:
     return torch.where(finite & torch.isfinite(norms), scale, torch.zeros_like(scale))
 
 
+def scale_rows(v: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``v`` (float64) with each row times its factor; a row whose factor is 0 becomes exactly zero, NaN or not."""
+    v = v.to(torch.float64)
+    return torch.where(factors > 0, v, torch.zeros_like(v)) * factors
+
+
 def clip_rows(z: torch.Tensor, clip_norm: float) -> torch.Tensor:
     """Scale each row to L2 norm at most ``clip_norm``, in float64; a non-finite row becomes zero."""
-    z = z.to(torch.float64)
-    finite = torch.isfinite(z).all(dim=1, keepdim=True)
-    return torch.where(finite, z, torch.zeros_like(z)) * clip_factors(z, clip_norm)
+    return scale_rows(z, clip_factors(z, clip_norm))
 
 
 def describe_augmented(
