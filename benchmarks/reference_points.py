@@ -47,6 +47,11 @@ from shared.progress import progress_bar
 from shared.wire.messages import FeatureRequest
 
 KINDS = ("no-noise", "dm", "aux-only")
+# Settings a reference does not read, as (section, key) of the run's config: a point measured under
+# one value of them stands for every other (plain DM neither projects nor fits the auxiliary prior).
+UNREAD: dict[str, tuple[tuple[str, str], ...]] = {
+    "dm": (("sampling", "subspace_dim"), ("optimisation", "aux_prior")),
+}
 DM_LR, DM_MOMENTUM = 1.0, 0.5  # DM's published optimiser for the synthetic images
 
 
@@ -155,6 +160,25 @@ def distribution_matching_state(
     final = images.detach()
     state = SyntheticState(final, final.clone(), labels, opt_cfg.iterations, losses)
     return state, {"sampling_s": 0.0, "optimisation_s": time.perf_counter() - t0}
+
+
+def reference_config(settings: dict) -> dict:
+    """The run's config (as ``run.json`` records it) for ``--settings``, without running anything."""
+    cfg = RunSettings(preset=settings["preset"], ipc=settings["ipc"], **settings.get("overrides", {}))
+    return json.loads(json.dumps(cfg.distiller_config().to_dict()))
+
+
+def same_reference(kind: str, config_a: dict, config_b: dict) -> bool:
+    """Whether reference ``kind`` computes the same thing under two configs (differing at most in what
+    it does not read, ``UNREAD``), so one measurement stands for both."""
+
+    def read(config: dict) -> dict:
+        kept = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
+        for section, key in UNREAD.get(kind, ()):
+            kept.get(section, {}).pop(key, None)
+        return kept
+
+    return read(config_a) == read(config_b)
 
 
 def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root: str | None, progress: bool) -> dict:

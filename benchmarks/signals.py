@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from shared.measurement import run_log
 from shared.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def run_one(out: Path, preset: str, extra: list[str], common: list[str]) -> dict
     if not bench.exists():  # finished configurations are kept, so the benchmark resumes
         cmd = [sys.executable, "-m", "deploy.cli", "simulate", "--out", str(out), "--preset", preset]
         cmd += [*extra, *common, "--no-progress", "--benchmark-json", str(bench)]
-        with open(out.with_suffix(".log"), "w") as log:
+        with open(run_log(out), "w") as log:
             subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     return json.loads(bench.read_text())
 

@@ -127,7 +127,7 @@ class Distiller:
         train_x, train_y = training_images(images, labels, self.cfg.pea)
         n = train_x.shape[0]
         chunk = pass_chunk(net.spec, self.device, self.cfg.activation_budget_mb, backward=True, most=max(1, n))
-        seed, prior = self.signals.augment_seeds[draw], self.prior is not None and subspace is not None
+        seed, prior = self.signals.augment_seeds[draw], self._prior_on(subspace)
         stats, residuals = [], []
         for i in range(0, n, chunk):
             x, y = train_x[i : i + chunk], train_y[i : i + chunk]
@@ -140,6 +140,10 @@ class Distiller:
             stats.append(stat)
         residual = (residuals[0] if len(residuals) == 1 else torch.cat(residuals)) if prior else None
         return (stats[0] if len(stats) == 1 else torch.cat(stats)), residual, train_y
+
+    def _prior_on(self, subspace) -> bool:
+        """Whether this draw's loss has the prior's term: only where a projection leaves directions out."""
+        return self.prior is not None and subspace is not None
 
     def _prior_gap(self, residual_sums: torch.Tensor, rescale: torch.Tensor, net, subspace, draw: int) -> torch.Tensor:
         """g_c (mean_c(residual) - target_c); the prior adds weight x its squared norm (rescale = g_c / count_c)."""
@@ -192,25 +196,25 @@ class Distiller:
             return loss.item()
         parts = [slice(i, i + chunk) for i in range(0, images.shape[0], chunk)]
         num_classes = self.targets.shape[1]
-        rescale = self._rescale(labels)
+        rescale, prior = self._rescale(labels), self._prior_on(subspace)
         sums, residual_sums = 0, 0
         with torch.no_grad():
             for p in parts:
                 stats, residual, train_y = self._statistics(net, subspace, images[p], labels[p], draw)
                 sums = sums + class_sums(stats, train_y, num_classes)
-                if residual is not None:
+                if prior:
                     residual_sums = residual_sums + class_sums(residual, train_y, num_classes)
         gap = sums * rescale - self.targets[draw]
         weights = 2 * gap * rescale  # dL/d(class sums)
         loss = float(gap.square().sum())
-        if residual is not None:
+        if prior:
             prior_gap = self._prior_gap(residual_sums, rescale, net, subspace, draw)
             prior_weights = 2 * self.prior.weight * prior_gap * rescale  # dL/d(residual class sums)
             loss += self.prior.weight * float(prior_gap.square().sum())
         for p in parts:
             stats, residual, train_y = self._statistics(net, subspace, images[p], labels[p], draw)
             part = (stats * weights[train_y]).sum()
-            if residual is not None:
+            if prior:
                 part = part + (residual * prior_weights[train_y]).sum()
             part.backward()
         return loss

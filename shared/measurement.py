@@ -34,3 +34,10 @@ def write_json(path: str | Path, result: dict, echo: bool = True) -> None:
     Path(path).write_text(json.dumps(result, indent=2))
     if echo:
         print(json.dumps(result, indent=2))
+
+
+def run_log(folder: str | Path) -> Path:
+    """Where a benchmark run folder's log goes: beside it, named after the whole folder name
+    (``with_suffix`` would cut ``dos-ser_eps0.5`` at its dot, and two runs would share one log)."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.log"

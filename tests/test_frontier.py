@@ -171,3 +171,46 @@ def test_parallel_jobs_run_every_point_once_and_wait_for_the_selection(tmp_path:
     result = frontier.frontier(tmp_path, threads=1, jobs=2)
     assert not result["pending"] and len(seen["order"]) == len(set(seen["order"])) == len(result["runs"])
     assert seen["most"] == 2
+
+
+def test_a_reference_is_reused_only_where_it_reads_the_same_settings(tmp_path: Path) -> None:
+    """Plain DM reads neither the projection nor the prior: its point for one candidate stands for a candidate
+    that differs only there (copied, naming its source), and never for one whose budget or start differs;
+    the no-noise reference, which reads both, is never reused across them."""
+    from benchmarks.reference_points import reference_config
+
+    _, candidates = frontier.METHOD_CANDIDATES["dos-ser"]
+
+    def settings(cand: str) -> dict:
+        return {"preset": "default", "ipc": 10, "overrides": candidates[cand] | {"eval_runs": 3}}
+
+    def measured(method: str, cand: str) -> frontier.Point:
+        point = frontier.Point(method, None, 10, cand, candidates[cand])
+        (tmp_path / point.name).mkdir()
+        run = {"test_accuracy_mean": 0.8, "config": reference_config(settings(cand))}
+        (tmp_path / point.name / "run.json").write_text(json.dumps(run))
+        return point
+
+    source = measured("dm", "prior-1")
+    measured("no-noise", "prior-1")
+    k50 = frontier.Point("dm", None, 10, "prior-1-k50", candidates["prior-1-k50"])
+    run = frontier.reuse_reference(tmp_path, k50, settings("prior-1-k50"))
+    assert run is not None and run["reused_from"] == source.name
+    assert frontier.load_run(tmp_path, k50) == run
+    # A different start or budget (init-aux: group 50, 200 draws) is computed, not reused.
+    assert frontier.reuse_reference(tmp_path, frontier.Point("dm", None, 10, "init-aux"), settings("init-aux")) is None
+    # So is no-noise, which does read k and the prior; and a copy is never the source of another copy.
+    nn = frontier.Point("no-noise", None, 10, "prior-1-k50", candidates["prior-1-k50"])
+    assert frontier.reuse_reference(tmp_path, nn, settings("prior-1-k50")) is None
+    (tmp_path / source.name / "run.json").unlink()
+    k200 = frontier.Point("dm", None, 10, "prior-1-k200", candidates["prior-1-k200"])
+    assert frontier.reuse_reference(tmp_path, k200, settings("prior-1-k200")) is None
+
+
+def test_each_run_folder_has_its_own_log_even_with_a_dot_in_its_name() -> None:
+    """``eps0.5`` and ``eps0`` once logged into one file (``with_suffix`` cut the name at the dot)."""
+    from shared.measurement import run_log
+
+    names = [frontier.Point("dos-ser", e, 10, "prior-1").name for e in (0.5, 5.0, 1.0)]
+    logs = [run_log(Path("out") / n) for n in names]
+    assert len(set(logs)) == 3 and logs[0] == Path("out") / "dos-ser_eps0.5_ipc10_prior-1.log"
