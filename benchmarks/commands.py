@@ -143,7 +143,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
         normalization_for,
         public_normalization,
     )
-    from shared.compute.networks import NetworkSpec, depth_for_image_size
+    from shared.compute.networks import NetworkSpec
     from shared.datasets import to_float
     from shared.images.fashion_mnist import FASHION_MNIST_NORMALIZATION, load_fashion_mnist
     from shared.images.source import load_source
@@ -168,13 +168,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
         draws=a.draws,
         noise_multiplier=a.sigma,
         expected_group_size=a.group_size,
-        network=NetworkSpec(
-            width=a.width,
-            depth=a.depth or depth_for_image_size(data.images.shape[-1]),
-            channels=data.images.shape[1],
-            image_size=data.images.shape[-1],
-            num_classes=data.num_classes,
-        ),
+        network=NetworkSpec.for_images(a.width, tuple(data.images.shape[1:]), data.num_classes, a.depth or None),
         subspace_dim=a.subspace_dim,
         augmentation=a.augmentation,
         signal=a.signal,

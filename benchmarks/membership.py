@@ -23,7 +23,7 @@ from deploy.public_sets import PublicSets
 from deploy.run_settings import RunSettings
 from deploy.simulation import owner_dirs, simulate
 from shared.accounting import MAX_EPSILON
-from shared.compute.networks import NetworkSpec, depth_for_image_size
+from shared.compute.networks import NetworkSpec
 from shared.datasets import to_float
 from shared.evaluation import accuracy, train_once
 from shared.evaluation_config import EvaluationConfig
@@ -152,14 +152,7 @@ def membership_benchmark(
 
 
 def _spec(images: torch.Tensor, width: int, num_classes: int) -> NetworkSpec:
-    size = images.shape[2]
-    return NetworkSpec(
-        width=width,
-        depth=depth_for_image_size(size),
-        channels=images.shape[1],
-        image_size=size,
-        num_classes=num_classes,
-    )
+    return NetworkSpec.for_images(width, tuple(images.shape[1:]), num_classes)
 
 
 def _plot(results: dict, path: Path) -> None:

@@ -34,7 +34,7 @@ from owner_node.data import PrivateData
 from owner_node.mechanism import FeatureMechanism
 from shared.compute.augmentation import augment
 from shared.compute.device import autocast, use_device
-from shared.compute.networks import NetworkSpec, build_network, depth_for_image_size, freeze
+from shared.compute.networks import NetworkSpec, build_network, freeze
 from shared.compute.statistic import class_sums
 from shared.compute.subspace import content_hash
 from shared.datasets import to_float
@@ -64,10 +64,7 @@ class NoiseFreeMechanism(FeatureMechanism):
 
 def embedding_spec(cfg: DistillerConfig, image_shape: tuple[int, ...], num_classes: int) -> NetworkSpec:
     """The run's embedding network for images of ``image_shape`` (C, H, W): width and depth from its sampling."""
-    s = cfg.sampling
-    size = image_shape[1]
-    depth = s.depth or depth_for_image_size(size)
-    return NetworkSpec(width=s.width, depth=depth, channels=image_shape[0], image_size=size, num_classes=num_classes)
+    return NetworkSpec.for_images(cfg.sampling.width, image_shape, num_classes, cfg.sampling.depth)
 
 
 def no_noise_state(cfg: DistillerConfig, aux: ImageSet, data_root: str | None, show_progress: bool) -> tuple:

@@ -106,7 +106,7 @@ def owner_memory(config_path: Path, probes: tuple[tuple[int, int, int], ...] = M
     result = {"benchmark": "owner_memory", "after_load_mb": peak_rss_mb(), "num_aux": service.num_aux, "probes": []}
     try:
         for width, k, draws in probes:
-            spec = NetworkSpec(width=width, depth=3, channels=service.data.image_shape[0])
+            spec = NetworkSpec.for_images(width, tuple(service.data.image_shape), len(service.data.class_names))
             request = FeatureRequest(
                 f"memory-probe-{time.time_ns()}",
                 spec,

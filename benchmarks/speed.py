@@ -28,7 +28,7 @@ from owner_node.mechanism import FeatureMechanism
 from shared.compute.augmentation import DEFAULT_STRATEGY
 from shared.compute.choices import MEASURED_PRECISIONS
 from shared.compute.device import use_device
-from shared.compute.networks import NetworkSpec, depth_for_image_size
+from shared.compute.networks import NetworkSpec
 from shared.datasets import to_float
 from shared.images.classes import check_same_classes
 from shared.images.fashion_mnist import FASHION_MNIST_NORMALIZATION, load_fashion_mnist
@@ -64,10 +64,7 @@ def speed(
     check_same_classes(train, aux, names=("private set", "auxiliary set"))
     aux_f = to_float(aux.images, norm)
     data = PrivateData.from_image_set(train, norm)
-    channels, size = data.image_shape[0], data.image_shape[1]
-    spec = NetworkSpec(
-        width=width, depth=depth_for_image_size(size), channels=channels, image_size=size, num_classes=train.num_classes
-    )
+    spec = NetworkSpec.for_images(width, tuple(data.image_shape), train.num_classes)
     timers: dict[str, Callable[[], float]] = {}
     released = None
     for precision in precisions:

@@ -24,7 +24,7 @@ from distiller_node.client import OwnerClient
 from distiller_node.config import SamplingConfig
 from distiller_node.signal_store import Signals, SignalStore, atomic_write
 from shared.accounting import epsilon, noise_for_budget
-from shared.compute.networks import NetworkSpec, depth_for_image_size
+from shared.compute.networks import NetworkSpec
 from shared.progress import progress_bar
 from shared.wire.messages import DEFAULT_SIGNAL, FeatureRequest, OwnerInfo, PlanRequest
 from shared.wire.privacy_event import SampledGaussianEvent
@@ -208,13 +208,7 @@ def make_plan(
     first = infos[0]
     return SamplingPlan(
         run_id=secrets.token_hex(6),
-        network=NetworkSpec(
-            width=cfg.width,
-            depth=cfg.depth if cfg.depth is not None else depth_for_image_size(first.image_shape[1]),
-            channels=first.image_shape[0],
-            image_size=first.image_shape[1],
-            num_classes=len(first.class_names),
-        ),
+        network=NetworkSpec.for_images(cfg.width, tuple(first.image_shape), len(first.class_names), cfg.depth),
         network_seeds=seeds[0].tolist(),
         augment_seeds=seeds[1].tolist(),
         draws_per_request=cfg.draws_per_request,

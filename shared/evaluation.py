@@ -26,7 +26,6 @@ from shared.compute.networks import (
     DEFAULT_ACTIVATION_BUDGET_MB,
     NetworkSpec,
     build_network,
-    depth_for_image_size,
     pass_chunk,
 )
 from shared.compute.scattering import scattering_features
@@ -151,10 +150,7 @@ def evaluate(
     """``test_images``: normalised floats, or uint8 with their ``normalization`` (converted per chunk).
     With ``class_names``, the result also holds ``shared.metrics`` figures averaged over the trainings.
     ``other_sets``: name -> (images, labels) that the same trained networks are also scored on."""
-    depth = cfg.depth if cfg.depth is not None else depth_for_image_size(images.shape[2])
-    spec = NetworkSpec(
-        width=cfg.width, depth=depth, channels=images.shape[1], image_size=images.shape[2], num_classes=num_classes
-    )
+    spec = NetworkSpec.for_images(cfg.width, tuple(images.shape[1:]), num_classes, cfg.depth)
     accs, runs = [], []
     others: dict[str, list[float]] = {name: [] for name in other_sets or {}}
     images = images.detach()

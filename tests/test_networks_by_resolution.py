@@ -23,6 +23,14 @@ def test_depth_by_image_size(size: int, depth: int) -> None:
     assert 3 <= side <= 4
 
 
+def test_a_network_for_images_takes_their_channels_size_and_depth_by_size_unless_given() -> None:
+    """``NetworkSpec.for_images``: the one rule the plan, the evaluation and the benchmarks build networks by."""
+    rgb64 = NetworkSpec.for_images(32, (3, 64, 64), 7)
+    assert (rgb64.width, rgb64.depth, rgb64.channels, rgb64.image_size, rgb64.num_classes) == (32, 4, 3, 64, 7)
+    assert NetworkSpec.for_images(16, (1, 28, 28), 10, depth=2).depth == 2
+    assert NetworkSpec.for_images(16, (1, 28, 28), 10) == NetworkSpec(width=16, depth=3)
+
+
 def test_owner_default_limits_admit_every_listed_resolution() -> None:
     limits = Limits()
     for size in (28, 64, 128, 224, 256):

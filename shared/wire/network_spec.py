@@ -61,6 +61,21 @@ class NetworkSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def for_images(
+        cls, width: int, image_shape: tuple[int, ...], num_classes: int, depth: int | None = None
+    ) -> NetworkSpec:
+        """A ConvNet of ``width`` for square images of ``image_shape`` (C, H, W): ``depth`` as given, else
+        by image size (``depth_for_image_size``). The one place that turns images into a network shape."""
+        channels, size = int(image_shape[0]), int(image_shape[-1])
+        return cls(
+            width=width,
+            depth=depth if depth is not None else depth_for_image_size(size),
+            channels=channels,
+            image_size=size,
+            num_classes=num_classes,
+        )
+
 
 def num_parameters(spec: NetworkSpec) -> int:
     """Length of a flattened gradient: every weight and bias of the ConvNet, classifier included."""
