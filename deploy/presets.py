@@ -35,7 +35,10 @@ PRESETS = {
         # A smaller export's classes lower the group (the owner's sampling-rate cap): down to group 50
         # the draws and the step follow it, as measured; below, the run is the one group 50 gives.
         scale_down_to=50.0,
-        subspace_dim=100,
+        # Chosen on public validation data by the frontier benchmark (issue 29): with the auxiliary prior
+        # holding the directions the projection leaves out, k 50 (candidate prior-1-k50) 82.00% against
+        # 81.97% at k 200 and 81.50% at k 100; half the released numbers of k 100, so less noise each.
+        subspace_dim=50,
         iterations=2000,
         eval_epochs=300,
         eval_width=128,
