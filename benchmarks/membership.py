@@ -136,23 +136,18 @@ def membership_benchmark(
         norm = tuple(blob["normalization"])  # the owner's published constants
         member_x, member_y = to_float(member_set.images, norm), member_set.labels
         non_members = (to_float(non_member_set.images, norm), non_member_set.labels)
-        spec = _spec(blob["images"], eval_width, len(blob["class_names"]))
+        spec = NetworkSpec.for_images(eval_width, tuple(blob["images"].shape[1:]), len(blob["class_names"]))
         net = train_once(blob["images"], blob["labels"], spec, eval_cfg, eval_cfg.seed)
         result = attack(net, (member_x, member_y), non_members)
         results["runs"][name] = result.__dict__ | {"epsilon": summary.get("epsilon_prv")}
     # The attack's power when the model has seen the members themselves.
-    net = train_once(
-        member_x, member_y, _spec(member_x, eval_width, len(held_out.class_names)), eval_cfg, eval_cfg.seed
-    )
+    spec = NetworkSpec.for_images(eval_width, tuple(member_x.shape[1:]), len(held_out.class_names))
+    net = train_once(member_x, member_y, spec, eval_cfg, eval_cfg.seed)
     results["runs"]["trained_on_members"] = attack(net, (member_x, member_y), non_members).__dict__ | {"epsilon": None}
     results["wall_s"] = time.perf_counter() - t0
     (out / "membership.json").write_text(json.dumps(results, indent=2))
     _plot(results, out / "membership.png")
     return results
-
-
-def _spec(images: torch.Tensor, width: int, num_classes: int) -> NetworkSpec:
-    return NetworkSpec.for_images(width, tuple(images.shape[1:]), num_classes)
 
 
 def _plot(results: dict, path: Path) -> None:

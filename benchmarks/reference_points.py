@@ -159,10 +159,21 @@ def distribution_matching_state(
     return state, {"sampling_s": 0.0, "optimisation_s": time.perf_counter() - t0}
 
 
+def _distiller_config(settings: dict) -> DistillerConfig:
+    """The run's config for ``--settings`` (``{"preset", "ipc", "overrides"}``)."""
+    return RunSettings(
+        preset=settings["preset"], ipc=settings["ipc"], **settings.get("overrides", {})
+    ).distiller_config()
+
+
+def _recorded(cfg: DistillerConfig) -> dict:
+    """A config as ``run.json`` records it (through JSON: tuples become lists)."""
+    return json.loads(json.dumps(cfg.to_dict()))
+
+
 def reference_config(settings: dict) -> dict:
-    """The run's config (as ``run.json`` records it) for ``--settings``, without running anything."""
-    cfg = RunSettings(preset=settings["preset"], ipc=settings["ipc"], **settings.get("overrides", {}))
-    return json.loads(json.dumps(cfg.distiller_config().to_dict()))
+    """The run's config for ``--settings`` as its ``run.json`` records it, without running anything."""
+    return _recorded(_distiller_config(settings))
 
 
 def same_reference(kind: str, config_a: dict, config_b: dict) -> bool:
@@ -183,9 +194,7 @@ def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root:
     if kind not in KINDS:
         raise ValueError(f"unknown reference {kind!r}; choose one of {KINDS}")
     t_start = time.perf_counter()
-    cfg = RunSettings(
-        preset=settings["preset"], ipc=settings["ipc"], **settings.get("overrides", {})
-    ).distiller_config()
+    cfg = _distiller_config(settings)
     aux, test, val = (load_npz(public / f"{n}.npz") for n in ("aux", "test", "validation"))
     norm = FASHION_MNIST_NORMALIZATION
     if kind == "no-noise":
@@ -234,7 +243,7 @@ def run_reference(kind: str, out: Path, settings: dict, public: Path, data_root:
         "delta": cfg.delta,
         "stage_s": timings,
         "peak_rss_mb": peak_rss_mb(),
-        "config": json.loads(json.dumps(cfg.to_dict())),
+        "config": _recorded(cfg),
         "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "compute": use_device("cpu", cfg.optimisation.precision)[1],  # what "auto" chose here, and why
