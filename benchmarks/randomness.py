@@ -12,18 +12,32 @@ import time
 
 import torch
 
+from deploy.presets import PRESETS
+from distiller_node.config import SamplingConfig
 from distiller_node.pipeline import peak_rss_mb
 from owner_node.randomness import SecureRandom, noisy
 from shared.compute.kip_shapes import moment_dim
 from shared.measurement import cpu_model
 
-# Request shapes of the presets (Fashion-MNIST: 10 classes of 6,000 records, group size 50).
-SHAPES = {
-    "default (features, 25 draws x 10 classes x k=100)": (25, 10, 100),
-    "kip-decoupled (25 draws x 10 classes x packed k=128)": (25, 10, moment_dim(128)),
-}
-CLASS_SIZES = [6000] * 10
-RATE = 50 / 6000
+CLASS_SIZES = [6000] * 10  # Fashion-MNIST's training classes: every record is sampled per draw
+
+
+def _shape(preset: str) -> tuple[int, int, int, int]:
+    """(draws per request, classes, numbers per class sum, draws per run) of a preset's request."""
+    p = PRESETS[preset]
+    dim = moment_dim(p["subspace_dim"]) if p["signal"] == "kip" else p["subspace_dim"]
+    return SamplingConfig.draws_per_request, len(CLASS_SIZES), dim, p["draws"]
+
+
+def _name(preset: str) -> str:
+    per_request, classes, dim, _ = _shape(preset)
+    return f"{preset} ({PRESETS[preset]['signal']}, {per_request} draws x {classes} classes x {dim} numbers)"
+
+
+# The request shapes of the presets (Fashion-MNIST), read from them so a label never outlives a change.
+SHAPES = {_name(p): _shape(p) for p in ("default", "kip-decoupled")}
+# The default's sampling rate: its group size over a class of 6,000.
+RATE = PRESETS["default"]["group_size"] / CLASS_SIZES[0]
 EXACT_COORDINATES = 20_000
 
 
@@ -62,9 +76,10 @@ def _mt_sample(draws: int) -> None:
 
 def randomness_costs() -> dict:
     results: dict = {"cpu_model": cpu_model(), "threads": torch.get_num_threads(), "requests": {}}
-    for name, (draws, classes, dim) in SHAPES.items():
+    for name, (draws, classes, dim, run_draws) in SHAPES.items():
         results["requests"][name] = {
             "coordinates": draws * classes * dim,
+            "run_coordinates": run_draws * classes * dim,
             "records_sampled_per_draw": sum(CLASS_SIZES),
             "csprng_noise_s": _time(lambda d=draws, c=classes, k=dim: _csprng_noise(d, c, k)),
             "csprng_sample_s": _time(lambda d=draws: _csprng_sample(d)),
@@ -77,6 +92,6 @@ def randomness_costs() -> dict:
     results["exact_s_per_coordinate"] = per
     for r in results["requests"].values():
         r["exact_noise_s (extrapolated)"] = per * r["coordinates"]
-    results["exact_default_run_200k_coordinates_s (extrapolated)"] = per * 200_000
+        r["exact_run_noise_s (extrapolated)"] = per * r["run_coordinates"]
     results["peak_rss_mb"] = peak_rss_mb()
     return results

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from deploy.presets import PRESETS
 from deploy.run_settings import RunSettings
-from shared.compute.choices import PRECISION_HELP, PRECISIONS
 from shared.images.policy import DEFAULT_RESIZE, RESIZE_POLICIES, UNREADABLE_POLICIES, ReadPolicy
 
 if TYPE_CHECKING:
@@ -131,18 +130,4 @@ def own_image_options(p: argparse.ArgumentParser, data_help: str, test: bool = T
         default=ReadPolicy.slice_range,
         metavar=("START", "STOP"),
         help="keep the slices of each volume within these fractions of its axis (default 0 1: all)",
-    )
-
-
-def compute_options(p: argparse.ArgumentParser, who: str) -> None:
-    p.add_argument(
-        "--device",
-        default=RunSettings.device,
-        help=f"where {who} compute: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N",
-    )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=RunSettings.precision,
-        help=f"precision of the network passes: {PRECISION_HELP}",
     )

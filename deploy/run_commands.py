@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 from deploy.cli_options import (
-    compute_options,
     distiller_config_from_args,
     own_image_options,
     owner_settings_from_args,
@@ -18,6 +17,7 @@ from deploy.cli_options import (
 )
 from deploy.presets import PRESETS
 from deploy.run_settings import RunSettings
+from shared.compute.choices import compute_options
 from shared.images.policy import PATIENT_SOURCES
 from shared.run_choices import INITS, METHODS
 from shared.wire.messages import PRIVACY_UNITS

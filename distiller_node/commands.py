@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.compute.choices import DEFAULT_DEVICE, DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS
+from shared.compute.choices import compute_options
 from shared.evaluation_config import EvaluationConfig
 from shared.images.policy import DEFAULT_RESIZE, RESIZE_POLICIES
 
@@ -87,11 +87,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--eval-runs", type=int, default=EvaluationConfig.runs)
     e.add_argument("--eval-epochs", type=int, default=EvaluationConfig.epochs)
     e.add_argument("--eval-width", type=int, default=EvaluationConfig.width)
-    e.add_argument("--device", default=DEFAULT_DEVICE, help="where the trainings run: auto, cpu, cuda or cuda:N")
-    e.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=DEFAULT_PRECISION,
-        help=f"precision of the trainings' network passes: {PRECISION_HELP}",
-    )
+    compute_options(e, "the trainings")
     e.set_defaults(func=cmd_evaluate)

@@ -135,10 +135,13 @@ def run_distillation(
     opt_cfg = cfg.optimisation
     synthetic = opt_cfg.ipc * len(info.class_names) * (4 if opt_cfg.pea else 1)
     depth_by_size = cfg.sampling.depth is None
-    summary = plan_summary(plan, infos, len(aux), synthetic, opt_cfg.iterations, cfg.evaluation, depth_by_size)
+    prior = method.uses_aux_prior(opt_cfg, plan)
+    summary = plan_summary(
+        plan, infos, len(aux), synthetic, opt_cfg.iterations, cfg.evaluation, depth_by_size, compute["precision"], prior
+    )
     for line in format_plan(summary, cfg.delta):
         print(line)
-    if method.uses_aux_prior(opt_cfg, plan):
+    if prior:
         print(
             f"auxiliary prior (weight {opt_cfg.aux_prior:g}): the directions each projection leaves out are fitted "
             "to the public auxiliary set's class means"
@@ -197,7 +200,7 @@ def run_distillation(
     rss["after_evaluation"] = peak_rss_mb()
 
     budgets = [c.budget() for c in clients]
-    public_fit = prior_words(opt_cfg.aux_prior) if method.uses_aux_prior(opt_cfg, plan) else None
+    public_fit = prior_words(opt_cfg.aux_prior) if prior else None
     report = privacy_report(plan, budgets, infos, public_fit)
     write_report(out, report)
     artefacts = export_synthetic(

@@ -16,10 +16,20 @@ from shared.wire.messages import OwnerInfo
 # per draw and image (its sample and the auxiliary images its basis is fitted to); optimisation, per
 # iteration and synthetic image; evaluation, per training epoch and synthetic image. A pass grows
 # about as the square root of channels x pixels x width (a width-32 ConvNet on 28 x 28 x 1 is 1).
-# Fitted to the README's measured feature-signal runs (docs/bench/default_issue15.json,
-# own_images_digits_folder.json, own_images_fm64_rgb_folder.json), each within a factor of 2 of it;
-# a loaded CPU is slower, a GPU far faster, gradient signals slower.
-SECONDS_PER_PASS = {"sampling": 2.8e-4, "optimisation": 9.0e-4, "evaluation": 1.0e-3}
+# Sampling is the owner's work, fitted in float32 (its precision is the owner's own choice). The
+# distiller's passes: float32 fitted to the README's measured feature-signal runs
+# (docs/bench/default_issue15.json, own_images_digits_folder.json, own_images_fm64_rgb_folder.json),
+# each within a factor of 2 of it; bf16 (``precision`` auto on AVX512-BF16 / AMX CPUs, feature signals)
+# fitted to docs/bench/default_issue29_k50.json (optimisation 112 s, evaluation 83 s, AMD Zen 5). A
+# loaded CPU is slower, a GPU far faster, gradient signals slower.
+SAMPLING_SECONDS_PER_PASS = 2.8e-4
+SECONDS_PER_PASS = {
+    "float32": {"optimisation": 9.0e-4, "evaluation": 1.0e-3},
+    "bf16": {"optimisation": 2.8e-4, "evaluation": 4.6e-4},
+}
+# The auxiliary prior's share of an optimisation step: its residual in every step and one auxiliary
+# pass per draw (about 40% more, docs/bench/issue29_levers.md, "The auxiliary prior").
+PRIOR_COST = 1.4
 REFERENCE_WORK = 1 * 28 * 28 * 32
 
 
@@ -28,17 +38,29 @@ def pass_cost(channels: int, image_size: int, width: int) -> float:
 
 
 def estimate_seconds(
-    plan: SamplingPlan, infos: list[OwnerInfo], aux: int, synthetic: int, iterations: int, evaluation: EvaluationConfig
+    plan: SamplingPlan,
+    infos: list[OwnerInfo],
+    aux: int,
+    synthetic: int,
+    iterations: int,
+    evaluation: EvaluationConfig,
+    precision: str = "float32",
+    prior: bool = False,
 ) -> dict:
-    """Rough seconds per stage (see ``SECONDS_PER_PASS``); ``synthetic``: images trained on."""
+    """Rough seconds per stage (see ``SECONDS_PER_PASS``); ``synthetic``: images trained on;
+    ``precision``: what the distiller's passes resolved to; ``prior``: whether the auxiliary prior is on."""
     draws = len(plan.network_seeds)
     records = sum(o.sample_rate * sum(i.class_counts) for o, i in zip(plan.owners, infos, strict=True))
     net = plan.network
     work = pass_cost(net.channels, net.image_size, net.width)
+    # Only kinds whose passes may autocast optimise in bf16 (kip-sync is not a registered kind: float32);
+    # the evaluation's ConvNet trainings autocast whatever the signal.
+    autocasts = plan.signal != KIP_SYNC and get_signal_kind(plan.signal).reduced_precision
+    optimise = SECONDS_PER_PASS[precision if autocasts else "float32"]["optimisation"]
     return {
-        "sampling": SECONDS_PER_PASS["sampling"] * draws * (records + aux) * work,
-        "optimisation": SECONDS_PER_PASS["optimisation"] * iterations * synthetic * work,
-        "evaluation": SECONDS_PER_PASS["evaluation"] * evaluation.runs * evaluation.epochs * synthetic
+        "sampling": SAMPLING_SECONDS_PER_PASS * draws * (records + aux) * work,
+        "optimisation": optimise * iterations * synthetic * work * (PRIOR_COST if prior else 1.0),
+        "evaluation": SECONDS_PER_PASS[precision]["evaluation"] * evaluation.runs * evaluation.epochs * synthetic
         * pass_cost(net.channels, net.image_size, evaluation.width),
     }  # fmt: skip
 
@@ -51,9 +73,12 @@ def plan_summary(
     iterations: int,
     evaluation: EvaluationConfig,
     depth_chosen: bool,
+    precision: str = "float32",
+    prior: bool = False,
 ) -> dict:
     """The plan's public facts, each class's expected SNR (``shared.signal_to_noise``) and a rough time.
-    ``synthetic``: the images the optimisation and evaluation train on (ipc x classes, x4 with PEA)."""
+    ``synthetic``: the images the optimisation and evaluation train on (ipc x classes, x4 with PEA);
+    ``precision`` and ``prior`` as ``estimate_seconds``."""
     draws = len(plan.network_seeds)
     names = list(infos[0].class_names)
     summary: dict = {
@@ -88,7 +113,9 @@ def plan_summary(
         summary |= {"released_dim": dim, "snr": snr, "low_snr_classes": low_classes(snr, names)}
     summary["snr_threshold"] = LOW_SNR
     summary["patient_mode"] = any(i.privacy_unit == "patient" for i in infos)
-    summary["expected_seconds"] = estimate_seconds(plan, infos, aux, synthetic, iterations, evaluation)
+    summary["expected_seconds"] = estimate_seconds(
+        plan, infos, aux, synthetic, iterations, evaluation, precision, prior
+    )
     return summary
 
 

@@ -20,6 +20,7 @@ from deploy.run_settings import RunSettings
 from distiller_node.client import OwnerClient
 from distiller_node.export import labelled_grid, plot_loss, smoothing_window
 from distiller_node.pipeline import run_distillation
+from distiller_node.plan_summary import PRIOR_COST
 from owner_node.config import OwnerConfig
 from owner_node.load_summary import SUMMARY_FILE
 from owner_node.service import OwnerService
@@ -229,3 +230,24 @@ def test_grid_rows_are_labelled_and_the_loss_curve_reads_at_any_length(tmp_path:
     for n in (1, 5, 40, 3000):
         plot_loss(tmp_path / f"loss{n}.png", [1.0 / (i + 1) for i in range(n)])
         assert (tmp_path / f"loss{n}.png").stat().st_size > 0
+
+
+def test_the_plans_time_estimate_follows_the_precision_and_the_prior(tmp_path: Path) -> None:
+    """bf16 passes cost a fitted fraction of float32's (the README's default runs in bf16 on AVX512-BF16 CPUs);
+    the auxiliary prior costs the optimisation ``PRIOR_COST``; the owner's sampling depends on neither."""
+    service = OwnerService(make_owner_config(tmp_path / "owner", epsilon=1.0))
+    runs = {"float32": ("float32", 0.0), "bf16": ("bf16", 0.0), "bf16 with prior": ("bf16", 1.0)}
+    try:
+        t = {
+            name: _plan_only(service, tmp_path / name.replace(" ", "_"), precision=p, aux_prior=w)["plan"][
+                "expected_seconds"
+            ]
+            for name, (p, w) in runs.items()
+        }
+    finally:
+        service.close()
+    assert t["bf16"]["sampling"] == t["float32"]["sampling"] == t["bf16 with prior"]["sampling"]
+    for stage in ("optimisation", "evaluation"):
+        assert t["bf16"][stage] < t["float32"][stage] / 2
+    assert t["bf16 with prior"]["optimisation"] == pytest.approx(PRIOR_COST * t["bf16"]["optimisation"])
+    assert t["bf16 with prior"]["evaluation"] == t["bf16"]["evaluation"]

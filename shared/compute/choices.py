@@ -7,6 +7,8 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import argparse
+
 # Augmentation families (``shared.compute.augmentation``); a strategy joins some with "_".
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "_".join(FAMILIES)
@@ -32,3 +34,18 @@ DEFAULT_ACTIVATION_BUDGET_MB = 256
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def compute_options(p: argparse.ArgumentParser, who: str) -> None:
+    """``--device`` and ``--precision``, as every command that computes offers them."""
+    p.add_argument(
+        "--device",
+        default=DEFAULT_DEVICE,
+        help=f"where {who} compute: auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help=f"precision of the network passes: {PRECISION_HELP}",
+    )
