@@ -72,7 +72,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Where the owner service listens. Off loopback it must use TLS; with ``client_ca`` it demands client certs.
+    """Where the owner service listens. Off loopback it must use mutual TLS: ``client_ca`` demands client certs.
 
     ``client_names`` are the only client certificates it answers (common name or DNS subject
     alternative name, see owner_node.peers): ``client_ca`` says which CA vouches for a caller, these
@@ -89,6 +89,10 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         check_settings(self, "[service]")
+        if not isinstance(self.listen, str):
+            raise ValueError(
+                f'[service] listen must be an address in quotes, e.g. "127.0.0.1:50051", not {self.listen!r}'
+            )
         names = self.client_names
         if isinstance(names, str) or not all(isinstance(n, str) for n in names):
             raise ValueError(f'[service] client_names must be a list of names, e.g. ["relay-a"], not {names!r}')
@@ -116,6 +120,12 @@ class ServiceConfig:
             )
         if self.client_ca is not None and self.tls_cert is None:
             raise ValueError("[service] client_ca needs tls_cert and tls_key")
+        if self.client_ca is None and not is_loopback(self.listen):
+            raise ValueError(
+                f"[service] listen = {self.listen!r} is not a loopback address and no client certificate is asked "
+                "for: any caller that reaches it could spend this owner's budget. Set client_ca (this owner's relay "
+                'CA) and client_names (its relay, e.g. ["relay-a"]); deploy/make_certs.sh makes both'
+            )
 
 
 NORMALIZATION_MEAN = Bound(float, -1e6, 1e6)

@@ -101,7 +101,7 @@ def start_server(service: OwnerService) -> tuple[grpc.Server, int]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=svc.max_workers, thread_name_prefix="owner-rpc"),
         options=[
-            ("grpc.max_receive_message_length", service.config.limits.max_message_bytes),
+            ("grpc.max_receive_message_length", service.validator.max_request_bytes()),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )

@@ -75,6 +75,10 @@ CREATE TABLE IF NOT EXISTS audit (
     epsilon_committed REAL,
     chain TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
@@ -137,6 +141,10 @@ class LedgerUnsafe(RuntimeError):
 
 class LedgerBusy(RuntimeError):
     """Other writers kept changing the ledger while a budget check ran; the request may be retried."""
+
+
+class LedgerUnitMismatch(ValueError):
+    """The owner's privacy unit would count releases made under a weaker one (image-level releases as patient-level)."""
 
 
 class LedgerConflict(ValueError):
@@ -227,6 +235,37 @@ class Ledger:
     def close(self) -> None:
         with self._mutex:
             self._db.close()
+
+    def bind_privacy_unit(self, unit: str) -> None:
+        """Refuse to count releases made per image as per-patient ones; record the unit releases are made under.
+
+        An image-level release bounds one image's influence, so a patient with m images was protected only at
+        about m times its epsilon (group privacy): a patient-level budget cannot count it as one event, and
+        DP class counts drawn per image would be reused at the wrong sensitivity. A patient-level release
+        bounds every image too, so the other way is safe. The unit recorded is the weakest released under
+        (a ledger written before units were recorded takes the configured one)."""
+        with self._mutex, self._immediate() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = 'privacy_unit'").fetchone()
+            used = (
+                db.execute("SELECT COUNT(*) FROM releases").fetchone()[0]
+                + db.execute("SELECT COUNT(*) FROM plans").fetchone()[0]
+            )
+            stored = row[0] if row is not None else None
+            if stored == "image" and unit == "patient" and used:
+                raise LedgerUnitMismatch(
+                    f'the ledger {self.path} holds {used} releases and plans made with [privacy] unit = "image": '
+                    "each bounded one image, so a patient with several images was protected only by group privacy, "
+                    'and [privacy] unit = "patient" cannot count them as patient-level. Keep unit = "image" for '
+                    "this ledger, or give the patient-level owner a ledger of its own and count this one's spending "
+                    "against the data separately (see SECURITY.md, 'The privacy unit is bound to the ledger')"
+                )
+            if stored != unit:  # first use, nothing released yet, or patient-level to image-level (the weaker)
+                db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('privacy_unit', ?)", (unit,))
+
+    def privacy_unit(self) -> str | None:
+        """The unit releases in this ledger were made under (the weakest, if it changed), or None if unrecorded."""
+        rows = self._read("SELECT value FROM settings WHERE key = 'privacy_unit'")
+        return rows[0][0] if rows else None
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._mutex:

@@ -126,7 +126,8 @@ class FeatureMechanism:
         self.aux_images = aux_images.to(self.device)
         self.aux_labels = aux_labels.to(self.device) if aux_labels is not None else None
         self.clip_norm = clip_norm
-        # Kinds without a network: their public projection is identical for every draw, fitted once per k.
+        # Kinds without a network: their public projection is identical for every draw, fitted once per k
+        # (the last k asked for is kept).
         self._shared_projections: dict[tuple[str, int], Subspace] = {}
 
     def network_and_subspace(
@@ -136,6 +137,8 @@ class FeatureMechanism:
         if not get_signal_kind(signal).uses_network:  # one projection for every draw, fitted on the CPU
             net = freeze(build_network(spec, seed))
             if k and (signal, k) not in self._shared_projections:
+                # One kept at a time: requests alternating k refit it, they never accumulate bases.
+                self._shared_projections.clear()
                 self._shared_projections[signal, k] = public_subspace(net, self.aux_images.cpu(), k, signal)
             return net, self._shared_projections[signal, k] if k else None
         net = freeze(build_network(spec, seed, self.device))

@@ -108,6 +108,11 @@ class OwnerService:
         check_delta_for_records(config.delta, records, config.privacy_unit)
         self.rule = Budget(config)
         self.ledger = Ledger(config.ledger_path, config.ledger_on_network_filesystem)
+        try:
+            self.ledger.bind_privacy_unit(config.privacy_unit)  # before any release, class counts included
+        except ValueError:
+            self.ledger.close()
+            raise
         # Before anything is served: with class_counts = "dp" this is a release, recorded in the ledger.
         self.data.public_counts = published_counts(
             config, self.ledger, self.data.labels, len(self.data.class_names), self.data.patients, self.rule
@@ -189,7 +194,7 @@ class OwnerService:
 
     def _answer(self, message: bytes, method: str | None, progress, seen) -> bytes:
         try:
-            request = decode(message, max_bytes=self.config.limits.max_message_bytes)
+            request = decode(message, max_bytes=self.validator.max_request_bytes())
         except ProtocolError as exc:
             raise RequestRefused(exc.code, str(exc)) from exc
         except Exception as exc:  # a decoder bug must still come back as a refusal, not a bare gRPC failure

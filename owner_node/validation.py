@@ -26,8 +26,10 @@ MAX_SEED = 2**63 - 1
 MAX_NOISE_MULTIPLIER = 1e6
 # Refusals may quote what was sent; cut so that one always fits in gRPC trailers and in a log line.
 MAX_REFUSAL_CHARS = 1000
-# Room in a reply for its JSON header and the npz entries' own headers, beyond the arrays themselves.
+# Room in a message for its header and its arrays' own headers, beyond the arrays themselves.
 REPLY_OVERHEAD_BYTES = 64 * 1024
+# A packed int64 is at most 10 bytes on the wire (varint).
+MAX_VARINT_BYTES = 10
 
 
 class RequestRefused(ValueError):
@@ -46,6 +48,18 @@ class RequestValidator:
 
     def __init__(self, limits: Limits, data: PrivateData, num_aux: int, aux_hash: str):
         self.limits, self.data, self.num_aux, self.aux_hash = limits, data, num_aux, aux_hash
+
+    def max_request_bytes(self) -> int:
+        """The largest request these limits can accept, with room for its header: what is decoded at all.
+
+        Decoding multiplies a message's size in memory (a packed seed of 1 byte becomes an int64 and a
+        Python int), so a request larger than any valid one is refused before it is parsed: a release's
+        two seed lists at the most draws a request may hold, or a KIP step's three image arrays
+        (images, Adam's m and v; float64 at most) at the most synthetic images it may hold."""
+        lim = self.limits
+        seeds = 2 * lim.max_draws_per_request * MAX_VARINT_BYTES
+        kip = 3 * lim.max_kip_images * int(np.prod(self.data.image_shape)) * 8
+        return min(lim.max_message_bytes, max(seeds, kip) + REPLY_OVERHEAD_BYTES)
 
     def common(self, request_id: str, expected_group_size: float, noise_multiplier: float) -> float:
         """Checks every release kind shares; returns the sampling rate q the accountant uses."""
@@ -126,8 +140,11 @@ class RequestValidator:
                 "too_many_draws",
                 f"a request may hold 1..{lim.max_kip_steps_per_request} KIP steps, got {r.num_steps}",
             )
-        if not 0 <= r.step <= MAX_SEED:
-            raise RequestRefused("invalid_request", f"step must be a count >= 0, got {r.step}")
+        # The reply carries step + num_steps: bounded so that it is encodable, before any work is done.
+        if not 0 <= r.step <= MAX_SEED - r.num_steps:
+            raise RequestRefused(
+                "invalid_request", f"step must be a count in 0..{MAX_SEED - r.num_steps}, got {r.step}"
+            )
         if not (np.isfinite(r.lr) and 0 < r.lr <= 10):
             raise RequestRefused("invalid_request", f"lr must be in (0, 10], got {r.lr}")
         if not (np.isfinite(r.reg) and 0 < r.reg <= 1e6):
@@ -193,11 +210,24 @@ class RequestValidator:
                 "too_large",
             )
         # Noisy sums plus one basis fingerprint per draw (at most a class sum's length).
+        released = kind.released_dim(r.network, r.subspace_dim)
         self.reply_size(
-            r.num_draws * (len(self.data.class_names) + 1) * kind.released_dim(r.network, r.subspace_dim) * 4,
+            r.num_draws * (len(self.data.class_names) + 1) * released * 4,
             "ask for fewer draws per request or a projection",
         )
         if r.aux_hash != self.aux_hash:
             raise refuse("auxiliary set hash does not match the owner's public auxiliary set", "unknown_aux")
         q = self.common(r.request_id, r.expected_group_size, r.noise_multiplier)
+        if self.data.patients is not None:
+            # Patient mode keeps every sampled image's statistic (float64) until its patient's whole
+            # contribution is clipped: bounded like the basis, from the published counts (a refusal
+            # never depends on private counts).
+            rows_mb = self.data.expected_sample(r.expected_group_size) * released * 8 / 2**20
+            if rows_mb > lim.max_basis_mb:
+                raise refuse(
+                    f"patient mode keeps each sampled image's {released}-number statistic until its patient is "
+                    f"clipped: about {rows_mb:.0f} MB a draw, above the owner's {lim.max_basis_mb} MB "
+                    "(max_basis_mb): use a projection (a smaller subspace_dim) or a smaller group size",
+                    "too_large",
+                )
         return SampledGaussianEvent(float(r.noise_multiplier), q, r.num_draws)

@@ -13,20 +13,30 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from owner_node.ledger import Ledger
+from owner_node.service import OwnerService
+from owner_node.validation import REPLY_OVERHEAD_BYTES
 from shared.accounting import epsilon
-from shared.wire.messages import BudgetReport, BudgetRequest, DescribeRequest, FeatureReply, FeatureRequest
+from shared.wire.messages import (
+    BudgetReport,
+    BudgetRequest,
+    DescribeRequest,
+    ErrorReply,
+    FeatureReply,
+    FeatureRequest,
+)
 from shared.wire.privacy_event import SampledGaussianEvent
 from shared.wire.protocol import decode, encode
 from shared.wire.rpc import owner_pb2 as pb
 from shared.wire.rpc.channel import OwnerChannel
 from shared.wire.rpc.errors import OwnerCallError
-from tests.conftest import feature_request, kip_request
+from tests.conftest import feature_request, kip_request, make_owner_config
 from tests.owner_process import OwnerProcess, running_tls_owners
 from tests.wire import length_delimited, v1_envelope, v1_message, varint
 
@@ -240,6 +250,8 @@ HOSTILE: list[tuple[str, str, bytes | Callable[[], bytes], str, str]] = [
     ("kip-steps-10^6", "Release", encode(kip_request("ks1", num_steps=10**6)), "too_many_draws", "KIP steps"),
     ("kip-steps-on-Budget", "Budget", encode(kip_request("ks2")), "wrong_method", "Budget"),
     ("kip-lr-negative", "Release", encode(kip_request("ks3", lr=-1.0)), "invalid_request", "lr"),
+    # The reply's step (step + num_steps) must stay encodable: refused before the steps are computed.
+    ("kip-step-overflows-reply", "Release", encode(kip_request("ks4", step=2**63 - 1)), "invalid_request", "step"),
     ("subspace-dim-negative", "Release", with_fields("k3", subspace_dim=-6), "invalid_request", "subspace_dim"),
     # -- arrays
     (
@@ -281,6 +293,9 @@ HOSTILE: list[tuple[str, str, bytes | Callable[[], bytes], str, str]] = [
     ("zero-draws", "Release", draws_request("z", 0), "too_many_draws", "1..50 draws, got 0"),
     ("51-draws", "Release", draws_request("f", 51), "too_many_draws", "got 51"),
     ("100k-draws", "Release", draws_request("h", 100_000), "too_many_draws", "got 100000"),
+    # Larger than any request the owner's limits accept (50 draws; 1000 KIP images of 16 x 16): refused
+    # before it is parsed, since parsing multiplies its size in memory.
+    ("1M-draws-over-the-request-cap", "Release", lambda: draws_request("m", 1_000_000), "message_too_large", "max"),
     (
         "message-over-the-size-limit",
         "Release",
@@ -525,3 +540,21 @@ def test_concurrent_requests_racing_the_ledger_never_overshoot(budget_owner: Own
     again = budget_owner.channel.call("Release", encode(valid(some_id, draws=1, noise_multiplier=10.0)))
     assert again == released[some_id] and budget(budget_owner.channel).num_requests == len(prior) + fits
     assert budget_owner.proc.poll() is None
+
+
+def test_a_request_larger_than_any_the_limits_accept_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    """In process too: the owner decodes nothing longer than its largest valid request (seeds or KIP images)."""
+    config = make_owner_config(tmp_path / "owner", epsilon=50.0, max_draws_per_request=50)
+    service = OwnerService(config)
+    try:
+        cap = service.validator.max_request_bytes()
+        assert cap == 3 * config.limits.max_kip_images * 16 * 16 * 8 + REPLY_OVERHEAD_BYTES
+        big = draws_request("m", 2_000_000)
+        assert len(big) > cap
+        refused = decode(service.handle(big))
+        assert isinstance(refused, ErrorReply) and f"exceeds the limit of {cap}" in refused.message
+        assert service.ledger.rows() == []
+        fits = feature_request(service, "ok", draws=50)
+        assert isinstance(decode(service.handle(encode(fits))), FeatureReply)
+    finally:
+        service.close()

@@ -187,6 +187,12 @@ def test_mutual_tls_needs_the_names_of_the_clients_it_answers(tmp_path: Path) ->
         ServiceConfig(listen="10.0.0.5:50051", client_ca=certs / "relay-ca-a.pem", **tls)
     with pytest.raises(ValueError, match="client_names needs client_ca"):
         ServiceConfig(listen="10.0.0.5:50051", client_names=("relay-a",), **tls)
+    # Server-only TLS off loopback would let any caller that reaches the port spend the budget.
+    with pytest.raises(ValueError, match="any caller that reaches it could spend"):
+        ServiceConfig(listen="10.0.0.5:50051", **tls)
+    for listen in (50051, None, ["127.0.0.1:50051"]):
+        with pytest.raises(ValueError, match="listen must be an address"):
+            ServiceConfig(listen=listen)
     for bad in (("*",), (" relay-a",), ("",), "relay-a", (1,)):
         with pytest.raises(ValueError, match="client_names"):
             ServiceConfig(listen="10.0.0.5:50051", client_ca=certs / "relay-ca-a.pem", client_names=bad, **tls)

@@ -214,3 +214,61 @@ def test_one_patient_written_two_ways_is_one_record_and_moves_a_release_by_at_mo
         patients=raw,
     ) - sums(everyone[:-6])  # fmt: skip
     assert float(torch.linalg.vector_norm(split)) > 1.5 * C
+
+
+def test_releases_made_per_image_are_never_counted_as_patient_level(tmp_path: Path) -> None:
+    """An image-level release protected a patient with m images only at about m x epsilon: an owner that
+    switches its ledger to unit = "patient" must be refused; the other way (a stronger unit before) is safe."""
+    patient = _manifest_owner(tmp_path)
+    per_image = replace(patient, privacy_unit="image")
+    service = OwnerService(per_image)
+    try:
+        assert isinstance(decode(service.handle(encode(feature_request(service, "i1")))), FeatureReply)
+        assert service.ledger.privacy_unit() == "image"
+    finally:
+        service.close()
+    with pytest.raises(ValueError, match='unit = "image"') as refused:
+        OwnerService(patient)
+    assert "group privacy" in str(refused.value)
+    again = OwnerService(per_image)  # the ledger and its releases are untouched: the owner goes on per image
+    again.close()
+
+    fresh = _manifest_owner(tmp_path / "b")  # patient-level first, then per image: allowed, recorded as image
+    service = OwnerService(fresh)
+    try:
+        assert isinstance(decode(service.handle(encode(feature_request(service, "p1")))), FeatureReply)
+    finally:
+        service.close()
+    later = OwnerService(replace(fresh, privacy_unit="image"))
+    try:
+        assert later.ledger.privacy_unit() == "image"
+    finally:
+        later.close()
+    with pytest.raises(ValueError, match="group privacy"):
+        OwnerService(fresh)
+
+
+def test_dp_class_counts_drawn_per_image_are_not_reused_per_patient(tmp_path: Path) -> None:
+    """The class counts are a release too: drawn at image sensitivity 1, they are refused to a patient-level owner."""
+    patient = _manifest_owner(tmp_path, class_counts="dp", epsilon=10.0)
+    OwnerService(replace(patient, privacy_unit="image")).close()  # draws and records the counts per image
+    with pytest.raises(ValueError, match="group privacy"):
+        OwnerService(patient)
+
+
+def test_patient_mode_refuses_a_draw_whose_kept_image_statistics_exceed_the_owners_memory(tmp_path: Path) -> None:
+    """Patient mode holds every sampled image's statistic until its patient is clipped: an unprojected
+    gradient signal over a large sample is refused as too_large (max_basis_mb), before anything is reserved."""
+    config = _manifest_owner(tmp_path, epsilon=10.0)
+    config = replace(config, limits=replace(config.limits, max_basis_mb=1))
+    service = OwnerService(config)
+    try:
+        net = replace(feature_request(service, "x").network, width=16)
+        big = feature_request(service, "g1", signal="gradients", subspace_dim=0, network=net, expected_group_size=30.0)
+        refused = decode(service.handle(encode(big)))
+        assert isinstance(refused, ErrorReply) and refused.code == "too_large" and "patient mode" in refused.message
+        assert service.ledger.rows() == []
+        small = feature_request(service, "g2", signal="gradients", subspace_dim=0, network=net, expected_group_size=3.0)
+        assert isinstance(decode(service.handle(encode(small))), FeatureReply)
+    finally:
+        service.close()

@@ -53,6 +53,19 @@ def test_owner_and_distiller_build_the_identical_subspace(signal: str) -> None:
     assert torch.allclose(eye, torch.eye(20, dtype=torch.float64), atol=1e-5)
 
 
+def test_the_owner_keeps_one_shared_projection_whatever_ks_are_asked() -> None:
+    """Kinds without a network share one projection per k: requests walking k must not pile up bases."""
+    aux = torch.randn(40, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    owner_side = FeatureMechanism.__new__(FeatureMechanism)
+    owner_side.aux_images, owner_side.aux_labels = aux, None
+    owner_side.device = torch.device("cpu")
+    owner_side._shared_projections = {}
+    spec = NetworkSpec(width=8, depth=2, channels=1, image_size=16, num_classes=4)
+    for k in (3, 4, 5, 4):
+        _, sub = owner_side.network_and_subspace(spec, 0, k, "kip")
+        assert sub.dim == k and len(owner_side._shared_projections) == 1
+
+
 def test_chunked_fit_equals_one_pass() -> None:
     """The column-chunked float64 path (memory for gradient signals) gives the same basis."""
     v = torch.randn(40, 1000, generator=torch.Generator().manual_seed(5))
