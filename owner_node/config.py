@@ -243,6 +243,15 @@ class OwnerConfig:
         )
 
     @property
+    def record_unit(self) -> str:
+        """The record one release protects, as the ledger binds it: "image", or a patient and how patients are found."""
+        if self.privacy_unit != "patient":
+            return "image"
+        if self.patient_from == "column":
+            return f"patient (column {self.patient_column!r})"
+        return f"patient ({self.patient_from})"
+
+    @property
     def image_cache_dir(self) -> Path:
         return self.image_cache if self.image_cache is not None else Path(self.ledger_path).parent / "image_cache"
 

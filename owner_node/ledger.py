@@ -237,13 +237,15 @@ class Ledger:
             self._db.close()
 
     def bind_privacy_unit(self, unit: str) -> None:
-        """Refuse to count releases made per image as per-patient ones; record the unit releases are made under.
+        """Refuse to count releases made under one privacy unit as another's; record the unit releases are made under.
 
+        ``unit`` names the record: "image", or a patient and how patients are found (``OwnerConfig.record_unit``).
         An image-level release bounds one image's influence, so a patient with m images was protected only at
-        about m times its epsilon (group privacy): a patient-level budget cannot count it as one event, and
-        DP class counts drawn per image would be reused at the wrong sensitivity. A patient-level release
-        bounds every image too, so the other way is safe. The unit recorded is the weakest released under
-        (a ledger written before units were recorded takes the configured one)."""
+        about m times its epsilon (group privacy): a patient-level budget cannot count it as one event, and DP
+        class counts drawn per image would be reused at the wrong sensitivity. Patients found another way (by
+        file, then by PatientID) regroup records the same way. A patient-level release bounds every image too,
+        so moving to "image" is safe. The unit recorded is the weakest released under (a ledger written before
+        units were recorded takes the configured one)."""
         with self._mutex, self._immediate() as db:
             row = db.execute("SELECT value FROM settings WHERE key = 'privacy_unit'").fetchone()
             used = (
@@ -251,15 +253,16 @@ class Ledger:
                 + db.execute("SELECT COUNT(*) FROM plans").fetchone()[0]
             )
             stored = row[0] if row is not None else None
-            if stored == "image" and unit == "patient" and used:
+            if stored is not None and stored != unit and unit != "image" and used:
                 raise LedgerUnitMismatch(
-                    f'the ledger {self.path} holds {used} releases and plans made with [privacy] unit = "image": '
-                    "each bounded one image, so a patient with several images was protected only by group privacy, "
-                    'and [privacy] unit = "patient" cannot count them as patient-level. Keep unit = "image" for '
-                    "this ledger, or give the patient-level owner a ledger of its own and count this one's spending "
-                    "against the data separately (see SECURITY.md, 'The privacy unit is bound to the ledger')"
+                    f"the ledger {self.path} holds {used} releases and plans made with the privacy unit {stored!r}, "
+                    f"and this owner's is {unit!r}: each of those releases bounded one {stored.split(' ')[0]} as "
+                    "recorded then, so a record of the new unit that spans several was protected only by group "
+                    "privacy and cannot be counted as one. Keep the unit for this ledger, or give the owner with "
+                    "the new unit a ledger of its own and count this one's spending against the data separately "
+                    "(see SECURITY.md, 'The privacy unit is bound to the ledger')"
                 )
-            if stored != unit:  # first use, nothing released yet, or patient-level to image-level (the weaker)
+            if stored != unit:  # first use, nothing released yet, or to image level (the weakest)
                 db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('privacy_unit', ?)", (unit,))
 
     def privacy_unit(self) -> str | None:

@@ -109,7 +109,7 @@ class OwnerService:
         self.rule = Budget(config)
         self.ledger = Ledger(config.ledger_path, config.ledger_on_network_filesystem)
         try:
-            self.ledger.bind_privacy_unit(config.privacy_unit)  # before any release, class counts included
+            self.ledger.bind_privacy_unit(config.record_unit)  # before any release, class counts included
         except ValueError:
             self.ledger.close()
             raise

@@ -227,7 +227,7 @@ def test_releases_made_per_image_are_never_counted_as_patient_level(tmp_path: Pa
         assert service.ledger.privacy_unit() == "image"
     finally:
         service.close()
-    with pytest.raises(ValueError, match='unit = "image"') as refused:
+    with pytest.raises(ValueError, match="privacy unit 'image'") as refused:
         OwnerService(patient)
     assert "group privacy" in str(refused.value)
     again = OwnerService(per_image)  # the ledger and its releases are untouched: the owner goes on per image
@@ -246,6 +246,20 @@ def test_releases_made_per_image_are_never_counted_as_patient_level(tmp_path: Pa
         later.close()
     with pytest.raises(ValueError, match="group privacy"):
         OwnerService(fresh)
+
+
+def test_patients_found_another_way_are_not_counted_as_the_same_records(tmp_path: Path) -> None:
+    """Each file a patient, then patients by a column: a patient spanning several files was protected per file."""
+    by_column = _manifest_owner(tmp_path, epsilon=10.0)
+    by_file = replace(by_column, patient_from="file")
+    service = OwnerService(by_file)
+    try:
+        assert isinstance(decode(service.handle(encode(feature_request(service, "f1")))), FeatureReply)
+        assert service.ledger.privacy_unit() == "patient (file)"
+    finally:
+        service.close()
+    with pytest.raises(ValueError, match=r"privacy unit 'patient \(file\)'.*group privacy"):
+        OwnerService(by_column)
 
 
 def test_dp_class_counts_drawn_per_image_are_not_reused_per_patient(tmp_path: Path) -> None:
