@@ -27,7 +27,7 @@ MAX_NOISE_MULTIPLIER = 1e6
 # Refusals may quote what was sent; cut so that one always fits in gRPC trailers and in a log line.
 MAX_REFUSAL_CHARS = 1000
 # Room in a message for its header and its arrays' own headers, beyond the arrays themselves.
-REPLY_OVERHEAD_BYTES = 64 * 1024
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
 # A packed int64 is at most 10 bytes on the wire (varint).
 MAX_VARINT_BYTES = 10
 
@@ -59,7 +59,7 @@ class RequestValidator:
         lim = self.limits
         seeds = 2 * lim.max_draws_per_request * MAX_VARINT_BYTES
         kip = 3 * lim.max_kip_images * int(np.prod(self.data.image_shape)) * 8
-        return min(lim.max_message_bytes, max(seeds, kip) + REPLY_OVERHEAD_BYTES)
+        return min(lim.max_message_bytes, max(seeds, kip) + MESSAGE_OVERHEAD_BYTES)
 
     def common(self, request_id: str, expected_group_size: float, noise_multiplier: float) -> float:
         """Checks every release kind shares; returns the sampling rate q the accountant uses."""
@@ -101,10 +101,10 @@ class RequestValidator:
     def reply_size(self, array_bytes: int, advice: str) -> None:
         """Refuse, before anything is reserved, a reply too large to leave (it would be spent, never sent)."""
         limit = self.limits.max_message_bytes
-        if array_bytes + REPLY_OVERHEAD_BYTES > limit:
+        if array_bytes + MESSAGE_OVERHEAD_BYTES > limit:
             raise RequestRefused(
                 "too_large",
-                f"the reply would hold about {array_bytes + REPLY_OVERHEAD_BYTES} bytes, above the owner's limit "
+                f"the reply would hold about {array_bytes + MESSAGE_OVERHEAD_BYTES} bytes, above the owner's limit "
                 f"of {limit}: {advice}",
             )
 

@@ -21,7 +21,7 @@ import pytest
 
 from owner_node.ledger import Ledger
 from owner_node.service import OwnerService
-from owner_node.validation import REPLY_OVERHEAD_BYTES
+from owner_node.validation import MESSAGE_OVERHEAD_BYTES
 from shared.accounting import epsilon
 from shared.wire.messages import (
     BudgetReport,
@@ -548,7 +548,7 @@ def test_a_request_larger_than_any_the_limits_accept_is_refused_before_it_is_par
     service = OwnerService(config)
     try:
         cap = service.validator.max_request_bytes()
-        assert cap == 3 * config.limits.max_kip_images * 16 * 16 * 8 + REPLY_OVERHEAD_BYTES
+        assert cap == 3 * config.limits.max_kip_images * 16 * 16 * 8 + MESSAGE_OVERHEAD_BYTES
         big = draws_request("m", 2_000_000)
         assert len(big) > cap
         refused = decode(service.handle(big))
