@@ -216,34 +216,30 @@ def test_one_patient_written_two_ways_is_one_record_and_moves_a_release_by_at_mo
     assert float(torch.linalg.vector_norm(split)) > 1.5 * C
 
 
+def _released_once(config: OwnerConfig, request_id: str) -> str | None:
+    """Start an owner on ``config``, make one release, and return the unit its ledger records."""
+    service = OwnerService(config)
+    try:
+        assert isinstance(decode(service.handle(encode(feature_request(service, request_id)))), FeatureReply)
+        return service.ledger.privacy_unit()
+    finally:
+        service.close()
+
+
 def test_releases_made_per_image_are_never_counted_as_patient_level(tmp_path: Path) -> None:
     """An image-level release protected a patient with m images only at about m x epsilon: an owner that
     switches its ledger to unit = "patient" must be refused; the other way (a stronger unit before) is safe."""
     patient = _manifest_owner(tmp_path)
     per_image = replace(patient, privacy_unit="image")
-    service = OwnerService(per_image)
-    try:
-        assert isinstance(decode(service.handle(encode(feature_request(service, "i1")))), FeatureReply)
-        assert service.ledger.privacy_unit() == "image"
-    finally:
-        service.close()
+    assert _released_once(per_image, "i1") == "image"
     with pytest.raises(ValueError, match="privacy unit 'image'") as refused:
         OwnerService(patient)
     assert "group privacy" in str(refused.value)
-    again = OwnerService(per_image)  # the ledger and its releases are untouched: the owner goes on per image
-    again.close()
+    OwnerService(per_image).close()  # the ledger and its releases are untouched: the owner goes on per image
 
     fresh = _manifest_owner(tmp_path / "b")  # patient-level first, then per image: allowed, recorded as image
-    service = OwnerService(fresh)
-    try:
-        assert isinstance(decode(service.handle(encode(feature_request(service, "p1")))), FeatureReply)
-    finally:
-        service.close()
-    later = OwnerService(replace(fresh, privacy_unit="image"))
-    try:
-        assert later.ledger.privacy_unit() == "image"
-    finally:
-        later.close()
+    assert _released_once(fresh, "p1") == "patient (column 'patient_id')"
+    assert _released_once(replace(fresh, privacy_unit="image"), "p2") == "image"
     with pytest.raises(ValueError, match="group privacy"):
         OwnerService(fresh)
 
@@ -251,13 +247,7 @@ def test_releases_made_per_image_are_never_counted_as_patient_level(tmp_path: Pa
 def test_patients_found_another_way_are_not_counted_as_the_same_records(tmp_path: Path) -> None:
     """Each file a patient, then patients by a column: a patient spanning several files was protected per file."""
     by_column = _manifest_owner(tmp_path, epsilon=10.0)
-    by_file = replace(by_column, patient_from="file")
-    service = OwnerService(by_file)
-    try:
-        assert isinstance(decode(service.handle(encode(feature_request(service, "f1")))), FeatureReply)
-        assert service.ledger.privacy_unit() == "patient (file)"
-    finally:
-        service.close()
+    assert _released_once(replace(by_column, patient_from="file"), "f1") == "patient (file)"
     with pytest.raises(ValueError, match=r"privacy unit 'patient \(file\)'.*group privacy"):
         OwnerService(by_column)
 
