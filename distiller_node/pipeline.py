@@ -17,7 +17,7 @@ from distiller_node.config import DistillerConfig
 from distiller_node.export import export_synthetic, plot_loss
 from distiller_node.methods import Run, distillation_method
 from distiller_node.optimisation import initial_state, training_images
-from distiller_node.plan_summary import format_plan, plan_summary
+from distiller_node.plan_summary import estimate_seconds, format_plan, plan_summary
 from distiller_node.report import format_report, privacy_report, write_report
 from distiller_node.sampling import SamplingPlan, make_plan
 from distiller_node.signal_store import atomic_write
@@ -136,9 +136,10 @@ def run_distillation(
     synthetic = opt_cfg.ipc * len(info.class_names) * (4 if opt_cfg.pea else 1)
     depth_by_size = cfg.sampling.depth is None
     prior = method.uses_aux_prior(opt_cfg, plan)
-    summary = plan_summary(
-        plan, infos, len(aux), synthetic, opt_cfg.iterations, cfg.evaluation, depth_by_size, compute["precision"], prior
+    seconds = estimate_seconds(
+        plan, infos, len(aux), synthetic, opt_cfg.iterations, cfg.evaluation, compute["precision"], prior
     )
+    summary = plan_summary(plan, infos, depth_by_size, seconds)
     for line in format_plan(summary, cfg.delta):
         print(line)
     if prior:

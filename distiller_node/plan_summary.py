@@ -65,20 +65,9 @@ def estimate_seconds(
     }  # fmt: skip
 
 
-def plan_summary(
-    plan: SamplingPlan,
-    infos: list[OwnerInfo],
-    aux: int,
-    synthetic: int,
-    iterations: int,
-    evaluation: EvaluationConfig,
-    depth_chosen: bool,
-    precision: str = "float32",
-    prior: bool = False,
-) -> dict:
-    """The plan's public facts, each class's expected SNR (``shared.signal_to_noise``) and a rough time.
-    ``synthetic``: the images the optimisation and evaluation train on (ipc x classes, x4 with PEA);
-    ``precision`` and ``prior`` as ``estimate_seconds``."""
+def plan_summary(plan: SamplingPlan, infos: list[OwnerInfo], depth_chosen: bool, expected_seconds: dict) -> dict:
+    """The plan's public facts, each class's expected SNR (``shared.signal_to_noise``) and the rough time
+    ``estimate_seconds`` gave."""
     draws = len(plan.network_seeds)
     names = list(infos[0].class_names)
     summary: dict = {
@@ -113,9 +102,7 @@ def plan_summary(
         summary |= {"released_dim": dim, "snr": snr, "low_snr_classes": low_classes(snr, names)}
     summary["snr_threshold"] = LOW_SNR
     summary["patient_mode"] = any(i.privacy_unit == "patient" for i in infos)
-    summary["expected_seconds"] = estimate_seconds(
-        plan, infos, aux, synthetic, iterations, evaluation, precision, prior
-    )
+    summary["expected_seconds"] = expected_seconds
     return summary
 
 
