@@ -101,3 +101,33 @@ def test_multiframe_and_broken_dicom_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.dcm").write_bytes(b"\0" * 10)
     with pytest.raises(ImageDecodeError, match=r"junk\.dcm"):
         decode_file(tmp_path / "junk.dcm")
+
+
+def _float_dicom(path: Path, pixels: np.ndarray, window: tuple[float, float] | None) -> Path:
+    """A Float Pixel Data (32-bit) grayscale DICOM, as parametric maps are written."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated = 1, "MONOCHROME2", 32
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 31, 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.FloatPixelData = np.ascontiguousarray(pixels, dtype="<f4").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("window", [None, (50.0, 100.0)])
+def test_nan_or_infinite_pixels_are_refused_with_or_without_a_window(tmp_path: Path, window) -> None:
+    """A window clipped NaN to black and infinity to white, silently; without one it was refused. Now both are."""
+    bad = np.array([[np.nan, 10.0], [np.inf, 60.0]], dtype=np.float32)
+    with pytest.raises(ImageDecodeError, match="2 NaN or infinite values"):
+        decode_file(_float_dicom(tmp_path / "f.dcm", bad, window))
+    good = _pixels(_float_dicom(tmp_path / "g.dcm", np.array([[0.0, 50.0], [100.0, 25.0]], np.float32), window))
+    assert good[0][0] == 0 and good[1][0] == 255

@@ -121,3 +121,27 @@ def test_rgb_folder_to_gray_uses_luma(tmp_path: Path) -> None:
     Image.fromarray(arr).save(tmp_path / "r" / "red.png")
     gray = load_folder(tmp_path, TargetFormat(4, 1), progress=False).data
     assert int(gray.images.max()) == 76 and int(gray.images.min()) == 76
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink", "linked folder in another class"])
+def test_one_file_reached_twice_is_refused_naming_both(tmp_path: Path, link: str) -> None:
+    """A file listed twice would be two records (two patients, with patients by file), each moving a release
+    by C: symbolic and hard links, and a folder linked into another class, are refused with both paths."""
+    root = tmp_path / "export"
+    _png(root / "a" / "p1" / "x.png", 10)
+    _png(root / "b" / "y.png", 200)
+    if link == "symlink":
+        (root / "b" / "x-again.png").symlink_to(root / "a" / "p1" / "x.png")
+    elif link == "hardlink":
+        (root / "a" / "x-hard.png").hardlink_to(root / "a" / "p1" / "x.png")
+    else:
+        (root / "b" / "p1-link").symlink_to(root / "a" / "p1", target_is_directory=True)
+    with pytest.raises(ImageSourceError, match=r"\.png is the same file as .*x\.png \(a link"):
+        scan_image_folder(root)
+
+
+def test_stretching_values_near_the_float64_limits_keeps_their_order() -> None:
+    """hi - lo overflowed to infinity, and every pixel became 0."""
+    from shared.images.pixels import stretch_to_uint8
+
+    assert stretch_to_uint8(np.array([-1e308, 0.0, 1e308])).tolist() == [0, 128, 255]

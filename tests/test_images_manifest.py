@@ -61,7 +61,10 @@ def test_manifest_with_patient_ids_and_a_dicom(tmp_path: Path) -> None:
         ("path,label\nok.png,a\nok.png,a,extra\n", r"row 3 has 3 columns, the header has 2"),
         ("file,class\nok.png,a\n", r"lacks columns \['path', 'label'\]"),
         ("path;label\nok.png;a\n", r"comma-separated"),
-        ("path,label\nok.png,a\n./ok.png,b\n", r"row 3 lists .*ok\.png again \(first listed in row 2\)"),
+        (
+            "path,label\nok.png,a\n./ok.png,b\n",
+            r"row 3 of m\.csv lists .*ok\.png again \(first listed in row 2 of m\.csv",
+        ),
         ("path,label\n", r"lists no images"),
         ("", r"is empty"),
     ],
@@ -89,3 +92,11 @@ def test_an_undecodable_row_names_file_and_row(tmp_path: Path) -> None:
     csv = _csv(tmp_path / "m.csv", "path,label\nok.png,a\nbad.png,a\n")
     with pytest.raises(ImageDecodeError, match=r"bad\.png: .*row 3 of m\.csv"):
         load_manifest(csv, TargetFormat(8, 1), progress=False)
+
+
+def test_a_hard_link_listed_beside_its_file_is_one_record(tmp_path: Path) -> None:
+    """Resolving paths misses hard links (and another spelling on a case-insensitive disk): identity is the inode."""
+    _png(tmp_path / "ok.png", 1)
+    (tmp_path / "again.png").hardlink_to(tmp_path / "ok.png")
+    with pytest.raises(ImageSourceError, match=r"row 3 of m\.csv lists .*again\.png again"):
+        read_manifest(_csv(tmp_path / "m.csv", "path,label\nok.png,a\nagain.png,b\n"))

@@ -246,3 +246,27 @@ def test_a_manifest_row_that_is_no_image_is_ignored_and_a_class_of_none_is_refus
     (tmp_path / "m.csv").write_text("path,label\n0.png,a\nsr.dcm,b\n")
     with pytest.raises(ImageSourceError, match=r"\['b'\] have no readable image left .*hold no image"):
         load_manifest(tmp_path / "m.csv", T, progress=False)
+
+
+def test_a_nifti_header_is_checked_before_any_voxel_is_read(tmp_path: Path) -> None:
+    """Reorienting (an LAS file, the usual case) reads every voxel: a header claiming 800^3 voxels over a few
+    bytes of data is refused from the header, as are an empty axis and voxels that are not real numbers."""
+    import nibabel as nib
+
+    las = np.diag([-1.0, 1.0, 1.0, 1.0])
+    header = nib.Nifti1Header()
+    header.set_data_shape((800, 800, 800))
+    header.set_data_dtype(np.float32)
+    header.set_sform(las, code=1)
+    header.set_qform(las, code=1)
+    huge = tmp_path / "huge.nii"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), las), huge)
+    raw = bytearray(huge.read_bytes())
+    raw[:348] = header.binaryblock[:348]  # the same file, now claiming 800 x 800 x 800 voxels
+    huge.write_bytes(bytes(raw))
+    with pytest.raises(ImageDecodeError, match="beyond"):
+        decode_slices(huge)
+    with pytest.raises(ImageDecodeError, match="empty volume"):
+        decode_slices(_nifti(tmp_path / "empty.nii", np.zeros((10, 10, 0), np.float32), las))
+    with pytest.raises(ImageDecodeError, match="complex"):
+        decode_slices(_nifti(tmp_path / "complex.nii", np.ones((4, 4, 3), np.complex64), las))

@@ -43,6 +43,33 @@ class Listing:
     ignored: tuple[tuple[str, str], ...] = ()  # (relative path, reason) of entries left out while listing
     where: tuple[str, ...] = ()  # per file, how to name it in an error (e.g. "row 7"); optional
 
+    def __post_init__(self) -> None:
+        """One file is one record, however it is reached: a symbolic or hard link, a second spelling of its
+        path (a case-insensitive disk), or a second listing would make it several records (several
+        patients, with patients by file), each moving a release by C."""
+        first: dict[tuple[int, int] | str, int] = {}
+        for i, path in enumerate(self.files):
+            identity = file_identity(path)
+            if identity in first:
+                j = first[identity]
+                if self.where:
+                    raise ImageSourceError(
+                        f"{self.where[i]} lists {path} again (first listed in {self.where[j]} as {self.files[j]}: "
+                        "the same file, by another path or a link); one image must be one record"
+                    )
+                raise ImageSourceError(
+                    f"{path} is the same file as {self.files[j]} (a link, or a second path to it); one image must "
+                    "be one record, counted once: remove one of them"
+                )
+            first[identity] = i
+
+
+def file_identity(path: Path) -> tuple[int, int] | str:
+    """(device, inode): one file whatever path reaches it; its resolved path where a filesystem reports no
+    inode numbers (0), so that an export there is never refused as one file."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino) if st.st_ino else str(Path(path).resolve())
+
 
 def decode_files(
     files: tuple[Path, ...], target: TargetFormat, *, progress: bool, reading: ReadPolicy, desc: str = "decoding"

@@ -32,6 +32,7 @@ from shared.images.pixels import (
     MAX_IMAGE_PIXELS,
     MAX_SLICES,
     MAX_VOLUME_VOXELS,
+    check_finite,
     check_pixel_count,
     stretch_to_uint8,
     value_range,
@@ -122,6 +123,7 @@ def _gray(arr: np.ndarray, ds, path: Path, axis: int, kept: list[int]) -> list[n
     for k in kept:
         values = modality(k)
         if voi is not None:
+            check_finite(values, path)  # a window would clip NaN to black and infinities to white
             mapped = (np.asarray(apply_voi_lut(values, ds), dtype=np.float64) - voi[0]) * (255.0 / (voi[1] - voi[0]))
             u8 = np.rint(np.clip(mapped, 0.0, 255.0)).astype(np.uint8)  # within range; clip guards rounding
         else:

@@ -78,7 +78,6 @@ def read_manifest(csv_path: str | Path, classes: Sequence[str] | None = None) ->
         label_names: list[str] = []
         rows: list[str] = []
         columns: dict[str, list[str]] = {name: [] for _, name in extra}
-        first_row_of: dict[Path, int] = {}
         while True:
             try:
                 row = next(reader)
@@ -101,13 +100,6 @@ def read_manifest(csv_path: str | Path, classes: Sequence[str] | None = None) ->
             path = _resolve(base, raw_path)
             if not path.is_file():
                 raise ImageSourceError(f"{csv_path}: row {row_number}: file {path} does not exist")
-            identity = path.resolve()
-            if identity in first_row_of:
-                raise ImageSourceError(
-                    f"{csv_path}: row {row_number} lists {path} again (first listed in row {first_row_of[identity]}); "
-                    "one image must be one record"
-                )
-            first_row_of[identity] = row_number
             files.append(path)
             label_names.append(label)
             rows.append(f"row {row_number} of {csv_path.name}")

@@ -8,7 +8,8 @@ remaining axis across, the second upwards. Values are stretched to 0..255 by the
 max (a NIfTI carries no window), so slices keep their relative brightness and look the same
 whichever are kept; NaN or infinite values are refused. A 2D image (or a volume one slice thick)
 is one image; a 4D series with more than one volume is refused (store one volume per file). The
-header's shape is checked against the size limits before any voxel is read.
+header's shape and voxel type are checked (size limits, no empty axis, real numbers) before any voxel
+is read, reorientation included.
 """
 
 from __future__ import annotations
@@ -26,13 +27,32 @@ NIFTI_DEFAULT_AXIS = 2  # axial, in RAS+ orientation
 
 
 def _load(path: Path):
+    """The image in RAS+ orientation, its header checked first: reorienting reads every voxel."""
     import nibabel as nib
 
     try:
         image = nib.load(path)
-        return nib.as_closest_canonical(image)
     except Exception as exc:  # ImageFileError, gzip and header errors ...
         raise ImageDecodeError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
+    _check_header(path, tuple(int(n) for n in image.shape), np.dtype(image.get_data_dtype()))
+    try:
+        return nib.as_closest_canonical(image)
+    except Exception as exc:
+        raise ImageDecodeError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_header(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse, from the header alone, what could not become images: a series, an empty axis, a volume
+    beyond the size limit, or voxels that are not real numbers (complex, RGB records)."""
+    if any(n > 1 for n in shape[3:]):
+        raise ImageDecodeError(path, f"is a {len(shape)}D NIfTI series of shape {shape}; store one volume per file")
+    if not shape or min(shape) < 1:
+        raise ImageDecodeError(path, f"declares an empty volume of shape {shape}")
+    voxels = int(np.prod(shape[:3], dtype=np.int64))
+    if voxels > MAX_VOLUME_VOXELS or max(shape[:3]) > max(MAX_SLICES, 65535):
+        raise ImageDecodeError(path, f"declares a volume of {shape[:3]}, beyond {MAX_VOLUME_VOXELS:,} voxels a file")
+    if dtype.kind not in "biuf":
+        raise ImageDecodeError(path, f"holds {dtype} voxels; only real-valued (integer or float) volumes are read")
 
 
 def decode_nifti_slices(path: str | Path, policy: ReadPolicy | None, max_pixels: int) -> list[Image.Image]:
@@ -40,14 +60,7 @@ def decode_nifti_slices(path: str | Path, policy: ReadPolicy | None, max_pixels:
     path = Path(path)
     policy = policy or ReadPolicy()
     image = _load(path)
-    shape = tuple(int(n) for n in image.shape)
-    extra = shape[3:]
-    if any(n > 1 for n in extra):
-        raise ImageDecodeError(path, f"is a {len(shape)}D NIfTI series of shape {shape}; store one volume per file")
-    shape = (shape + (1, 1, 1))[:3]
-    voxels = shape[0] * shape[1] * shape[2]
-    if voxels > MAX_VOLUME_VOXELS or max(shape) > max(MAX_SLICES, 65535):
-        raise ImageDecodeError(path, f"declares a volume of {shape}, beyond {MAX_VOLUME_VOXELS:,} voxels a file")
+    shape = (tuple(int(n) for n in image.shape) + (1, 1, 1))[:3]  # the header was checked in _load
     is_volume = sum(n > 1 for n in shape) == 3
     if is_volume:
         axis = NIFTI_DEFAULT_AXIS if policy.volume_axis is None else policy.volume_axis

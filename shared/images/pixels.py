@@ -35,8 +35,8 @@ def value_range(arrays: Iterable[np.ndarray], path: str | Path = "<array>") -> t
     lo, hi = math.inf, -math.inf
     for values in arrays:
         values = np.asarray(values)
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise ImageDecodeError(path, f"holds {int((~np.isfinite(values)).sum())} NaN or infinite values")
+        if values.dtype.kind == "f":
+            check_finite(values, path)
         if values.size:
             lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
     return (lo, hi) if lo <= hi else (0.0, 0.0)
@@ -46,11 +46,18 @@ def stretch_to_uint8(
     values: np.ndarray, path: str | Path = "<array>", lo: float | None = None, hi: float | None = None
 ) -> np.ndarray:
     """Map an image's own value range (or the volume's ``lo``..``hi``) linearly onto 0..255; constant -> 0."""
-    values = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise ImageDecodeError(path, f"holds {int((~np.isfinite(values)).sum())} NaN or infinite values")
+    values = check_finite(np.asarray(values, dtype=np.float64), path)
     if lo is None or hi is None:
         lo, hi = value_range([values], path)
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.rint((values - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    # Halved first: hi - lo overflows to infinity for values near the float64 limits (every pixel would map to 0).
+    return np.rint((values / 2 - lo / 2) / (hi / 2 - lo / 2) * 255.0).astype(np.uint8)
+
+
+def check_finite(values: np.ndarray, path: str | Path) -> np.ndarray:
+    """``values``, or an ImageDecodeError naming the file and how many pixels are NaN or infinite."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise ImageDecodeError(path, f"holds {int((~finite).sum())} NaN or infinite values")
+    return values
