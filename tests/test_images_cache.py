@@ -105,3 +105,23 @@ def test_default_cache_dir_follows_the_data_cache_variable(tmp_path: Path, monke
     monkeypatch.delenv("DPDISTILL_DATA_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "dpdistill" / "images"
     assert ImageCache().folder == default_cache_dir()
+
+
+def test_a_file_replaced_with_its_old_timestamp_and_size_is_decoded_again(tmp_path: Path) -> None:
+    """``cp -p`` / ``rsync -a`` / an unzip keep mtime: an export corrected in place (same size, same mtime)
+    must not be served from the old entry (ctime and the inode change; they cannot be set back)."""
+    root, cache = _folder(tmp_path / "data"), tmp_path / "cache"
+    target = root / "a" / "0.png"
+    Image.new("RGB", (30, 20), (1, 1, 1)).save(target, compress_level=0)  # stored: the size is the pixels'
+    source = ImageSource("image-folder", root, image_size=16, channels=3)
+    first = _load(source, cache)
+    old = os.stat(target)
+    replacement = tmp_path / "new.png"
+    Image.new("RGB", (30, 20), (7, 7, 7)).save(replacement, compress_level=0)
+    assert replacement.stat().st_size == old.st_size  # a same-size correction
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.replace(replacement, target)
+    assert (os.stat(target).st_size, os.stat(target).st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    again = _load(source, cache)
+    assert again.report.cache == "miss" and again.report.cache_file != first.report.cache_file
+    assert again.data.images[0, :, 8, 8].tolist() == [7, 7, 7]

@@ -41,14 +41,16 @@ def default_cache_dir() -> Path:
 
 
 def file_fingerprints(files: Sequence[Path], check: str = "stat", base: Path | None = None) -> list[list]:
-    """Per file: [absolute path, size, mtime_ns] (``stat``) or [path relative to base, blake2b] (``content``)."""
+    """Per file: [absolute path, size, mtime_ns, ctime_ns, inode] (``stat``) or [path relative to base, blake2b]
+    (``content``). A copy that keeps timestamps (``cp -p``, ``rsync -a``, an unzip) sets mtime back but not
+    ctime, and a file replaced by another has another inode: either makes a new entry."""
     if check not in CACHE_CHECKS:
         raise ValueError(f"cache check must be one of {CACHE_CHECKS}, got {check!r}")
     out: list[list] = []
     for f in files:
         if check == "stat":
             st = os.stat(f)
-            out.append([str(Path(f).absolute()), st.st_size, st.st_mtime_ns])
+            out.append([str(Path(f).absolute()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
         else:
             digest = hashlib.blake2b(digest_size=20)
             with open(f, "rb") as fh:
@@ -59,12 +61,35 @@ def file_fingerprints(files: Sequence[Path], check: str = "stat", base: Path | N
     return out
 
 
+# Every library that turns a file's bytes into pixels: an upgrade of any of them makes new entries.
+DECODERS = (
+    "pillow",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+    "nibabel",
+    "numpy",
+)
+
+
+def decoder_versions() -> dict[str, str]:
+    """The installed version of each decoding library (read from its metadata; nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in DECODERS:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
 def cache_key(material: Mapping) -> str:
     """SHA-256 of the canonical JSON of ``material`` plus the format and library versions."""
-    import PIL
-    import pydicom
-
-    full = {"format": CACHE_FORMAT_VERSION, "pillow": PIL.__version__, "pydicom": pydicom.__version__, **material}
+    full = {"format": CACHE_FORMAT_VERSION, "decoders": decoder_versions(), **material}
     return hashlib.sha256(json.dumps(full, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
