@@ -13,6 +13,7 @@ from owner_node.randomness import check_sampler
 from shared.accounting import ACCOUNTANTS, DEFAULT_DELTA, MAX_EPSILON, MIN_DELTA
 from shared.compute.choices import DEFAULT_PRECISION, check_precision
 from shared.images.policy import DEFAULT_RESIZE, PATIENT_SOURCES, ReadPolicy
+from shared.images.resize import MAX_IMAGE_SIZE
 from shared.images.source import ImageSource
 from shared.settings import Bound, SettingError, bounded, check_number, check_settings
 from shared.wire.messages import PRIVACY_UNITS
@@ -189,7 +190,7 @@ class OwnerConfig:
     limits: Limits = field(default_factory=Limits)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     # How the private images are read ([data]); image_size and channels are public (Describe).
-    image_size: int | None = at("data", "image_size", None, Bound(int, 1, 8192, optional=True))
+    image_size: int | None = at("data", "image_size", None, Bound(int, 1, MAX_IMAGE_SIZE, optional=True))
     channels: int | None = at("data", "channels", None, Bound(int, 1, 3, optional=True))
     resize: str = at("data", "resize", DEFAULT_RESIZE)  # one of shared.images.policy.RESIZE_POLICIES
     classes: tuple[str, ...] | None = at("data", "classes", None)  # explicit order; default: natural sort

@@ -131,3 +131,16 @@ def test_nan_or_infinite_pixels_are_refused_with_or_without_a_window(tmp_path: P
         decode_file(_float_dicom(tmp_path / "f.dcm", bad, window))
     good = _pixels(_float_dicom(tmp_path / "g.dcm", np.array([[0.0, 50.0], [100.0, 25.0]], np.float32), window))
     assert good[0][0] == 0 and good[1][0] == 255
+
+
+def test_a_header_declaring_more_decoded_bytes_than_the_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    """The voxel limit alone let 32-bit or colour frames decode to gigabytes: bytes are bounded too."""
+    path = write_dicom(tmp_path / "deep.dcm", np.zeros((2, 2), np.uint16))
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 256, 256, 2100  # 138 M voxels (within 2^28) of 32 bits: 550 MB
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match="bytes of decoded pixels, beyond"):
+        decode_file(path)

@@ -266,6 +266,12 @@ def test_a_nifti_header_is_checked_before_any_voxel_is_read(tmp_path: Path) -> N
     huge.write_bytes(bytes(raw))
     with pytest.raises(ImageDecodeError, match="beyond"):
         decode_slices(huge)
+    header.set_data_shape((512, 512, 300))
+    header.set_data_dtype(np.float64)  # 79 M voxels (within 2^28), 629 MB
+    raw[:348] = header.binaryblock[:348]
+    huge.write_bytes(bytes(raw))
+    with pytest.raises(ImageDecodeError, match="bytes of float64 voxels"):
+        decode_slices(huge)
     with pytest.raises(ImageDecodeError, match="empty volume"):
         decode_slices(_nifti(tmp_path / "empty.nii", np.zeros((10, 10, 0), np.float32), las))
     with pytest.raises(ImageDecodeError, match="complex"):

@@ -31,6 +31,7 @@ from shared.images.errors import IGNORED_DICOMDIR, IGNORED_NO_PIXELS, ImageDecod
 from shared.images.pixels import (
     MAX_IMAGE_PIXELS,
     MAX_SLICES,
+    MAX_VOLUME_BYTES,
     MAX_VOLUME_VOXELS,
     check_finite,
     check_pixel_count,
@@ -164,6 +165,20 @@ def _read(path: Path):
     return ds
 
 
+def _bytes_per_pixel(ds, path: Path) -> int:
+    """What decoding allocates a pixel: samples x bytes a sample (a palette expands to three samples)."""
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(path, f"DICOM SamplesPerPixel or BitsAllocated invalid ({exc})") from exc
+    if not (1 <= samples <= 4 and 1 <= bits <= 64):
+        raise ImageDecodeError(path, f"DICOM declares {samples} samples of {bits} bits a pixel")
+    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        samples = 3 * max(samples, 1)
+    return samples * -(-bits // 8)
+
+
 def decode_dicom_slices(
     path: str | Path, policy: ReadPolicy | None = None, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> DicomImages:
@@ -189,6 +204,11 @@ def decode_dicom_slices(
             path,
             f"declares {frames} frames of {rows} x {columns}, beyond the limits ({MAX_SLICES} frames, "
             f"{MAX_VOLUME_VOXELS:,} voxels a file)",
+        )
+    stored = rows * columns * frames * _bytes_per_pixel(ds, path)
+    if stored > MAX_VOLUME_BYTES:
+        raise ImageDecodeError(
+            path, f"declares {stored:,} bytes of decoded pixels, beyond the limit of {MAX_VOLUME_BYTES:,} a file"
         )
     _check_slope(ds, path)
     try:

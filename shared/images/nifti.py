@@ -20,7 +20,14 @@ import numpy as np
 from PIL import Image
 
 from shared.images.errors import ImageDecodeError
-from shared.images.pixels import MAX_SLICES, MAX_VOLUME_VOXELS, check_pixel_count, stretch_to_uint8, value_range
+from shared.images.pixels import (
+    MAX_SLICES,
+    MAX_VOLUME_BYTES,
+    MAX_VOLUME_VOXELS,
+    check_pixel_count,
+    stretch_to_uint8,
+    value_range,
+)
 from shared.images.policy import ReadPolicy
 
 NIFTI_DEFAULT_AXIS = 2  # axial, in RAS+ orientation
@@ -53,6 +60,10 @@ def _check_header(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         raise ImageDecodeError(path, f"declares a volume of {shape[:3]}, beyond {MAX_VOLUME_VOXELS:,} voxels a file")
     if dtype.kind not in "biuf":
         raise ImageDecodeError(path, f"holds {dtype} voxels; only real-valued (integer or float) volumes are read")
+    if voxels * dtype.itemsize > MAX_VOLUME_BYTES:
+        raise ImageDecodeError(
+            path, f"declares {voxels * dtype.itemsize:,} bytes of {dtype} voxels, beyond {MAX_VOLUME_BYTES:,} a file"
+        )
 
 
 def decode_nifti_slices(path: str | Path, policy: ReadPolicy | None, max_pixels: int) -> list[Image.Image]:

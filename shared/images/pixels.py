@@ -18,6 +18,8 @@ MAX_IMAGE_PIXELS = 89_478_485
 # A volume (multi-frame DICOM, NIfTI) is read whole at its stored type, then sliced: 2**28 voxels
 # (a 512 x 512 x 1024 CT, 512 MiB at 16 bits) bounds what one file may make the owner allocate.
 MAX_VOLUME_VOXELS = 2**28
+# ... and in bytes as stored (samples x bytes a sample: 32-bit, float or colour volumes are fewer voxels).
+MAX_VOLUME_BYTES = 2**29
 MAX_SLICES = 4096
 
 

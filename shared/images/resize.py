@@ -57,6 +57,10 @@ def to_chw(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+# The largest image side the loaders produce (config and command line read it from here).
+MAX_IMAGE_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class TargetFormat:
     """What every loaded image becomes: ``channels`` (1 or 3) x ``image_size`` x ``image_size``."""
@@ -66,8 +70,8 @@ class TargetFormat:
     resize: str = DEFAULT_RESIZE
 
     def __post_init__(self) -> None:
-        if not isinstance(self.image_size, int) or not 1 <= self.image_size <= 4096:
-            raise ValueError(f"image_size must be an integer from 1 to 4096, got {self.image_size!r}")
+        if not isinstance(self.image_size, int) or not 1 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be an integer from 1 to {MAX_IMAGE_SIZE}, got {self.image_size!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
         check_resize_policy(self.resize)
