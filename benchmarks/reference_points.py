@@ -50,7 +50,7 @@ KINDS = ("no-noise", "dm", "aux-only")
 # Settings a reference does not read, as (section, key) of the run's config: a point measured under
 # one value of them stands for every other (plain DM neither projects nor fits the auxiliary prior).
 UNREAD: dict[str, tuple[tuple[str, str], ...]] = {
-    "dm": (("sampling", "subspace_dim"), ("optimisation", "aux_prior")),
+    "dm": (("sampling", "subspace_dim"), ("optimisation", "aux_prior"), ("optimisation", "pea")),
 }
 DM_LR, DM_MOMENTUM = 1.0, 0.5  # DM's published optimiser for the synthetic images
 
@@ -103,7 +103,9 @@ def no_noise_state(cfg: DistillerConfig, aux: ImageSet, data_root: str | None, s
     t0 = time.perf_counter()
     cache = NetworkCache(spec, aux_f, s.subspace_dim, cfg.optimisation.cache_mb * 2**20, s.signal, aux.labels)
     opt = cfg.optimisation
-    state = initial_state(train.num_classes, opt.ipc, data.image_shape, opt.seed, opt.init, (aux_f, aux.labels))
+    state = initial_state(
+        train.num_classes, opt.ipc, data.image_shape, opt.seed, opt.init, (aux_f, aux.labels), opt.pea
+    )
     prior = AuxPrior.for_run(opt, s.subspace_dim, cache, aux.labels, train.num_classes)
     state = Distiller(signals, cache, s.augmentation, 1.0, opt, prior=prior).run(state, show_progress=show_progress)
     timings["optimisation_s"] = time.perf_counter() - t0

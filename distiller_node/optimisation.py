@@ -32,13 +32,33 @@ from shared.progress import progress_bar
 from shared.run_choices import INITS
 
 
+def _quadrants(h: int, w: int) -> list[tuple[slice, slice]]:
+    """PEA's layout: the four (rows, columns) boxes of a stored image, in the order images are read from it."""
+    hh, hw = h // 2, w // 2
+    return [(slice(0, hh), slice(0, hw)), (slice(0, hh), slice(hw, w)), (slice(hh, h), slice(0, hw)),
+            (slice(hh, h), slice(hw, w))]  # fmt: skip
+
+
 def decode_pea(images: torch.Tensor) -> torch.Tensor:
     """PEA: read every stored image as four quadrants, each upsampled to full size."""
     n, c, h, w = images.shape
-    hh, hw = h // 2, w // 2
-    quads = [images[:, :, :hh, :hw], images[:, :, :hh, hw:], images[:, :, hh:, :hw], images[:, :, hh:, hw:]]
+    quads = [images[:, :, rows, cols] for rows, cols in _quadrants(h, w)]
     up = [F.interpolate(q, size=(h, w), mode="bilinear", align_corners=False) for q in quads]
     return torch.stack(up, dim=1).reshape(n * 4, c, h, w)
+
+
+def encode_pea(images: torch.Tensor) -> torch.Tensor:
+    """PEA's packing, the layout ``decode_pea`` reads: every four images (in order) shrunk into one stored
+    image's quadrants, so a start from real images is four of them at half size per stored image."""
+    n, c, h, w = images.shape
+    if n % 4:
+        raise ValueError(f"PEA packs four images a stored image; got {n}")
+    groups = images.reshape(n // 4, 4, c, h, w)
+    out = torch.empty(n // 4, c, h, w, dtype=images.dtype)
+    for q, (rows, cols) in enumerate(_quadrants(h, w)):
+        size = (rows.stop - rows.start, cols.stop - cols.start)
+        out[:, :, rows, cols] = F.interpolate(groups[:, q], size=size, mode="bilinear", antialias=True)
+    return out
 
 
 def training_images(stored: torch.Tensor, labels: torch.Tensor, pea: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,10 +84,13 @@ def initial_state(
     seed: int,
     init: str = "noise",
     aux: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pea: bool = False,
 ) -> SyntheticState:
     """Synthetic images start from N(0, 1) noise or from public auxiliary images, never from private ones.
 
-    ``aux`` is the public auxiliary set (normalised images, labels), needed for ``init="aux"``.
+    ``aux`` is the public auxiliary set (normalised images, labels), needed for ``init="aux"``. With ``pea``
+    each stored image starts as four auxiliary images at half size (``encode_pea``), so a class needs
+    4 x ipc of them.
     """
     labels = torch.arange(num_classes).repeat_interleave(ipc)
     if init == "noise":
@@ -77,13 +100,20 @@ def initial_state(
         if aux is None:
             raise ValueError("init 'aux' needs the public auxiliary images")
         aux_x, aux_y = aux
+        per_class = 4 * ipc if pea else ipc
         picks = []
         for c in range(num_classes):
-            idx = torch.nonzero(aux_y == c).flatten()[:ipc]
-            if len(idx) < ipc:
-                raise ValueError(f"init 'aux' needs {ipc} auxiliary images of class {c}, there are {len(idx)}")
+            idx = torch.nonzero(aux_y == c).flatten()[:per_class]
+            if len(idx) < per_class:
+                why = f" (PEA starts each of the {ipc} stored images from four)" if pea else ""
+                raise ValueError(
+                    f"init 'aux' needs {per_class} auxiliary images of class {c}{why}, there are {len(idx)}: "
+                    "give more auxiliary images (--aux-per-class) or start from noise (--init noise)"
+                )
             picks.append(idx)
         images = aux_x[torch.cat(picks)].clone()
+        if pea:
+            images = encode_pea(images)
     else:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     return SyntheticState(images, images.clone(), labels, 0, [])

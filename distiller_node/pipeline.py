@@ -153,7 +153,13 @@ def run_distillation(
 
     aux_float = to_float(aux.images, info.normalization)
     state = initial_state(
-        len(info.class_names), opt_cfg.ipc, info.image_shape, opt_cfg.seed, opt_cfg.init, (aux_float, aux.labels)
+        len(info.class_names),
+        opt_cfg.ipc,
+        info.image_shape,
+        opt_cfg.seed,
+        opt_cfg.init,
+        (aux_float, aux.labels),
+        opt_cfg.pea,
     )
     # Every owner accepts (and holds budget for) the whole run before its first release, so a run
     # never stops half-spent for a reason known at its start; a resumed run repeats this as a no-op.

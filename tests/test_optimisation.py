@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, decode_pea, initial_state, training_images
+from distiller_node.optimisation import Distiller, decode_pea, encode_pea, initial_state, training_images
 from distiller_node.signal_store import Signals
 from tests.conftest import SPEC
 
@@ -56,6 +58,29 @@ def test_pea_reads_each_image_as_four_upsampled_quadrants() -> None:
     assert torch.allclose(out[0], torch.ones(1, 4, 4)) and out[1:].abs().max() == 0
     x, y = training_images(torch.randn(8, 1, 16, 16), torch.arange(4).repeat_interleave(2), pea=True)
     assert x.shape == (32, 1, 16, 16) and y.bincount().tolist() == [8, 8, 8, 8]
+
+
+@pytest.mark.parametrize("size", [16, 15])
+def test_a_pea_start_from_real_images_reads_back_as_those_images_at_half_size(size: int) -> None:
+    """``encode_pea`` packs four images per stored one in the layout ``decode_pea`` reads (odd sides too):
+    each decoded image is its original shrunk to its quadrant and enlarged again, in order."""
+    g = torch.Generator().manual_seed(0)
+    smooth = F.interpolate(torch.randn(8, 1, 4, 4, generator=g), size=(size, size), mode="bilinear")
+    decoded = decode_pea(encode_pea(smooth))
+    assert decoded.shape == smooth.shape
+    err = (decoded - smooth).abs().mean(dim=(1, 2, 3))
+    others = (decoded - smooth.roll(1, dims=0)).abs().mean(dim=(1, 2, 3))
+    assert (err < 0.2).all() and (err < others / 3).all()  # each is its own original, not a neighbour
+
+
+def test_a_pea_start_takes_four_auxiliary_images_a_stored_image_and_says_when_there_are_too_few() -> None:
+    aux_x = torch.randn(40, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    aux_y = torch.arange(4).repeat_interleave(10)
+    state = initial_state(4, 2, (1, 16, 16), 0, "aux", (aux_x, aux_y), pea=True)
+    assert state.images.shape == (8, 1, 16, 16) and state.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert torch.equal(state.images, encode_pea(aux_x[torch.cat([torch.arange(8) + 10 * c for c in range(4)])]))
+    with pytest.raises(ValueError, match=r"needs 12 auxiliary images of class 0 \(PEA .*--aux-per-class"):
+        initial_state(4, 3, (1, 16, 16), 0, "aux", (aux_x, aux_y), pea=True)
 
 
 def test_pea_optimisation_runs() -> None:
