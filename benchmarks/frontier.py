@@ -149,6 +149,19 @@ def planned_points(out: Path) -> list[Point]:
     return points
 
 
+def override_args(overrides: dict) -> list[str]:
+    """A candidate's overrides as ``dpdistill simulate`` options: ``--key value``, a flag alone for true
+    (``--pea`` takes no value), nothing for false (every flag's default is off)."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        else:
+            args += [flag, str(value)]
+    return args
+
+
 def run_point(out: Path, point: Point, public: Path, eval_runs: int, threads: int, data_root: str | None) -> dict:
     folder = out / point.name
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -156,8 +169,7 @@ def run_point(out: Path, point: Point, public: Path, eval_runs: int, threads: in
         preset = METHOD_CANDIDATES[point.method][0]
         cmd = [sys.executable, "-m", "deploy.cli", "simulate", "--out", str(folder), "--preset", preset]
         cmd += ["--epsilon", str(point.epsilon), "--ipc", str(point.ipc), "--eval-runs", str(eval_runs)]
-        for key, value in point.overrides.items():
-            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        cmd += override_args(point.overrides)
         cmd += ["--aux", str(public / "aux.npz"), "--test", str(public / "test.npz")]
         cmd += ["--validation", str(public / "validation.npz"), "--no-progress"]
         cmd += ["--benchmark-json", str(folder / "run.json")]

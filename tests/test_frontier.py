@@ -214,3 +214,14 @@ def test_each_run_folder_has_its_own_log_even_with_a_dot_in_its_name() -> None:
     names = [frontier.Point("dos-ser", e, 10, "prior-1").name for e in (0.5, 5.0, 1.0)]
     logs = [run_log(Path("out") / n) for n in names]
     assert len(set(logs)) == 3 and logs[0] == Path("out") / "dos-ser_eps0.5_ipc10_prior-1.log"
+
+
+def test_a_candidates_overrides_become_simulate_options_flags_included() -> None:
+    """``--pea`` is a flag: passed as ``--pea True`` it would be a stray argument and the point would fail."""
+    args = frontier.override_args({"draws": 100, "aux_prior": 1.0, "pea": True, "init": "aux"})
+    assert args == ["--draws", "100", "--aux-prior", "1.0", "--pea", "--init", "aux"]
+    assert frontier.override_args({"pea": False}) == []
+    from deploy.cli import build_parser
+
+    parsed = build_parser().parse_args(["simulate", *args])
+    assert parsed.pea is True and parsed.draws == 100 and parsed.aux_prior == 1.0
