@@ -14,6 +14,19 @@ from shared.images.decode import decode_file, is_dicom
 from shared.images.errors import ImageDecodeError
 
 
+def _dataset(modality: str) -> Dataset:
+    """A Secondary Capture dataset with its file meta (Explicit VR Little Endian), before any pixel attribute."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    return ds
+
+
 def write_dicom(
     path: Path,
     pixels: np.ndarray,
@@ -26,15 +39,7 @@ def write_dicom(
     frames: int = 1,
 ) -> Path:
     """A minimal single-frame 16-bit grayscale DICOM (Explicit VR Little Endian) with a preamble."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds = _dataset("CT")
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
@@ -105,14 +110,7 @@ def test_multiframe_and_broken_dicom_are_refused(tmp_path: Path) -> None:
 
 def _float_dicom(path: Path, pixels: np.ndarray, window: tuple[float, float] | None) -> Path:
     """A Float Pixel Data (32-bit) grayscale DICOM, as parametric maps are written."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
+    ds = _dataset("MR")
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated = 1, "MONOCHROME2", 32
     ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 31, 0
