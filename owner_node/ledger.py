@@ -246,7 +246,7 @@ class Ledger:
         file, then by PatientID) regroup records the same way. A patient-level release bounds every image too,
         so moving to "image" is safe. The unit recorded is the weakest released under (a ledger written before
         units were recorded takes the configured one)."""
-        with self._mutex, self._immediate() as db:
+        with self._immediate() as db:  # takes the mutex
             row = db.execute("SELECT value FROM settings WHERE key = 'privacy_unit'").fetchone()
             used = (
                 db.execute("SELECT COUNT(*) FROM releases").fetchone()[0]

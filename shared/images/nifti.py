@@ -39,12 +39,11 @@ def _load(path: Path):
 
     try:
         image = nib.load(path)
-    except Exception as exc:  # ImageFileError, gzip and header errors ...
-        raise ImageDecodeError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
-    _check_header(path, tuple(int(n) for n in image.shape), np.dtype(image.get_data_dtype()))
-    try:
+        _check_header(path, tuple(int(n) for n in image.shape), np.dtype(image.get_data_dtype()))
         return nib.as_closest_canonical(image)
-    except Exception as exc:
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # ImageFileError, gzip and header errors ...
         raise ImageDecodeError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
 
 
