@@ -188,7 +188,11 @@ def method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=INITS, help="synthetic images start from noise or public auxiliary images")
     p.add_argument("--width", type=int, help="width of the embedding ConvNets")
     p.add_argument("--lr", type=float, help="learning rate for the synthetic images (SGD, momentum 0.5)")
-    p.add_argument("--pea", action="store_true", help="store each image as 4 upsampled quadrants")
+    p.add_argument(
+        "--pea",
+        action=argparse.BooleanOptionalAction,
+        help="store each image as four half-size ones, each read back enlarged (PEA; default: the preset's)",
+    )
     p.add_argument("--eval-width", type=int)
 
 

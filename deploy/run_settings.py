@@ -8,7 +8,7 @@ name with '-' for '_'; deploy/flower_app/pyproject.toml lists every key with the
 ``to_run_config`` gives the defaults (tests/test_run_settings.py checks both).
 
 ``None`` in a preset field means "the preset's value"; a run config cannot carry None, so there it is
-0, 0.0 or "" (and -1 for ``subspace_dim``, where 0 asks for no projection).
+0, 0.0 or "" (and -1 for ``subspace_dim``, where 0 asks for no projection; "" for ``pea``, a bool).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ PRESET_FIELDS = (
     "draws_per_request",
     "group_size",
     "aux_prior",
+    "pea",
 )
 # How a run config says "unset" for a field whose value would otherwise be None (where 0 means something).
-UNSET_IN_RUN_CONFIG = {"subspace_dim": -1, "aux_prior": -1.0}
+UNSET_IN_RUN_CONFIG = {"subspace_dim": -1, "aux_prior": -1.0, "pea": ""}
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class RunSettings:
     # Settings the built configs carry too: their defaults and ranges are those configs' (same_as).
     ipc: int = same_as(OptimisationConfig, "ipc", key="ipc")
     seed: int = same_as(SamplingConfig, "seed", key="seed")
-    pea: bool = same_as(OptimisationConfig, "pea")
+    pea: bool | None = None
     eval_runs: int = same_as(EvaluationConfig, "runs", key="eval-runs")
     precision: str = same_as(OptimisationConfig, "precision")
     device: str = DEFAULT_DEVICE
@@ -73,8 +74,8 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
-        if not isinstance(self.pea, bool):
-            raise ValueError(f"pea must be true or false, got {self.pea!r}")
+        if self.pea is not None and not isinstance(self.pea, bool):
+            raise ValueError(f"pea must be true or false (or unset: the preset's), got {self.pea!r}")
         check_precision(self.precision)
         check_settings(self)
 
@@ -89,6 +90,7 @@ class RunSettings:
             "draws_per_request": SamplingConfig.draws_per_request,
             "cache_mb": OptimisationConfig.cache_mb,
             "aux_prior": OptimisationConfig.aux_prior,
+            "pea": OptimisationConfig.pea,
         } | PRESETS[self.preset]
         p = {k: v if getattr(self, k, None) is None else getattr(self, k) for k, v in base.items()}
         method = distillation_method(p["signal"])
@@ -113,7 +115,7 @@ class RunSettings:
                 ipc=self.ipc,
                 iterations=p["iterations"],
                 lr=p["lr"],
-                pea=self.pea,
+                pea=p["pea"],
                 seed=self.seed,
                 steps_per_draw=p["steps_per_draw"],
                 init=p["init"],

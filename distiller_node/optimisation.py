@@ -61,6 +61,25 @@ def encode_pea(images: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# Where a class has fewer auxiliary images than a PEA start takes, each is used again moved by one pixel
+# (down and right, then right, then down): at half size these are distinct images, a start's copies
+# otherwise would stay equal (every image of a class sees the same augmentation and the same loss).
+PEA_START_SHIFTS = ((0, 0), (1, 1), (0, 1), (1, 0))
+
+
+def pea_start(images: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` full-size images for ``encode_pea`` from one class's auxiliary ``images``: each image as it
+    is, then (only as many as needed) each again at the next of ``PEA_START_SHIFTS``; up to 4 per image."""
+    n, _, h, w = images.shape
+    if count > len(PEA_START_SHIFTS) * n:
+        least = -(-count // len(PEA_START_SHIFTS))
+        raise ValueError(f"a PEA start of {count} images needs at least {least} images, got {n}")
+    rounds = []
+    for dy, dx in PEA_START_SHIFTS[: -(-count // n)]:
+        rounds.append(F.pad(images, (dx, 0, dy, 0), mode="replicate")[..., :h, :w] if dy or dx else images)
+    return torch.cat(rounds)[:count]
+
+
 def training_images(stored: torch.Tensor, labels: torch.Tensor, pea: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The images (and labels) a model trains on, from what is stored."""
     if not pea:
@@ -88,9 +107,9 @@ def initial_state(
 ) -> SyntheticState:
     """Synthetic images start from N(0, 1) noise or from public auxiliary images, never from private ones.
 
-    ``aux`` is the public auxiliary set (normalised images, labels), needed for ``init="aux"``. With ``pea``
-    each stored image starts as four auxiliary images at half size (``encode_pea``), so a class needs
-    4 x ipc of them.
+    ``aux`` is the public auxiliary set (normalised images, labels), needed for ``init="aux"``; a class needs
+    ipc of them. With ``pea`` each stored image starts as four auxiliary images at half size
+    (``encode_pea``): 4 x ipc distinct ones where a class has them, else moved copies (``pea_start``).
     """
     labels = torch.arange(num_classes).repeat_interleave(ipc)
     if init == "noise":
@@ -100,18 +119,16 @@ def initial_state(
         if aux is None:
             raise ValueError("init 'aux' needs the public auxiliary images")
         aux_x, aux_y = aux
-        per_class = 4 * ipc if pea else ipc
         picks = []
         for c in range(num_classes):
-            idx = torch.nonzero(aux_y == c).flatten()[:per_class]
-            if len(idx) < per_class:
-                why = f" (PEA starts each of the {ipc} stored images from four)" if pea else ""
+            idx = torch.nonzero(aux_y == c).flatten()[: 4 * ipc if pea else ipc]
+            if len(idx) < ipc:
                 raise ValueError(
-                    f"init 'aux' needs {per_class} auxiliary images of class {c}{why}, there are {len(idx)}: "
+                    f"init 'aux' needs {ipc} auxiliary images of class {c}, there are {len(idx)}: "
                     "give more auxiliary images (--aux-per-class) or start from noise (--init noise)"
                 )
-            picks.append(idx)
-        images = aux_x[torch.cat(picks)].clone()
+            picks.append(pea_start(aux_x[idx], 4 * ipc) if pea else aux_x[idx])
+        images = torch.cat(picks).clone()
         if pea:
             images = encode_pea(images)
     else:

@@ -220,7 +220,7 @@ def test_a_candidates_overrides_become_simulate_options_flags_included() -> None
     """``--pea`` is a flag: passed as ``--pea True`` it would be a stray argument and the point would fail."""
     args = frontier.override_args({"draws": 100, "aux_prior": 1.0, "pea": True, "init": "aux"})
     assert args == ["--draws", "100", "--aux-prior", "1.0", "--pea", "--init", "aux"]
-    assert frontier.override_args({"pea": False}) == []
+    assert frontier.override_args({"pea": False}) == ["--no-pea"]
     from deploy.cli import build_parser
 
     parsed = build_parser().parse_args(["simulate", *args])

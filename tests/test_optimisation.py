@@ -11,7 +11,14 @@ import torch.nn.functional as F
 
 from distiller_node.config import OptimisationConfig
 from distiller_node.network_cache import NetworkCache
-from distiller_node.optimisation import Distiller, decode_pea, encode_pea, initial_state, training_images
+from distiller_node.optimisation import (
+    Distiller,
+    decode_pea,
+    encode_pea,
+    initial_state,
+    pea_start,
+    training_images,
+)
 from distiller_node.signal_store import Signals
 from tests.conftest import SPEC
 
@@ -79,8 +86,28 @@ def test_a_pea_start_takes_four_auxiliary_images_a_stored_image_and_says_when_th
     state = initial_state(4, 2, (1, 16, 16), 0, "aux", (aux_x, aux_y), pea=True)
     assert state.images.shape == (8, 1, 16, 16) and state.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert torch.equal(state.images, encode_pea(aux_x[torch.cat([torch.arange(8) + 10 * c for c in range(4)])]))
-    with pytest.raises(ValueError, match=r"needs 12 auxiliary images of class 0 \(PEA .*--aux-per-class"):
-        initial_state(4, 3, (1, 16, 16), 0, "aux", (aux_x, aux_y), pea=True)
+    with pytest.raises(ValueError, match=r"needs 11 auxiliary images of class 0, there are 10: .*--aux-per-class"):
+        initial_state(4, 11, (1, 16, 16), 0, "aux", (aux_x, aux_y), pea=True)
+
+
+@pytest.mark.parametrize("per_class,ipc", [(10, 3), (10, 10), (5, 4)])
+def test_a_pea_start_short_of_auxiliary_images_moves_copies(per_class: int, ipc: int) -> None:
+    """IPC 50 with the default 50 auxiliary images a class: a PEA start needs 200. Each image is used as it is
+    first, then moved by a pixel; no two of a class's decoded start images are equal (equal copies would
+    see the same gradient at every step and stay equal: fewer images than stored)."""
+    g = torch.Generator().manual_seed(2)
+    aux_x = F.interpolate(torch.randn(4 * per_class, 1, 4, 4, generator=g), size=(16, 16), mode="bilinear")
+    aux_y = torch.arange(4).repeat_interleave(per_class)
+    state = initial_state(4, ipc, (1, 16, 16), 0, "aux", (aux_x, aux_y), pea=True)
+    assert state.images.shape == (4 * ipc, 1, 16, 16)
+    first = pea_start(aux_x[:per_class], 4 * ipc)
+    assert torch.equal(first[:per_class], aux_x[:per_class])  # the images themselves come first
+    assert torch.equal(state.images[:ipc], encode_pea(first))
+    decoded = decode_pea(state.images).flatten(1)
+    for c in range(4):
+        block = decoded[4 * ipc * c : 4 * ipc * (c + 1)]
+        gaps = torch.cdist(block, block) + torch.eye(len(block)) * 1e9
+        assert gaps.min() > 1e-3
 
 
 def test_pea_optimisation_runs() -> None:

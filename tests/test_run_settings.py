@@ -11,6 +11,7 @@ import pytest
 from deploy.cli import build_parser
 from deploy.cli_options import distiller_config_from_args, run_config_from_args, user_sets
 from deploy.flower_app.dpdistill_flower.server_app import run_settings
+from deploy.presets import PRESETS
 from deploy.public_sets import PublicSets
 from deploy.run_settings import RunSettings
 
@@ -25,6 +26,8 @@ OPTION_SETS = [
     ["--aux-prior", "0"],
     ["--preset", "quick", "--aux-prior", "2.5"],
     ["--preset", "kip-decoupled"],
+    ["--no-pea"],
+    ["--preset", "quick", "--pea"],
 ]
 
 
@@ -61,6 +64,23 @@ def test_run_config_values_are_checked() -> None:
         RunSettings.from_run_config({"epsilon": float("inf")})
     with pytest.raises(ValueError, match="unknown preset"):
         RunSettings.from_run_config({"preset": "fastest"})
+    with pytest.raises(ValueError, match="pea must be true or false"):
+        RunSettings.from_run_config({"pea": "yes"})
+
+
+def test_pea_is_the_presets_unless_a_run_asks_either_way(tmp_path: Path) -> None:
+    """PEA is a preset's setting like the others: ``--pea`` / ``--no-pea`` (a run config's true / false)
+    override it both ways, and nothing said (a run config's "") keeps the preset's."""
+
+    def pea(*options: str) -> bool:
+        a = build_parser().parse_args(["simulate", "--out", str(tmp_path), *options])
+        return distiller_config_from_args(a).optimisation.pea
+
+    assert pea() is PRESETS["default"].get("pea", False)
+    assert pea("--no-pea") is False and pea("--pea") is True
+    assert pea("--preset", "quick") is False and pea("--preset", "quick", "--pea") is True
+    for value, expected in (("", PRESETS["default"].get("pea", False)), (True, True), (False, False)):
+        assert RunSettings.from_run_config({"pea": value}).distiller_config().optimisation.pea is expected
 
 
 # Each RunSettings field that the configs it builds also carry, and the config field it fills.
