@@ -11,7 +11,7 @@ import torch
 from owner_node.config import OwnerConfig
 from owner_node.randomness import SecureRandom
 from shared.datasets import to_float
-from shared.identifiers import normalise_identifier
+from shared.identifiers import lookalike_identifiers, normalise_identifier
 from shared.images.image_set import ImageSet
 from shared.images.npz import load_npz
 from shared.images.report import LoadReport, LoadResult
@@ -35,6 +35,8 @@ class PrivateData:
     load_report: LoadReport | None = None
     held_out: int = 0
     source_files: tuple[str, ...] = ()  # the loaded files (file kinds), for the summary's format check
+    # Patient ids that differ only in case or leading zeros (``shared.identifiers.lookalike_identifiers``).
+    patient_lookalikes: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
     def from_image_set(
@@ -116,10 +118,11 @@ class OwnerImages:
     patients: torch.Tensor | None = None  # patient mode: each image's patient index
     report: LoadReport | None = None  # the loader's report on the whole set (before any holdout)
     files: tuple[str, ...] = ()  # the whole set's files (file kinds), as the loader listed them
+    patient_lookalikes: tuple[tuple[str, ...], ...] = ()  # the whole set's (lookalike_identifiers)
 
     def subset(self, index: torch.Tensor) -> OwnerImages:
         patients = None if self.patients is None else patient_index(self.patients[index].tolist())
-        return OwnerImages(self.data.subset(index), patients, self.report, self.files)
+        return OwnerImages(self.data.subset(index), patients, self.report, self.files, self.patient_lookalikes)
 
 
 def holdout_split(
@@ -209,8 +212,11 @@ def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[Owner
     """
     result = load_source(config.image_source(), progress=progress, cache_dir=config.image_cache_dir)
     check_volumes_have_a_patient(config, result)
-    patients = patient_index(patient_ids(config, result)) if config.privacy_unit == "patient" else None
-    images = OwnerImages(result.data, patients, result.report, result.files)
+    patients, lookalikes = None, ()
+    if config.privacy_unit == "patient":
+        ids = patient_ids(config, result)
+        patients, lookalikes = patient_index(ids), tuple(lookalike_identifiers(ids))
+    images = OwnerImages(result.data, patients, result.report, result.files, lookalikes)
     if not config.holdout:
         return images, None
     release, held = holdout_split(result.data, config.holdout, config.holdout_seed, patients)
@@ -240,7 +246,7 @@ def load_private_data(config: OwnerConfig, normalization: tuple[float, float], p
     images, held = load_owner_images(config, progress)
     data = PrivateData.from_image_set(images.data, normalization, images.patients)
     data.load_report, data.held_out = images.report, len(held) if held is not None else 0
-    data.source_files = images.files
+    data.source_files, data.patient_lookalikes = images.files, images.patient_lookalikes
     return data
 
 

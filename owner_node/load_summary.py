@@ -29,6 +29,7 @@ from shared.signal_to_noise import records_per_draw_bound
 from shared.wire.messages import OwnerInfo
 
 SUMMARY_FILE = "load_summary.json"
+LOOKALIKES_KEPT = 20  # look-alike patient id groups the summary file lists (all are counted)
 # A class whose draws hold fewer records than this on average, at the owner's highest rate, is
 # mostly noise in every release (shared.signal_to_noise: the signal scales with the records).
 FEW_RECORDS_PER_DRAW = 1.0
@@ -174,6 +175,9 @@ def build_summary(config: OwnerConfig, data: PrivateData, info: OwnerInfo) -> di
         summary["format"]["source"] = source_formats(data.source_files)
         summary["conversions"] = conversion_notes(summary["format"]["source"], config)
     summary["conversions"] += list(getattr(report, "conversions", ()) or ())  # the loader's own, if it keeps any
+    if data.patient_lookalikes:  # ids stay in this file, beside the ledger; the printed warning counts them
+        groups = data.patient_lookalikes
+        summary["patient_id_lookalikes"] = {"groups": len(groups), "first": [list(g) for g in groups[:LOOKALIKES_KEPT]]}
     summary["warnings"] = warnings_for(summary, max_rate)
     return summary
 
@@ -192,6 +196,13 @@ def warnings_for(summary: dict, max_rate: float) -> list[str]:
         )
     if summary["skipped_files"]:
         out.append(f"{summary['skipped_files']} unreadable files were skipped (see skipped_by_reason)")
+    if "patient_id_lookalikes" in summary:
+        out.append(
+            f"{summary['patient_id_lookalikes']['groups']} groups of patient ids differ only in letter case or "
+            f"leading zeros (the first {LOOKALIKES_KEPT} in {SUMMARY_FILE}, patient_id_lookalikes): they count as "
+            "different patients, so where one person was written two ways (a spreadsheet that dropped zeros) "
+            "that person's images can move a release by more than C; correct the export if so"
+        )
     return out
 
 

@@ -6,13 +6,18 @@ stray spaces. Compared raw, one patient written two ways would be two patients, 
 so that person could move a release by 2C. So every identifier is brought to Unicode NFC without
 surrounding whitespace where it enters (``normalise_identifier``), and a list of names that must
 be distinct (classes) refuses two spellings of one name rather than guessing (``distinct_identifiers``).
-Case is kept: "MRN7" and "mrn7" stay different identifiers.
+Case and leading zeros are kept: "MRN7", "mrn7" and "MRN007" stay different identifiers, since each can
+be a different person; ``lookalike_identifiers`` finds such groups so that an owner can be told (a
+spreadsheet that drops leading zeros from one export and not another splits one patient in two).
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
+
+_DIGITS = re.compile(r"\d+")
 
 
 def normalise_identifier(value: object) -> str:
@@ -36,3 +41,14 @@ def distinct_identifiers(names: Iterable[object], what: str = "class names") -> 
         first[name] = raw
         out.append(name)
     return tuple(out)
+
+
+def lookalike_identifiers(ids: Iterable[object]) -> list[tuple[str, ...]]:
+    """Groups of distinct normalised ``ids`` that differ only in letter case or in leading zeros of a run
+    of digits ("MRN007", "mrn7"), each group sorted, the groups in order of first appearance."""
+    groups: dict[str, dict[str, None]] = {}
+    for raw in ids:
+        name = normalise_identifier(raw)
+        key = _DIGITS.sub(lambda m: m.group().lstrip("0") or "0", name).casefold()
+        groups.setdefault(key, {})[name] = None
+    return [tuple(sorted(g)) for g in groups.values() if len(g) > 1]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from owner_node.config import OwnerConfig, write_config
 from owner_node.data import patient_index
-from shared.identifiers import distinct_identifiers, normalise_identifier
+from shared.identifiers import distinct_identifiers, lookalike_identifiers, normalise_identifier
 from shared.images.classes import check_same_classes
 from shared.images.errors import ImageSourceError
 from shared.images.folder import load_folder
@@ -47,6 +47,15 @@ def test_normal_form_and_refusal_naming_both_spellings() -> None:
 
 def test_patient_ids_written_two_ways_are_one_patient() -> None:
     assert patient_index([NFC, NFD, f"{NFD}  ", " p2", "p2"]).tolist() == [0, 0, 0, 1, 1]
+
+
+def test_patient_ids_differing_only_in_case_or_leading_zeros_are_found_not_merged() -> None:
+    """They may be two people, so they stay two patients; ``lookalike_identifiers`` names them for the owner."""
+    ids = ["MRN007", "p1", "mrn7", "MRN7", " p1", "007", "7", "70", "A10", "a010", "0", "000", NFD, NFC.lower()]
+    assert lookalike_identifiers(ids) == [("MRN007", "MRN7", "mrn7"), ("007", "7"), ("A10", "a010"), ("0", "000"),
+                                          (NFC, NFC.lower())]  # fmt: skip
+    assert patient_index(["007", "7", "MRN7", "mrn7"]).tolist() == [0, 1, 2, 3]
+    assert lookalike_identifiers(["p1", "p2", "10", "100", "1" * 5000]) == []  # long digit runs stay text
 
 
 def test_folder_class_names_are_normalised_and_two_spellings_are_refused(tmp_path: Path) -> None:

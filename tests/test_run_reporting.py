@@ -104,6 +104,27 @@ def test_load_summary_counts_patients_in_patient_mode(tmp_path: Path) -> None:
     # p0..p2 hold class a's images and class b's (ids are shared across classes): 3 patients in all
     assert summary["patients"] == 3 and [c["patients"] for c in summary["classes"]] == [3, 3]
     assert any("too few patients" in w for w in summary["warnings"])
+    assert "patient_id_lookalikes" not in summary and not any("letter case" in w for w in summary["warnings"])
+
+
+def test_patient_ids_that_differ_only_in_case_or_zeros_are_warned_about_in_the_file_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A spreadsheet that drops leading zeros from one export splits a patient in two, who could then move a
+    release by 2C: the owner says so at start-up, counting them; the ids themselves stay in the summary file."""
+    write_png_folder(tmp_path / "images", {"a": 6, "b": 6})
+    ids = ["MRN007", "MRN7", "MRN8", "mrn8", "MRN9", "MRN10"]
+    rows = ["path,label,patient_id"] + [f"images/{n}/{i}.png,{n},{ids[i]}" for n in "ab" for i in range(6)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    config = folder_owner(tmp_path / "x", {"a": 1, "b": 1})
+    config = replace(config, data_source="csv", data_path=tmp_path / "train.csv", privacy_unit="patient")
+    OwnerService(config).close()
+    printed = capsys.readouterr().out
+    summary = json.loads(Path(config.ledger_path).with_name(SUMMARY_FILE).read_text())
+    assert summary["patients"] == 6  # counted as written: they may be different people
+    assert summary["patient_id_lookalikes"] == {"groups": 2, "first": [["MRN007", "MRN7"], ["MRN8", "mrn8"]]}
+    assert any(w.startswith("2 groups of patient ids differ only in letter case") for w in summary["warnings"])
+    assert "WARNING: 2 groups of patient ids" in printed and "MRN007" not in printed and "mrn8" not in printed
 
 
 # ---------------------------------------------------------------- part 4: signal-to-noise and --dry-run
