@@ -215,7 +215,9 @@ def load_owner_images(config: OwnerConfig, progress: bool = True) -> tuple[Owner
     patients, lookalikes = None, ()
     if config.privacy_unit == "patient":
         ids = patient_ids(config, result)
-        patients, lookalikes = patient_index(ids), tuple(lookalike_identifiers(ids))
+        patients = patient_index(ids)
+        if config.patient_from != "file":  # ids typed by people (a column, PatientID), not file paths
+            lookalikes = tuple(lookalike_identifiers(ids))
     images = OwnerImages(result.data, patients, result.report, result.files, lookalikes)
     if not config.holdout:
         return images, None

@@ -17,7 +17,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-_DIGITS = re.compile(r"\d+")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def normalise_identifier(value: object) -> str:
