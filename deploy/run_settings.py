@@ -173,6 +173,4 @@ def _unset(annotation: object) -> object:
         return ""
     if "float" in text:
         return 0.0
-    if "bool" in text:
-        return False
     return 0

@@ -128,7 +128,7 @@ def initial_state(
                     "give more auxiliary images (--aux-per-class) or start from noise (--init noise)"
                 )
             picks.append(pea_start(aux_x[idx], 4 * ipc) if pea else aux_x[idx])
-        images = torch.cat(picks).clone()
+        images = torch.cat(picks)
         if pea:
             images = encode_pea(images)
     else:

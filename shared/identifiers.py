@@ -47,7 +47,7 @@ def lookalike_identifiers(ids: Iterable[object]) -> list[tuple[str, ...]]:
     """Groups of distinct normalised ``ids`` that differ only in letter case or in leading zeros of a run
     of digits ("MRN007", "mrn7"), each group sorted, the groups in order of first appearance."""
     groups: dict[str, dict[str, None]] = {}
-    for raw in ids:
+    for raw in dict.fromkeys(ids):  # one pass per distinct id, not per image
         name = normalise_identifier(raw)
         key = _DIGITS.sub(lambda m: m.group().lstrip("0") or "0", name).casefold()
         groups.setdefault(key, {})[name] = None
